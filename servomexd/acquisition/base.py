@@ -1,0 +1,97 @@
+"""The contract between a device supervisor and the protocol-specific sessions.
+
+A *session* is one live connection to one analyser. The supervisor opens it
+through a ``SessionFactory``, iterates its events until the link fails, closes
+it, backs off and opens a new one. Continuous and Modbus sessions both produce
+the same events, so supervision, metrics and storage never look at the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from servomexd.errors import ServomexError, ServomexTransportError
+from servomexd.model import Frame, ProtocolKind, Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Bytes (or a poll) that did not yield a valid frame; recorded as an error row."""
+
+    error: ServomexError
+    protocol: ProtocolKind
+    received_at: datetime
+    monotonic_ns: int
+    raw: bytes = b""
+    requested_at: datetime | None = None
+    latency_s: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """Metric label: checksum, parse, noise, overlong, timeout, modbus_exception."""
+        return self.error.reason
+
+    def as_sample(self, device: str) -> Sample:
+        return Sample.rejected(
+            device,
+            self.protocol,
+            self.error,
+            received_at=self.received_at,
+            monotonic_ns=self.monotonic_ns,
+            raw=self.raw,
+            requested_at=self.requested_at,
+            latency_s=self.latency_s,
+        )
+
+
+AcquisitionEvent = Frame | Rejection
+
+
+class DeviceSession(Protocol):
+    """One open link to one analyser.
+
+    ``events()`` yields frames and rejections until the link fails, then raises a
+    ``ServomexTransportError`` (connection lost, EOF, timeout streak). A session
+    bounds its own reads; the supervisor additionally bounds every wait for the
+    next event by the device's ``silence_timeout``.
+    """
+
+    @property
+    def protocol(self) -> ProtocolKind: ...
+
+    def events(self) -> AsyncIterator[AcquisitionEvent]: ...
+
+    async def aclose(self) -> None:
+        """Release the port at once (the file descriptor must not linger)."""
+        ...
+
+
+class SessionFactory(Protocol):
+    """Opens sessions for one configured device."""
+
+    @property
+    def description(self) -> str:
+        """Log-safe description of the target, e.g. ``/dev/ttyUSB0 @19200 8N1``."""
+        ...
+
+    async def open(self) -> DeviceSession:
+        """Open the link; raise ``ServomexConnectionError`` when it cannot be opened."""
+        ...
+
+
+def is_link_failure(error: BaseException) -> bool:
+    """True for errors after which the session must be closed and reopened."""
+    return isinstance(error, ServomexTransportError | OSError)
+
+
+__all__ = [
+    "AcquisitionEvent",
+    "DeviceSession",
+    "Rejection",
+    "ServomexError",
+    "SessionFactory",
+    "is_link_failure",
+]

@@ -1,0 +1,193 @@
+"""The error hierarchy: every failure servomexd raises is a ``ServomexError``.
+
+Errors are meant to be read in a journal line, so each carries the raw bytes it
+choked on (shortened) and a small context mapping (port, device, field...), and
+renders both in ``str()``. ``reason`` is the short machine label used for the
+``servomexd_frames_rejected_total{reason=...}`` metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_RAW_PREVIEW_BYTES = 64
+
+
+class ServomexError(Exception):
+    """Root of every error raised by servomexd."""
+
+    reason: str = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: bytes | None = None,
+        context: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.raw = raw
+        self.context: dict[str, Any] = dict(context or {})
+        if reason is not None:
+            self.reason = reason
+
+    def __str__(self) -> str:
+        parts = [f"{key}={value}" for key, value in self.context.items()]
+        if self.raw is not None:
+            preview = self.raw[:_RAW_PREVIEW_BYTES]
+            suffix = f"...(+{len(self.raw) - _RAW_PREVIEW_BYTES} bytes)" if len(
+                self.raw
+            ) > _RAW_PREVIEW_BYTES else ""
+            parts.append(f"raw={preview!r}{suffix}")
+        if not parts:
+            return self.message
+        return f"{self.message} [{', '.join(parts)}]"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only state would be lost by the default Exception pickling.
+        return (_rebuild, (type(self), self.message, self.raw, self.context, self.reason))
+
+
+def _rebuild(
+    cls: type[ServomexError],
+    message: str,
+    raw: bytes | None,
+    context: dict[str, Any],
+    reason: str,
+) -> ServomexError:
+    error = cls.__new__(cls)
+    ServomexError.__init__(error, message, raw=raw, context=context, reason=reason)
+    return error
+
+
+# --- transport: the serial line itself -------------------------------------------------
+
+
+class ServomexTransportError(ServomexError):
+    """The link to the analyser failed; the supervisor reconnects."""
+
+    reason = "transport"
+
+
+class ServomexTimeoutError(ServomexTransportError):
+    """Nothing (valid) arrived within the allowed time."""
+
+    reason = "timeout"
+
+
+class ServomexConnectionError(ServomexTransportError):
+    """The port could not be opened, or was lost (EOF, adapter unplugged, I/O error)."""
+
+    reason = "connection"
+
+
+# --- protocol: bytes that do not decode ------------------------------------------------
+
+
+class ServomexProtocolError(ServomexError):
+    """Bytes arrived but do not form a valid message."""
+
+    reason = "parse"
+
+
+class ServomexParseError(ServomexProtocolError):
+    """A field could not be decoded (bad channel id, bad count, bad date...)."""
+
+    reason = "parse"
+
+
+class ServomexFrameError(ServomexProtocolError):
+    """The frame structure is wrong: no start character, wrong token count, overlong line."""
+
+    reason = "parse"
+
+
+class ServomexChecksumError(ServomexProtocolError):
+    """The transmitted checksum does not match the one computed over the frame."""
+
+    reason = "checksum"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: int | None = None,
+        received: int | None = None,
+        raw: bytes | None = None,
+        context: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        merged = dict(context or {})
+        if expected is not None:
+            merged.setdefault("computed", f"{expected:04X}")
+        if received is not None:
+            merged.setdefault("received", f"{received:04X}")
+        super().__init__(message, raw=raw, context=merged, reason=reason)
+        self.expected = expected
+        self.received = received
+
+
+class ServomexModbusError(ServomexProtocolError):
+    """The slave answered with a Modbus exception response."""
+
+    reason = "modbus_exception"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exception_code: int | None = None,
+        raw: bytes | None = None,
+        context: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        merged = dict(context or {})
+        if exception_code is not None:
+            merged.setdefault("exception_code", exception_code)
+        super().__init__(message, raw=raw, context=merged, reason=reason)
+        self.exception_code = exception_code
+
+
+# --- configuration and validation ------------------------------------------------------
+
+
+class ServomexConfigError(ServomexError):
+    """The configuration is invalid; the daemon exits with EX_CONFIG (78)."""
+
+    reason = "config"
+
+
+class ServomexValidationError(ServomexError, ValueError):
+    """A value passed to the API is out of range or otherwise not acceptable."""
+
+    reason = "validation"
+
+
+# --- sinks -----------------------------------------------------------------------------
+
+
+class ServomexSinkError(ServomexError):
+    """A sink could not store samples."""
+
+    reason = "sink"
+
+
+class ServomexSinkSchemaError(ServomexSinkError):
+    """The destination table or file does not match, or does not exist."""
+
+    reason = "sink_schema"
+
+
+class ServomexSinkWriteError(ServomexSinkError):
+    """Writing to the store failed; nothing of the failed batch counts as written."""
+
+    reason = "sink_write"
+
+
+class ServomexSinkDependencyError(ServomexSinkError):
+    """An optional dependency (an extra such as ``servomexd[postgres]``) is missing."""
+
+    reason = "sink_dependency"
