@@ -105,7 +105,9 @@ class Metrics:
             "servomexd_sink_write_seconds",
             "Time to commit one batch to the sink.",
             ["sink"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=(
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
+            ),
             registry=r,
         )
         self.sink_errors = Counter(
