@@ -1,0 +1,330 @@
+"""servomexd/config.py: schema, sources (file, env, credentials), check-config output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from servomexd.config import (
+    EX_CONFIG,
+    ConfigInvalid,
+    DeviceConfig,
+    Settings,
+    check_config,
+    effective_config,
+    load_settings,
+    mask_dsn,
+    to_toml,
+)
+from servomexd.errors import ServomexConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "etc" / "servomexd" / "servomexd.toml"
+
+MINIMAL = '[[devices]]\nname = "a"\nport = "/dev/ttyX"\n'
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("SERVOMEXD_") or key == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(key)
+
+
+def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --- the example documents every key, and only real keys ---------------------------------
+
+
+def _model_keys(model: type[BaseModel], prefix: str) -> set[str]:
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        path = f"{prefix}.{key}" if prefix else key
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        target = inner[0] if inner and name == "devices" else annotation
+        if isinstance(target, type) and issubclass(target, BaseModel):
+            keys |= _model_keys(target, path)
+        else:
+            keys.add(path)
+    return keys
+
+
+def _documented_keys(text: str) -> set[str]:
+    """Active and commented-out ``key = value`` lines, qualified by their table."""
+    keys: set[str] = set()
+    table = ""
+    header = re.compile(r"^\[\[?([A-Za-z0-9_.]+)\]\]?\s*(#.*)?$")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if match := header.match(line):
+            table = match.group(1)
+            continue
+        candidate = line[2:] if line.startswith("# ") else line
+        if not re.match(r"^[a-z_]+ = ", candidate):
+            continue
+        try:
+            parsed = tomllib.loads(candidate)
+        except tomllib.TOMLDecodeError:
+            continue
+        (key,) = parsed
+        keys.add(f"{table}.{key}" if table else key)
+    return keys
+
+
+def test_example_documents_every_key_and_only_real_keys() -> None:
+    documented = _documented_keys(EXAMPLE.read_text())
+    model = _model_keys(Settings, "")
+    assert documented - model == set(), "documented keys that do not exist"
+    assert model - documented == set(), "settings missing from the example"
+
+
+def test_example_passes_check_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_config(str(EXAMPLE)) == 0
+    out = capsys.readouterr().out
+    # The printed config is itself valid TOML that loads to the same settings.
+    printed = tomllib.loads(out)
+    assert Settings(**printed) == load_settings(EXAMPLE)
+
+
+def test_example_commented_defaults_are_the_model_defaults() -> None:
+    """Each `# key = value` line shows the real default, so uncommenting changes nothing."""
+    settings = load_settings(EXAMPLE)
+    defaults = {
+        "devices": DeviceConfig(name="x", port="/dev/x").model_dump(),
+        **{k: v for k, v in Settings.model_construct().model_dump(by_alias=True).items()},
+    }
+    table = ""
+    for raw in EXAMPLE.read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            table = line.strip("[]")
+            continue
+        if not line.startswith("# ") or not re.match(r"^[a-z_]+ = ", line[2:]):
+            continue
+        try:
+            parsed = tomllib.loads(line[2:])
+        except tomllib.TOMLDecodeError:
+            continue
+        ((key, value),) = parsed.items()
+        if key in {"dsn", "host", "user", "database", "password", "password_file"}:
+            continue  # examples of optional values, default None
+        node: Any = defaults
+        for part in table.split("."):
+            node = node[part]
+        expected = node[key]
+        if isinstance(expected, Path):
+            expected = str(expected)
+        assert value == expected, f"{table}.{key}"
+    assert settings.devices[0].protocol == "continuous"
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def test_minimal_config_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL))
+    assert settings.sink.type == "sqlite"
+    assert settings.metrics.listen == "127.0.0.1:9723"
+    assert settings.spool.synchronous == "FULL"
+    assert settings.devices[0].baudrate == 19200
+
+
+@pytest.mark.parametrize(
+    ("text", "loc", "reason"),
+    [
+        (MINIMAL + "baud_rate = 9600\n", "devices[0].baud_rate", "unknown key"),
+        (MINIMAL + "baudrate = 0\n", "devices[0].baudrate", "greater than 0"),
+        (MINIMAL + 'parity = "X"\n', "devices[0].parity", "'N', 'E' or 'O'"),
+        (MINIMAL + "address = 248\n", "devices[0].address", "less than or equal to 247"),
+        (MINIMAL + '[sink]\ntype = "mongo"\n', "sink.type", "sqlite"),
+        (MINIMAL + '[sink]\ntable = "x; drop"\n', "sink.table", "identifier"),
+        (MINIMAL + '[metrics]\nlisten = "9723"\n', "metrics.listen", "host:port"),
+        (MINIMAL + '[spool]\nmax_bytes = 10\n', "spool.max_bytes", "greater than"),
+        (MINIMAL + '[lgo]\nlevel = "info"\n', "lgo", "unknown key"),
+        ('[sink]\ntype = "sqlite"\n', "devices", "required"),
+    ],
+)
+def test_invalid_field_named(tmp_path: Path, text: str, loc: str, reason: str) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, text))
+    assert any(p[0] == loc and reason in p[2] for p in info.value.problems), info.value.problems
+
+
+def test_every_invalid_field_reported(tmp_path: Path) -> None:
+    text = MINIMAL + "baudrate = -1\nstopbits = 3\n[log]\nlevel = \"loud\"\n"
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, text))
+    locs = {p[0] for p in info.value.problems}
+    assert {"devices[0].baudrate", "devices[0].stopbits", "log.level"} <= locs
+
+
+def test_duplicate_device_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, MINIMAL + MINIMAL.replace("ttyX", "ttyY")))
+    assert "used twice" in info.value.lines()[0]
+
+
+def test_shared_port_rules(tmp_path: Path) -> None:
+    two_continuous = MINIMAL + '[[devices]]\nname = "b"\nport = "/dev/ttyX"\n'
+    with pytest.raises(ConfigInvalid, match=r"invalid") as info:
+        load_settings(write(tmp_path, two_continuous))
+    assert "only Modbus" in info.value.lines()[0]
+    bus = (
+        '[[devices]]\nname = "a"\nport = "/dev/rs485"\nprotocol = "modbus_rtu"\naddress = 1\n'
+        '[[devices]]\nname = "b"\nport = "/dev/rs485"\nprotocol = "modbus_rtu"\naddress = {a}\n'
+        "baudrate = {b}\n"
+    )
+    assert len(load_settings(write(tmp_path, bus.format(a=2, b=19200))).devices) == 2
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, bus.format(a=1, b=19200)))
+    assert "distinct Modbus addresses" in info.value.lines()[0]
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, bus.format(a=2, b=9600)))
+    assert "must share baudrate" in info.value.lines()[0]
+
+
+def test_postgres_needs_exactly_one_target(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid, match="invalid"):
+        load_settings(write(tmp_path, MINIMAL + '[sink]\ntype = "postgres"\n'))
+    text = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\ndatabase = "p"\n'
+    assert load_settings(write(tmp_path, text)).sink.postgres.host == "db"
+
+
+# --- file errors: one line, EX_CONFIG ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(None, "not found"), ("[[devices]\n", "TOML syntax error"), (b"\xff\xfe", "not UTF-8")],
+)
+def test_file_errors_one_line(tmp_path: Path, content: str | bytes | None, needle: str) -> None:
+    path = tmp_path / "c.toml"
+    if isinstance(content, str):
+        path.write_text(content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(ServomexConfigError, match=needle):
+        load_settings(path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "servomexd", "check-config", "--config", str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == EX_CONFIG
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ServomexConfigError, match="is a directory"):
+        load_settings(tmp_path)
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+def test_env_overrides_win_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, MINIMAL + '[sink]\nbatch_size = 10\npath = "/x.sqlite"\n')
+    monkeypatch.setenv("SERVOMEXD_SINK__BATCH_SIZE", "99")
+    monkeypatch.setenv("SERVOMEXD_LOG__LEVEL", "DEBUG")
+    monkeypatch.setenv("SERVOMEXD_SINK__POSTGRES__SCHEMA", "plant")
+    settings = load_settings(path)
+    assert settings.sink.batch_size == 99
+    assert str(settings.sink.path) == "/x.sqlite"  # the file's sibling key survives
+    assert settings.log.level == "debug"
+    assert settings.sink.postgres.schema_ == "plant"
+
+
+def test_env_invalid_value_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVOMEXD_SINK__FLUSH_INTERVAL", "-1")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, MINIMAL))
+    assert info.value.problems[0][0] == "sink.flush_interval"
+
+
+def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVOMEXD_CONFIG", str(write(tmp_path, MINIMAL)))
+    assert load_settings(None).devices[0].name == "a"
+
+
+PG = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\n'
+
+
+def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(write(tmp_path, PG)).sink.postgres.resolve_password() is None
+    inline = load_settings(write(tmp_path, PG + 'password = "s3cret"\n'))
+    assert inline.sink.postgres.resolve_password() == "s3cret"
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    from_file = load_settings(write(tmp_path, PG + f'password_file = "{secret}"\n'))
+    assert from_file.sink.postgres.resolve_password() == "from-file"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "pg-password").write_text("from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_settings(write(tmp_path, PG)).sink.postgres.resolve_password() == (
+        "from-credential"
+    )
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, PG + f'password_file = "{tmp_path / "missing"}"\n'))
+    assert info.value.problems[0][0] == "sink.postgres.password_file"
+
+
+# --- secrets never printed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        ("postgresql://u:hunter2@h:5432/db", "postgresql://u:********@h:5432/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://h/db?password=hunter2&sslmode=require", None),
+        ("host=h user=u password=hunter2 dbname=d", None),
+    ],
+)
+def test_mask_dsn(dsn: str, expected: str | None) -> None:
+    masked = mask_dsn(dsn)
+    assert "hunter2" not in masked
+    if expected is not None:
+        assert masked == expected
+
+
+def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = MINIMAL + (
+        '[sink]\ntype = "postgres"\n[sink.postgres]\n'
+        'dsn = "postgresql://u:hunter2@h/db"\npassword = "hunter3"\n'
+    )
+    assert check_config(str(write(tmp_path, text))) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "hunter3" not in out
+    assert "postgresql://u:********@h/db" in out
+    printed = tomllib.loads(out)
+    assert printed["sink"]["postgres"]["password"] == "********"
+
+
+def test_invalid_secret_value_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = MINIMAL + '[sink.postgres]\npassword = 12345678\ndsn = ["postgresql://u:hunter2@h"]\n'
+    assert check_config(str(write(tmp_path, text))) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert "sink.postgres.password" in err and "sink.postgres.dsn" in err
+    assert "12345678" not in err and "hunter2" not in err
+
+
+def test_repr_hides_password(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, PG + 'password = "s3cret"\n'))
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings)
+    assert "s3cret" not in to_toml(effective_config(settings))
