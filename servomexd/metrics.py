@@ -3,11 +3,18 @@
 The metric objects live on a ``Metrics`` instance bound to its own
 ``CollectorRegistry`` so that tests (and several daemons in one test process)
 never share counters. Label values come only from configuration (device and
-sink names), the fixed channel ids and flag names, and the fixed rejection
-reasons: the label set is bounded by construction.
+sink names), the fixed channel ids and flag names, the fixed rejection
+reasons, and the channel name/unit the analyser reports (at most one series
+per device and channel: when the analyser relabels a channel, the old series
+is removed). The label set is bounded by construction; docs/metrics.md lists
+every metric.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
+import threading
 
 from prometheus_client import (
     CollectorRegistry,
@@ -45,48 +52,52 @@ class Metrics:
 
         # --- links -------------------------------------------------------------------
         self.link_up = Gauge(
-            "servomexd_link_up", "1 while the serial link to the device is up.", ["device"],
+            "servomexd_link_up",
+            "1 while the link to the device is up and delivering frames, else 0.",
+            ["device"],
             registry=r,
         )
         self.reconnects = Counter(
             "servomexd_reconnects",
-            "Times the device link was re-established after a failure.",
+            "Times the link to the device was re-established after a failure.",
             ["device"],
             registry=r,
         )
         self.frames = Counter(
             "servomexd_frames",
-            "Valid frames (continuous) or poll sweeps (Modbus) decoded.",
+            "Valid frames (continuous) or complete poll sweeps (Modbus) decoded.",
             ["device"],
             registry=r,
         )
         self.frames_rejected = Counter(
             "servomexd_frames_rejected",
-            "Lines or polls rejected, by reason.",
+            "Lines or polls rejected, by reason (checksum, parse, noise, overlong, timeout, "
+            "modbus_exception).",
             ["device", "reason"],
             registry=r,
         )
         self.samples_received = Counter(
             "servomexd_samples_received",
-            "Samples (channel readings and error rows) produced by acquisition.",
+            "Samples produced by acquisition: one per channel reading, one per rejected frame.",
             ["device"],
             registry=r,
         )
         self.last_sample_timestamp = Gauge(
             "servomexd_last_sample_timestamp_seconds",
-            "Wall-clock time of the newest decoded frame.",
+            "Wall-clock time (Unix seconds) the newest valid frame was received.",
             ["device"],
             registry=r,
         )
         self.reading = Gauge(
             "servomexd_reading",
-            "Latest value of each channel, in the channel's unit.",
+            "Latest value of each channel in the unit named by the unit label (NaN when the "
+            "analyser sent no valid value).",
             ["device", "channel", "name", "unit"],
             registry=r,
         )
         self.channel_status = Gauge(
             "servomexd_channel_status",
-            "Latest status flag of each channel (1 = raised).",
+            "Latest status flags of each channel (1 = raised, 0 = clear).",
             ["device", "channel", "flag"],
             registry=r,
         )
@@ -94,16 +105,19 @@ class Metrics:
         # --- sink ----------------------------------------------------------------------
         self.samples_written = Counter(
             "servomexd_samples_written",
-            "Samples committed to the sink.",
+            "Samples committed to the sink (error rows included).",
             ["sink"],
             registry=r,
         )
         self.sink_up = Gauge(
-            "servomexd_sink_up", "1 while the sink accepts writes.", ["sink"], registry=r
+            "servomexd_sink_up",
+            "1 while the sink accepts writes, 0 during an outage.",
+            ["sink"],
+            registry=r,
         )
         self.sink_write_seconds = Histogram(
             "servomexd_sink_write_seconds",
-            "Time to commit one batch to the sink.",
+            "Seconds to commit one batch to the sink, failed attempts included.",
             ["sink"],
             buckets=(
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
@@ -111,7 +125,10 @@ class Metrics:
             registry=r,
         )
         self.sink_errors = Counter(
-            "servomexd_sink_errors", "Failed sink writes.", ["sink"], registry=r
+            "servomexd_sink_errors",
+            "Batch writes to the sink that failed (each is retried from the spool).",
+            ["sink"],
+            registry=r,
         )
 
         # --- spool ---------------------------------------------------------------------
@@ -121,18 +138,30 @@ class Metrics:
             registry=r,
         )
         self.spool_bytes = Gauge(
-            "servomexd_spool_bytes", "Size of the spool's pending payload.", registry=r
+            "servomexd_spool_bytes", "Bytes of pending payload held in the spool.", registry=r
         )
         self.spool_dropped_samples = Counter(
             "servomexd_spool_dropped_samples",
-            "Samples dropped (oldest first) because the spool reached max_bytes.",
+            "Samples dropped (oldest first) because the spool reached its max_bytes limit.",
             registry=r,
         )
         self.spool_oldest_age_seconds = Gauge(
             "servomexd_spool_oldest_age_seconds",
-            "Age of the oldest sample waiting in the spool (0 when empty).",
+            "Age in seconds of the oldest batch waiting in the spool (0 when empty).",
             registry=r,
         )
+
+        self.polls_missed = Counter(
+            "servomexd_polls_missed",
+            "Modbus poll slots skipped because the previous sweep overran (not made up).",
+            ["device"],
+            registry=r,
+        )
+
+        # (device, channel) -> (name, unit) of the live servomexd_reading child, so a
+        # relabelled channel does not leave its old series behind.
+        self._reading_labels: dict[tuple[str, str], tuple[str, str]] = {}
+        self._reading_lock = threading.Lock()
 
     # --- helpers used by acquisition ---------------------------------------------------
 
@@ -142,10 +171,32 @@ class Metrics:
         self.reconnects.labels(device)
         self.frames.labels(device)
         self.samples_received.labels(device)
+        self.polls_missed.labels(device)
         for reason in REJECTION_REASONS:
             self.frames_rejected.labels(device, reason)
 
+    def unregister_device(self, device: str) -> None:
+        """Remove every series of ``device`` (a device dropped from the configuration)."""
+        for metric in (
+            self.link_up,
+            self.reconnects,
+            self.frames,
+            self.samples_received,
+            self.last_sample_timestamp,
+            self.polls_missed,
+        ):
+            _remove_quietly(metric, device)
+        for reason in REJECTION_REASONS:
+            _remove_quietly(self.frames_rejected, device, reason)
+        with self._reading_lock:
+            for key in [k for k in self._reading_labels if k[0] == device]:
+                name, unit = self._reading_labels.pop(key)
+                _remove_quietly(self.reading, device, key[1], name, unit)
+                for flag in STATUS_FLAGS:
+                    _remove_quietly(self.channel_status, device, key[1], flag)
+
     def register_sink(self, sink: str) -> None:
+        """Create the per-sink series so a sink that never wrote still shows up."""
         self.samples_written.labels(sink)
         self.sink_errors.labels(sink)
         self.sink_up.labels(sink).set(0)
@@ -157,13 +208,32 @@ class Metrics:
         self.last_sample_timestamp.labels(device).set(frame.received_at.timestamp())
         for reading in frame.readings:
             channel = reading.channel.value
-            if reading.value is not None:
-                self.reading.labels(
-                    device, channel, reading.name or "", reading.unit_label
-                ).set(reading.value)
+            labels = (reading.name or "", reading.unit_label)
+            self._relabel_reading(device, channel, labels)
+            # NaN rather than the previous value: a stale number shown as current is
+            # worse than a gap when the analyser reports no valid value.
+            value = math.nan if reading.value is None else reading.value
+            self.reading.labels(device, channel, *labels).set(value)
             for flag, raised in zip(STATUS_FLAGS, reading.status.flags(), strict=True):
                 self.channel_status.labels(device, channel, flag).set(1 if raised else 0)
 
     def observe_rejection(self, device: str, reason: str) -> None:
+        """Count a rejected line or poll; it also becomes an error sample row."""
         self.frames_rejected.labels(device, reason).inc()
         self.samples_received.labels(device).inc()
+
+    def _relabel_reading(self, device: str, channel: str, labels: tuple[str, str]) -> None:
+        key = (device, channel)
+        with self._reading_lock:
+            previous = self._reading_labels.get(key)
+            if previous == labels:
+                return
+            self._reading_labels[key] = labels
+        if previous is not None:
+            _remove_quietly(self.reading, device, channel, *previous)
+
+
+def _remove_quietly(metric: Counter | Gauge, *labels: str) -> None:
+    """``metric.remove`` that tolerates a child that was never created."""
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
