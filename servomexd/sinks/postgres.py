@@ -1,0 +1,389 @@
+"""``PostgresSink``: pooled asyncpg, one binary COPY per batch.
+
+Values are sent as native types and coerced, once per column, to the type the
+destination column really has (``information_schema.columns``): a deployment
+table with timestamptz, boolean, double precision and bigint columns takes the
+rows as they are; text columns get the ``sample_to_row`` text ("true"/"false",
+ISO-8601). With ``create_table=True`` the table is created as::
+
+    device text, channel text, kind text, name text, value double precision,
+    unit text, ok boolean, fault boolean, maintenance boolean, calibrating boolean,
+    warming_up boolean, protocol text, monotonic_ns bigint,
+    received_at timestamptz, requested_at timestamptz, latency_s double precision,
+    error text
+
+with an index on (device, channel, received_at), so Grafana can query a time
+range per channel directly. ``write_records(..., checkpoint=(stream, seq))``
+commits the rows and the ``servomexd_checkpoints`` row in one transaction.
+
+Failures raise ``ServomexSinkWriteError`` with the driver error chained and
+``context["retryable"]`` telling a transient failure (connection lost, server
+restarting, timeout, disk full) from one that a retry will not fix (a value the
+column rejects, a missing privilege). After a server restart the pool reconnects
+on the next write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from servomexd.errors import (
+    ServomexSinkDependencyError,
+    ServomexSinkError,
+    ServomexSinkSchemaError,
+    ServomexSinkWriteError,
+)
+from servomexd.model import Sample
+from servomexd.rows import ROW_COLUMNS, Record
+from servomexd.sinks.base import (
+    CHECKPOINT_TABLE,
+    BaseSink,
+    Checkpoint,
+    ColumnPlan,
+    Converter,
+    build_plan,
+    log,
+    validate_checkpoint,
+)
+from servomexd.sinks.encoding import RowEncoder
+from servomexd.sinks.postgres_config import PostgresConfig
+
+_CREATE_TYPES = {
+    "value": "double precision",
+    "latency_s": "double precision",
+    "monotonic_ns": "bigint",
+    "ok": "boolean",
+    "fault": "boolean",
+    "maintenance": "boolean",
+    "calibrating": "boolean",
+    "warming_up": "boolean",
+    "received_at": "timestamptz",
+    "requested_at": "timestamptz",
+}
+
+_TEXT_TYPES = frozenset({"text", "character varying", "character", "name", "citext", "bpchar"})
+_FLOAT_TYPES = frozenset({"double precision", "real"})
+_INT_TYPES = frozenset({"bigint", "integer", "smallint"})
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_SQLSTATES = frozenset({"55P03", "55006"})
+
+
+def _text_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _decimal(value: float | int) -> decimal.Decimal:
+    return decimal.Decimal(repr(value)) if isinstance(value, float) else decimal.Decimal(value)
+
+
+def _converter(column: str, source: str, pg_type: str) -> Converter | None:
+    """How a native value of kind ``source`` goes into a column of ``pg_type``."""
+    compatible: dict[str, dict[str, Converter | None]] = {
+        "str": {"text": None},
+        "float": {"text": repr, "float": None, "numeric": _decimal},
+        "int": {"text": str, "int": None, "float": float, "numeric": _decimal},
+        "bool": {"text": _text_bool, "boolean": None, "int": int, "float": float},
+        "datetime": {"text": _iso, "timestamptz": None, "timestamp": _naive_utc},
+    }
+    if pg_type in _TEXT_TYPES:
+        family = "text"
+    elif pg_type in _FLOAT_TYPES:
+        family = "float"
+    elif pg_type in _INT_TYPES:
+        family = "int"
+    elif pg_type in ("numeric", "decimal"):
+        family = "numeric"
+    elif pg_type == "boolean":
+        family = "boolean"
+    elif pg_type == "timestamp with time zone":
+        family = "timestamptz"
+    elif pg_type == "timestamp without time zone":
+        family = "timestamp"
+    else:
+        family = pg_type
+    options = compatible[source]
+    if family not in options:
+        raise ServomexSinkSchemaError(
+            f"column {column!r} has type {pg_type}, which cannot hold servomexd's {source} "
+            f"values (use one of: {', '.join(sorted(options))})",
+            context={"column": column, "type": pg_type},
+        )
+    return options[family]
+
+
+def _is_transient(exc: BaseException, asyncpg: Any) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        return state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state in _TRANSIENT_SQLSTATES
+    return True  # OSError, TimeoutError, InterfaceError (connection closed...)
+
+
+async def _no_session_reset(connection: Any) -> None:
+    """Pool release hook: skip asyncpg's RESET ALL round trip.
+
+    We never change session state (settings are connection parameters), and an
+    open transaction is still rolled back by the pool itself. Saves one round
+    trip per batch.
+    """
+
+
+class PostgresSink(BaseSink):
+    kind = "postgres"
+    supports_checkpoint = True
+
+    def __init__(self, config: PostgresConfig) -> None:
+        super().__init__()
+        self.config = config
+        self._asyncpg: Any = None
+        self._pool: Any = None
+        self._plan: ColumnPlan | None = None
+        self._warned: set[str] = set()
+        self._encoder = RowEncoder()
+        self._checkpoint_ready = False
+        schema, table = config.schema, config.table
+        self._qualified = f'"{schema}"."{table}"'
+        self._checkpoints = f'"{schema}"."{CHECKPOINT_TABLE}"'
+        self._insert_sql = ""
+        self._upsert_sql = (
+            f"INSERT INTO {self._checkpoints} (stream, seq, updated_at) "  # noqa: S608 - identifiers validated
+            "VALUES ($1, $2, now()) "
+            "ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()"
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return () if self._plan is None else self._plan.columns
+
+    def target(self) -> str:
+        return self.config.target()
+
+    # --- errors -------------------------------------------------------------------------
+
+    def _write_error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+        transient = _is_transient(exc, self._asyncpg)
+        text = self.config.scrub(f"{type(exc).__name__}: {exc}")
+        error = ServomexSinkWriteError(
+            f"postgres {action} failed: {text}",
+            context={"target": self.config.target(), "retryable": transient},
+        )
+        if transient and self._pool is not None:
+            # Other idle connections probably died with this one: replace them lazily.
+            self._pool.expire_connections()
+        return error
+
+    def _raise(self, action: str, exc: BaseException) -> NoReturn:
+        error = self._write_error(action, exc)
+        if self.config.scrub(str(exc)) != str(exc):
+            raise error from None  # the driver's text held a secret: do not chain it
+        raise error from exc
+
+    def _driver_errors(self) -> tuple[type[BaseException], ...]:
+        asyncpg = self._asyncpg
+        return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._is_open:
+            return
+        try:
+            import asyncpg
+        except ImportError as exc:
+            raise ServomexSinkDependencyError(
+                "the Postgres sink needs asyncpg: pip install 'servomexd[postgres]'",
+                context={"extra": "servomexd[postgres]"},
+            ) from exc
+        self._asyncpg = asyncpg
+        config = self.config
+        connect: dict[str, Any] = {
+            "min_size": config.pool_min_size,
+            "max_size": config.pool_max_size,
+            "command_timeout": config.command_timeout_s,
+            "timeout": config.command_timeout_s,  # connect timeout: bounded too
+            "server_settings": {
+                "application_name": "servomexd",
+                "statement_timeout": str(config.statement_timeout_ms),
+            },
+            "reset": _no_session_reset,
+        }
+        if config.dsn is not None:
+            connect["dsn"] = config.dsn
+            if config.password is not None:
+                connect["password"] = config.password
+        else:
+            connect.update(
+                host=config.host,
+                port=config.port,
+                user=config.user,
+                password=config.password,
+                database=config.database,
+            )
+        try:
+            self._pool = await asyncpg.create_pool(**connect)
+        except (*self._driver_errors(), ValueError) as exc:  # type: ignore[misc]  # mypy cannot see a starred tuple of classes
+            self._raise("connect", exc)
+        try:
+            async with self._pool.acquire(timeout=config.command_timeout_s) as conn:
+                await self._lock_schema(conn)
+        except ServomexSinkError:
+            await self._terminate_pool()
+            raise
+        except self._driver_errors() as exc:
+            await self._terminate_pool()
+            self._raise("schema setup", exc)
+        except BaseException:
+            await self._terminate_pool()
+            raise
+        log.info("sink.opened", sink=self.kind, target=config.target(), columns=len(self.columns))
+        self._is_open = True
+
+    async def _lock_schema(self, conn: Any) -> None:
+        config = self.config
+        if config.create_table:
+            async with conn.transaction():
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = $1", config.schema
+                )
+                if not exists:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{config.schema}"')
+                columns = ", ".join(
+                    f'"{name}" {_CREATE_TYPES.get(name, "text")}' for name in ROW_COLUMNS
+                )
+                await conn.execute(f"CREATE TABLE IF NOT EXISTS {self._qualified} ({columns})")
+                index = f"{config.table[:40]}_device_time_idx"
+                await conn.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{index}" ON {self._qualified} '
+                    '("device", "channel", "received_at")'
+                )
+        rows = await conn.fetch(
+            "SELECT column_name, data_type, udt_name FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+            config.schema,
+            config.table,
+        )
+        if not rows:
+            raise ServomexSinkSchemaError(
+                f"postgres table {config.schema}.{config.table} does not exist "
+                "(or is not visible to this user); create it or set create_table",
+                context={"target": config.target()},
+            )
+        target = [
+            (row["column_name"], row["udt_name"] if row["data_type"] == "USER-DEFINED"
+             else row["data_type"])
+            for row in rows
+        ]
+        plan = build_plan(
+            f"postgres:{config.schema}.{config.table}", target, _converter, warned=self._warned
+        )
+        names = ", ".join(f'"{name}"' for name in plan.columns)
+        values = ", ".join(f"${index}" for index in range(1, len(plan.columns) + 1))
+        self._insert_sql = f"INSERT INTO {self._qualified} ({names}) VALUES ({values})"  # noqa: S608 - identifiers validated
+        self._plan = plan
+
+    async def _terminate_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
+    async def close(self) -> None:
+        if not self._is_open:
+            return
+        self._is_open = False
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self.config.command_timeout_s)
+        except self._driver_errors():
+            pool.terminate()
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def write_many(self, samples: Sequence[Sample]) -> None:
+        self._require_open()
+        if not samples:
+            return
+        await self._write(self._encoder.native_records(samples), None)
+
+    async def write_records(
+        self, records: Sequence[Record], *, checkpoint: Checkpoint | None = None
+    ) -> None:
+        self._require_open()
+        validate_checkpoint(checkpoint)
+        if not records and checkpoint is None:
+            return
+        await self._write(records, checkpoint)
+
+    async def _write(self, records: Sequence[Record], checkpoint: Checkpoint | None) -> None:
+        plan = self._plan
+        assert plan is not None
+        rows = plan.apply(records if isinstance(records, list) else list(records))
+        config = self.config
+        timeout = config.command_timeout_s
+        try:
+            async with self._pool.acquire(timeout=timeout) as conn:
+                if checkpoint is None and config.use_copy:
+                    # COPY is atomic on its own: no BEGIN/COMMIT round trips.
+                    await self._copy(conn, rows, timeout)
+                    return
+                async with conn.transaction():
+                    if rows:
+                        if config.use_copy:
+                            await self._copy(conn, rows, timeout)
+                        else:
+                            await conn.executemany(self._insert_sql, rows, timeout=timeout)
+                    if checkpoint is not None:
+                        if not self._checkpoint_ready:
+                            await self._create_checkpoint_table(conn)
+                        await conn.execute(self._upsert_sql, checkpoint[0], checkpoint[1])
+                self._checkpoint_ready = self._checkpoint_ready or checkpoint is not None
+        except self._driver_errors() as exc:
+            self._raise("write", exc)
+
+    async def _copy(self, conn: Any, rows: list[Record], limit: float) -> None:
+        plan = self._plan
+        assert plan is not None
+        await conn.copy_records_to_table(
+            self.config.table,
+            records=rows,
+            columns=plan.columns,
+            schema_name=self.config.schema,
+            timeout=limit,
+        )
+
+    async def _create_checkpoint_table(self, conn: Any) -> None:
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._checkpoints} ("
+            "stream text PRIMARY KEY, seq bigint NOT NULL, "
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+
+    async def read_checkpoint(self, stream: str) -> int:
+        self._require_open()
+        asyncpg = self._asyncpg
+        try:
+            async with self._pool.acquire(timeout=self.config.command_timeout_s) as conn:
+                try:
+                    seq = await conn.fetchval(
+                        f"SELECT seq FROM {self._checkpoints} WHERE stream = $1",  # noqa: S608 - validated
+                        stream,
+                    )
+                except asyncpg.UndefinedTableError:
+                    return 0
+        except self._driver_errors() as exc:
+            self._raise("checkpoint read", exc)
+        return 0 if seq is None else int(seq)

@@ -1,0 +1,168 @@
+"""``PostgresConfig``: where and how the Postgres sink connects, safe to print.
+
+The password (a field, or inside the DSN) never appears in ``repr``/``str``,
+``target()`` or any error raised here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+
+from servomexd.errors import ServomexValidationError
+from servomexd.sinks.base import CHECKPOINT_TABLE, validate_identifier
+
+_SCHEMES = ("postgres", "postgresql")
+_QUERY_SECRET = re.compile(r"(?i)((?:^|&)(?:password|sslpassword)=)[^&]*")
+MASK = "***"
+
+
+def _split(dsn: str) -> SplitResult | None:
+    try:
+        parts = urlsplit(dsn)
+        parts.port  # noqa: B018 (validates the port; raises ValueError)
+    except ValueError:
+        return None
+    if parts.scheme not in _SCHEMES:
+        return None
+    return parts
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password (in the netloc or the query) replaced by ``***``."""
+    parts = _split(dsn)
+    if parts is None:
+        return MASK  # unparseable: it could hold anything
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, hostinfo = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
+        netloc = f"{userinfo}@{hostinfo}"
+    query = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def dsn_password(dsn: str) -> str | None:
+    parts = _split(dsn)
+    if parts is None:
+        return None
+    if parts.password:
+        return unquote(parts.password)
+    for item in parts.query.split("&"):
+        key, _, value = item.partition("=")
+        if key.lower() == "password" and value:
+            return unquote(value)
+    return None
+
+
+@dataclass(frozen=True, repr=False)
+class PostgresConfig:
+    """Connection and table settings of ``PostgresSink``.
+
+    Give ``dsn`` (``postgresql://user@host:port/db``; a separate ``password`` may
+    complete it) or ``host`` (with ``port``, ``user``, ``password``, ``database``),
+    not both.
+    """
+
+    dsn: str | None = None
+    host: str | None = None
+    port: int = 5432
+    user: str | None = None
+    password: str | None = None
+    database: str | None = None
+    schema: str = "public"
+    table: str = "samples"
+    pool_min_size: int = 1
+    pool_max_size: int = 4
+    statement_timeout_ms: int = 30000
+    command_timeout_s: float = 10.0
+    create_table: bool = False
+    use_copy: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(field: str, reason: str) -> ServomexValidationError:
+            return ServomexValidationError(
+                f"invalid PostgresConfig.{field}: {reason}", context={"field": field}
+            )
+
+        if (self.dsn is None) == (self.host is None):
+            raise bad("dsn", "give exactly one of dsn or host")
+        if self.dsn is not None:
+            if not isinstance(self.dsn, str) or _split(self.dsn) is None:
+                raise bad("dsn", "expected postgresql://[user[:password]@]host[:port]/database")
+            if self.user is not None or self.database is not None:
+                raise bad("dsn", "with a dsn, put user and database in the dsn")
+        elif not isinstance(self.host, str) or not self.host.strip():
+            raise bad("host", "must be a non-empty string")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
+            1 <= self.port <= 65535
+        ):
+            raise bad("port", f"must be 1-65535, got {self.port!r}")
+        validate_identifier(self.schema, "schema")
+        validate_identifier(self.table, "table")
+        if self.table.casefold() == CHECKPOINT_TABLE:
+            raise bad("table", f"{CHECKPOINT_TABLE!r} is reserved")
+        for name in ("pool_min_size", "pool_max_size", "statement_timeout_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(name, f"must be an int >= 0, got {value!r}")
+        if self.pool_max_size < 1:
+            raise bad("pool_max_size", f"must be >= 1, got {self.pool_max_size}")
+        if self.pool_min_size > self.pool_max_size:
+            raise bad(
+                "pool_min_size",
+                f"{self.pool_min_size} is larger than pool_max_size {self.pool_max_size}",
+            )
+        timeout = self.command_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            math.isfinite(timeout) and timeout > 0
+        ):
+            raise bad("command_timeout_s", f"must be a number > 0, got {timeout!r}")
+
+    # --- log-safe forms -----------------------------------------------------------------
+
+    def target(self) -> str:
+        """``host:port/db.schema.table`` for logs and errors; ``?`` where unknown."""
+        host: str | None
+        port: int | None
+        database: str | None
+        if self.dsn is not None:
+            parts = _split(self.dsn)
+            host = parts.hostname if parts else None
+            port = (parts.port or 5432) if parts else None
+            path = parts.path.lstrip("/") if parts else ""
+            database = unquote(path) if path else None
+        else:
+            host, port, database = self.host, self.port, self.database
+        return (
+            f"{host or '?'}:{port if port is not None else '?'}/"
+            f"{database or '?'}.{self.schema}.{self.table}"
+        )
+
+    def secrets(self) -> tuple[str, ...]:
+        """Strings that must never be shown: the password(s) and the raw DSN."""
+        found = [self.password, self.dsn, dsn_password(self.dsn) if self.dsn else None]
+        return tuple(secret for secret in found if secret)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret replaced by ``***`` (for driver error messages)."""
+        for secret in sorted(self.secrets(), key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        return text
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "password" and value is not None:
+                shown.append(f"password='{MASK}'")
+            elif field.name == "dsn" and value is not None:
+                shown.append(f"dsn={mask_dsn(value)!r}")
+            else:
+                shown.append(f"{field.name}={value!r}")
+        return f"PostgresConfig({', '.join(shown)})"
+
+    __str__ = __repr__
