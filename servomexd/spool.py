@@ -1,0 +1,540 @@
+"""The crash-safe outbox between acquisition and the sink.
+
+Every sample the daemon accepts is appended here (one row per batch, SQLite WAL,
+``synchronous=FULL`` by default) before any sink sees it: the commit of ``append`` is
+the durability point, so a crash loses at most what was still in the memory buffer.
+The writer delivers batches in ``seq`` order and ``ack``s them once the sink has
+committed them; the spool ``stream_id`` plus ``seq`` is the checkpoint the sink stores
+in the same transaction, which makes a retry after an ambiguous failure idempotent.
+
+``seq`` comes from ``INTEGER PRIMARY KEY AUTOINCREMENT``: SQLite never reuses a value,
+even after the rows are deleted, so a checkpoint can never point at a newer batch.
+
+The payload is a small columnar JSON document (never pickle: the file must not be
+able to run code), timestamps as epoch microseconds, decoded back to tz-aware UTC.
+
+All sqlite3 calls run on one dedicated thread that owns the connection and the
+in-memory index of pending batches; the event loop only awaits results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import structlog
+
+from servomexd.errors import ServomexError
+from servomexd.rows import ROW_COLUMNS, Record
+
+T = TypeVar("T")
+
+SPOOL_FILENAME = "spool.sqlite"
+_FORMAT = b"\x01"
+"""Payload format byte: 0x01 = columnar JSON, timestamps as epoch microseconds."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_TIMESTAMP_INDEXES = tuple(
+    i for i, c in enumerate(ROW_COLUMNS) if c in ("received_at", "requested_at")
+)
+_NCOLS = len(ROW_COLUMNS)
+
+log = structlog.get_logger("servomexd.spool")
+
+
+class ServomexSpoolError(ServomexError):
+    """The spool file cannot be opened or written."""
+
+    reason = "spool"
+
+
+# --- codec -------------------------------------------------------------------------------
+
+
+def _to_us(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # records are UTC; a naive one is taken as UTC, not local
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _US
+
+
+def encode_records(records: Sequence[Record]) -> bytes:
+    """Columnar JSON: one list per column, so repeated values cost little to parse."""
+    if not records:
+        return _FORMAT + b"[]"
+    columns: list[list[Any]] = [list(column) for column in zip(*records, strict=True)]
+    if len(columns) != _NCOLS:
+        raise ValueError(f"a record has {len(columns)} fields, expected {_NCOLS}")
+    for index in _TIMESTAMP_INDEXES:
+        columns[index] = [_to_us(v) for v in columns[index]]
+    return _FORMAT + json.dumps(columns, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_records(payload: bytes) -> list[Record]:
+    if payload[:1] != _FORMAT:
+        raise ValueError(f"unknown spool payload format {payload[:1]!r}")
+    columns = json.loads(payload[1:])
+    if not columns:
+        return []
+    if len(columns) != _NCOLS:
+        raise ValueError(f"payload has {len(columns)} columns, expected {_NCOLS}")
+    # The readings of one frame share their timestamps: build each datetime once.
+    cache: dict[int, datetime] = {}
+    for index in _TIMESTAMP_INDEXES:
+        converted: list[datetime | None] = []
+        append = converted.append
+        for us in columns[index]:
+            if us is None:
+                append(None)
+                continue
+            stamp = cache.get(us)
+            if stamp is None:
+                stamp = cache[us] = _EPOCH + timedelta(microseconds=us)
+            append(stamp)
+        columns[index] = converted
+    return list(zip(*columns, strict=True))
+
+
+# --- the spool ---------------------------------------------------------------------------
+
+
+class SpoolBatch(NamedTuple):
+    seq: int
+    records: list[Record]
+
+
+class SpoolStats(NamedTuple):
+    batches: int
+    samples: int
+    bytes: int
+    oldest_created_at: float | None
+    """Wall-clock time (epoch seconds) of the oldest pending batch."""
+    last_seq: int
+    """Highest seq ever appended (0 for a new spool)."""
+
+    def oldest_age(self, now: float | None = None) -> float:
+        if self.oldest_created_at is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self.oldest_created_at)
+
+
+class _Entry(NamedTuple):
+    created_at: float
+    samples: int
+    nbytes: int
+
+
+class AppendResult(NamedTuple):
+    seq: int
+    dropped_batches: int
+    dropped_samples: int
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+class _SpoolStore:
+    """The thread-confined part: the connection, the index, the fast-path cache."""
+
+    def __init__(
+        self, path: Path, *, max_bytes: int, synchronous: str, cache_rows: int
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.synchronous = synchronous
+        self.cache_rows = cache_rows
+        self.conn: sqlite3.Connection | None = None
+        self.stream_id = ""
+        self.index: OrderedDict[int, _Entry] = OrderedDict()
+        self.samples = 0
+        self.bytes = 0
+        self.last_seq = 0
+        # Just-appended batches kept in memory so a healthy sink never re-reads them.
+        self.cache: OrderedDict[int, list[Record]] = OrderedDict()
+        self.cache_count = 0
+
+    # -- lifecycle --
+
+    def open(self) -> str | None:
+        """Open (creating if needed); returns the name a corrupt file was moved to, if any."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        moved: str | None = None
+        try:
+            self._open_db()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+                raise
+            # Keep the evidence, start a new spool: refusing to start would stop recording.
+            self._close_db()
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+            self.path.rename(target)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.rename(target.with_name(target.name + suffix))
+            moved = str(target)
+            self._open_db()
+        return moved
+
+    def _open_db(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        self.conn = conn
+        conn.execute("PRAGMA busy_timeout = 5000")
+        # auto_vacuum only takes effect before the first table exists.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch the spool to WAL (got {mode})")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'stream_id'").fetchone()
+        if row is None:
+            self.stream_id = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('stream_id', ?)", (self.stream_id,)
+            )
+        else:
+            self.stream_id = str(row[0])
+        self.index.clear()
+        self.samples = self.bytes = 0
+        for seq, created_at, samples, nbytes in conn.execute(
+            "SELECT seq, created_at, samples, length(payload) FROM batches ORDER BY seq"
+        ):
+            self.index[seq] = _Entry(created_at, samples, nbytes)
+            self.samples += samples
+            self.bytes += nbytes
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
+        self.last_seq = int(row[0]) if row else 0
+
+    def _close_db(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._close_db()
+
+    def _db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise ServomexSpoolError("the spool is not open", context={"path": str(self.path)})
+        return self.conn
+
+    # -- operations --
+
+    def append(self, records: Sequence[Record]) -> AppendResult:
+        payload = encode_records(records)
+        conn = self._db()
+        dropped: list[int] = []
+        dropped_samples = 0
+        total = self.bytes
+        # Make room by dropping the OLDEST batches: the newest data is the most useful
+        # once the sink returns, and the operator is told loudly what was lost.
+        for seq, entry in self.index.items():
+            if total + len(payload) <= self.max_bytes:
+                break
+            dropped.append(seq)
+            dropped_samples += entry.samples
+            total -= entry.nbytes
+        created_at = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if dropped:
+                conn.execute("DELETE FROM batches WHERE seq <= ?", (dropped[-1],))
+            cursor = conn.execute(
+                "INSERT INTO batches (created_at, samples, payload) VALUES (?, ?, ?)",
+                (created_at, len(records), payload),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        if cursor.lastrowid is None:
+            raise ServomexSpoolError("INSERT returned no rowid", context={"path": str(self.path)})
+        seq = int(cursor.lastrowid)
+        for old in dropped:
+            self._forget(old)
+        self.index[seq] = _Entry(created_at, len(records), len(payload))
+        self.samples += len(records)
+        self.bytes += len(payload)
+        self.last_seq = seq
+        self.cache[seq] = list(records)
+        self.cache_count += len(records)
+        while self.cache_count > self.cache_rows and self.cache:
+            _, evicted = self.cache.popitem(last=False)
+            self.cache_count -= len(evicted)
+        return AppendResult(seq, len(dropped), dropped_samples)
+
+    def _forget(self, seq: int) -> None:
+        entry = self.index.pop(seq, None)
+        if entry is not None:
+            self.samples -= entry.samples
+            self.bytes -= entry.nbytes
+        cached = self.cache.pop(seq, None)
+        if cached is not None:
+            self.cache_count -= len(cached)
+
+    def ack(self, upto_seq: int) -> int:
+        """Forget every batch with seq <= upto_seq; returns how many were pending."""
+        doomed = []
+        for seq in self.index:
+            if seq > upto_seq:
+                break
+            doomed.append(seq)
+        if not doomed:
+            return 0
+        conn = self._db()
+        # An ack needs no fsync: if it is lost, the sink's checkpoint says the batch is
+        # already committed and it is acked again, not re-written.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn.execute("DELETE FROM batches WHERE seq <= ?", (upto_seq,))
+        finally:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        for seq in doomed:
+            self._forget(seq)
+        if not self.index:
+            self._reclaim()
+        return len(doomed)
+
+    def _reclaim(self) -> None:
+        """Give the pages of a drained backlog back to the filesystem."""
+        conn = self._db()
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        if free > 256:
+            conn.execute("PRAGMA incremental_vacuum")
+
+    def read_after(self, after_seq: int, max_rows: int) -> tuple[list[SpoolBatch], int]:
+        """Consecutive pending batches after ``after_seq``, up to ``max_rows`` rows (at least
+        one batch). Returns (batches, undecodable batches dropped)."""
+        wanted: list[int] = []
+        rows = 0
+        for seq, entry in self.index.items():
+            if seq <= after_seq:
+                continue
+            if wanted and rows + entry.samples > max_rows:
+                break
+            wanted.append(seq)
+            rows += entry.samples
+        if not wanted:
+            return [], 0
+        missing = [seq for seq in wanted if seq not in self.cache]
+        loaded: dict[int, list[Record]] = {}
+        bad: list[int] = []
+        if missing:
+            for seq, payload in self._db().execute(
+                "SELECT seq, payload FROM batches WHERE seq >= ? AND seq <= ? ORDER BY seq",
+                (missing[0], missing[-1]),
+            ):
+                if seq in self.cache:
+                    continue
+                try:
+                    loaded[seq] = decode_records(payload)
+                except (ValueError, TypeError) as exc:
+                    log.error(
+                        "spool.batch_undecodable", seq=seq, error=str(exc), path=str(self.path)
+                    )
+                    bad.append(seq)
+        dropped = 0
+        for seq in bad:
+            bad_entry = self.index.get(seq)
+            dropped += bad_entry.samples if bad_entry else 0
+            self._db().execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            self._forget(seq)
+        batches = []
+        for seq in wanted:
+            records = self.cache.get(seq)
+            if records is None:
+                records = loaded.get(seq)
+            if records is not None:
+                batches.append(SpoolBatch(seq, records))
+        return batches, dropped
+
+    def stats(self) -> SpoolStats:
+        oldest = next(iter(self.index.values())).created_at if self.index else None
+        return SpoolStats(len(self.index), self.samples, self.bytes, oldest, self.last_seq)
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+class Spool:
+    """Async face of the spool; every sqlite call runs on the spool's own thread."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int = 1 << 30,
+        synchronous: str = "FULL",
+        cache_rows: int = 50_000,
+        on_drop: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"synchronous must be OFF/NORMAL/FULL/EXTRA, not {synchronous!r}")
+        self.path = Path(directory) / SPOOL_FILENAME
+        self._store = _SpoolStore(
+            self.path, max_bytes=max_bytes, synchronous=synchronous.upper(), cache_rows=cache_rows
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._on_drop = on_drop
+        self._stats = SpoolStats(0, 0, 0, None, 0)
+        self.dropped_samples = 0
+        self.dropped_batches = 0
+
+    @property
+    def stream_id(self) -> str:
+        return self._store.stream_id
+
+    @property
+    def stats(self) -> SpoolStats:
+        """Snapshot as of the last operation (cheap: no thread hop)."""
+        return self._stats
+
+    @property
+    def is_open(self) -> bool:
+        return self._executor is not None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise ServomexSpoolError("the spool is not open", context={"path": str(self.path)})
+        store = self._store
+
+        def call() -> tuple[T, SpoolStats]:
+            # Stats are taken on the spool thread, which alone touches the index.
+            return fn(*args), store.stats()
+
+        loop = asyncio.get_running_loop()
+        result, self._stats = await loop.run_in_executor(self._executor, call)
+        return result
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        try:
+            moved = await self._call(self._store.open)
+        except (sqlite3.Error, OSError) as exc:
+            await self._shutdown_executor()
+            raise ServomexSpoolError(
+                f"cannot open the spool: {exc}", context={"path": str(self.path)}
+            ) from exc
+        except BaseException:
+            await self._shutdown_executor()
+            raise
+        if moved:
+            log.critical(
+                "spool.corrupt_file_replaced",
+                path=str(self.path),
+                moved_to=moved,
+                hint="the old file is kept for inspection; recording continues in a new spool",
+            )
+        stats = self._stats
+        log.info(
+            "spool.opened",
+            path=str(self.path),
+            stream_id=self.stream_id,
+            pending_samples=stats.samples,
+            pending_batches=stats.batches,
+        )
+
+    async def append(self, records: Sequence[Record]) -> int:
+        """Commit one batch durably; returns its seq."""
+        try:
+            result = await self._call(self._store.append, records)
+        except sqlite3.Error as exc:
+            raise ServomexSpoolError(
+                f"cannot append to the spool: {exc}", context={"path": str(self.path)}
+            ) from exc
+        if result.dropped_samples or result.dropped_batches:
+            self._dropped(result.dropped_batches, result.dropped_samples, "max_bytes reached")
+        return result.seq
+
+    def _dropped(self, batches: int, samples: int, why: str) -> None:
+        self.dropped_batches += batches
+        self.dropped_samples += samples
+        log.error(
+            "spool.overflow_dropped_oldest" if why == "max_bytes reached" else "spool.dropped",
+            reason=why,
+            dropped_samples=samples,
+            dropped_batches=batches,
+            dropped_samples_total=self.dropped_samples,
+            max_bytes=self._store.max_bytes,
+            pending_samples=self._stats.samples,
+        )
+        if self._on_drop is not None:
+            self._on_drop(batches, samples)
+
+    async def ack(self, upto_seq: int) -> int:
+        try:
+            return await self._call(self._store.ack, upto_seq)
+        except sqlite3.Error as exc:
+            raise ServomexSpoolError(
+                f"cannot ack spool batches: {exc}", context={"path": str(self.path)}
+            ) from exc
+
+    async def read_after(self, after_seq: int, max_rows: int) -> list[SpoolBatch]:
+        """Pending batches in seq order after ``after_seq`` (about ``max_rows`` rows)."""
+        try:
+            batches, dropped = await self._call(self._store.read_after, after_seq, max_rows)
+        except sqlite3.Error as exc:
+            raise ServomexSpoolError(
+                f"cannot read the spool: {exc}", context={"path": str(self.path)}
+            ) from exc
+        if dropped:
+            self._dropped(0, dropped, "undecodable batch")
+        return batches
+
+    async def peek(self, limit_rows: int = 1 << 62) -> list[SpoolBatch]:
+        """Every pending batch from the oldest, up to ``limit_rows`` rows."""
+        return await self.read_after(0, limit_rows)
+
+    async def pending(self) -> list[SpoolBatch]:
+        return await self.peek()
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            await self._call(self._store.close)
+        await self._shutdown_executor()
+
+    async def _shutdown_executor(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+
+    async def __aenter__(self) -> Spool:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
