@@ -114,6 +114,7 @@ readonly unit_dir=/usr/local/lib/systemd/system
 readonly units=("$NAME.service" "$NAME@.service")
 readonly modules_conf=/etc/modules-load.d/$NAME.conf
 readonly udev_rule=/etc/udev/rules.d/99-servomex.rules
+readonly logrotate_conf=/etc/logrotate.d/$NAME
 readonly conf_dir=/etc/$NAME
 readonly conf_file=$conf_dir/$NAME.toml
 readonly doc_dir=/usr/local/share/doc/$NAME
@@ -250,12 +251,14 @@ reload_system() {
 do_install() {
     require_source deploy/systemd/servomexd.service deploy/systemd/servomexd@.service \
         deploy/modules-load.d/servomexd.conf deploy/udev/99-servomex.rules \
+        deploy/logrotate/servomexd \
         etc/servomexd/servomexd.toml docs/operations.md
     create_user
     install_venv
     install_units
     install_file 0644 "$src/deploy/modules-load.d/servomexd.conf" "$modules_conf"
     install_once 0644 "$src/deploy/udev/99-servomex.rules" "$udev_rule"
+    install_once 0644 "$src/deploy/logrotate/servomexd" "$logrotate_conf"
     install_config
     install_file 0644 "$src/docs/operations.md" "$doc_dir/operations.md"
     if systemd_running; then
@@ -299,6 +302,12 @@ remove() { # paths, relative to the target system
     done
 }
 
+remove_if_unchanged() { # shipped source, installed path
+    if [[ -f $destdir$2 ]] && cmp -s -- "$src/$1" "$destdir$2"; then
+        remove "$2"
+    fi
+}
+
 do_uninstall() {
     stop_units
     local unit p
@@ -313,18 +322,18 @@ do_uninstall() {
     if [[ -d $destdir$prefix ]] && [[ -z $(ls -A -- "$destdir$prefix") ]]; then
         run rmdir -- "$destdir$prefix"
     fi
-    # The udev rule is operator configuration once edited; an untouched example goes.
-    if [[ -f $destdir$udev_rule ]] && cmp -s -- "$src/deploy/udev/99-servomex.rules" "$destdir$udev_rule"; then
-        remove "$udev_rule"
-    fi
+    # The udev rule and logrotate entry are operator configuration once edited; untouched
+    # copies of the shipped files go.
+    remove_if_unchanged deploy/udev/99-servomex.rules "$udev_rule"
+    remove_if_unchanged deploy/logrotate/servomexd "$logrotate_conf"
     if ((purge)); then
-        remove "$conf_dir" "$state_dir" "$credential" "$udev_rule"
+        remove "$conf_dir" "$state_dir" "$credential" "$udev_rule" "$logrotate_conf"
         if ((manage_user)) && id -u "$NAME" >/dev/null 2>&1; then
             run userdel "$NAME"
             log "removed user $NAME"
         fi
     else
-        for p in "$conf_dir" "$state_dir" "$udev_rule"; do
+        for p in "$conf_dir" "$state_dir" "$udev_rule" "$logrotate_conf"; do
             if [[ -e $destdir$p ]]; then log "kept $p (--purge removes it)"; fi
         done
     fi
