@@ -364,9 +364,11 @@ class PollPlanner:
     """Chooses broad or narrow reads, remembering a fallback for the life of a connection.
 
     A broad read refused with exception 02 switches to the narrow plan at once. A
-    broad read that times out is only a hint (a silent slave times out on any
-    plan): the session retries narrow in the same sweep and calls
-    ``narrow_succeeded`` when that worked, which makes the switch permanent.
+    broad read that times out is only a hint (a silent slave times out on any plan),
+    so the narrow plan is offered once per connection after a timeout; the session
+    calls ``narrow_succeeded`` when it worked, which makes the switch permanent. A
+    slave that is simply silent therefore costs one extra attempt per connection,
+    not one per poll.
     """
 
     def __init__(self, channels: Iterable[ChannelId]) -> None:
@@ -374,15 +376,11 @@ class PollPlanner:
         self._broad = broad_plan(self.channels)
         self._narrow = narrow_plan(self.channels)
         self._use_narrow = self._broad.reads == self._narrow.reads
+        self._timeout_fallback_offered = False
 
     @property
     def plan(self) -> PollPlan:
         return self._narrow if self._use_narrow else self._broad
-
-    @property
-    def fallback(self) -> PollPlan | None:
-        """The narrow plan, while the broad one is still in use and differs from it."""
-        return None if self._use_narrow else self._narrow
 
     @property
     def fell_back(self) -> bool:
@@ -394,6 +392,13 @@ class PollPlanner:
             return False
         self._use_narrow = True
         return True
+
+    def timeout_fallback(self) -> PollPlan | None:
+        """The narrow plan to try after a broad read timed out; offered once per connection."""
+        if self._use_narrow or self._timeout_fallback_offered:
+            return None
+        self._timeout_fallback_offered = True
+        return self._narrow
 
     def narrow_succeeded(self) -> None:
         self._use_narrow = True

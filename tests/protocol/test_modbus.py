@@ -229,27 +229,30 @@ def test_plans_need_channels() -> None:
 
 def test_planner_falls_back_on_illegal_address_only() -> None:
     planner = mb.PollPlanner(BENCH)
-    assert planner.plan.broad and planner.fallback is not None
+    assert planner.plan.broad
     assert planner.on_exception(mb.EXCEPTION_ILLEGAL_FUNCTION) is False
     assert planner.plan.broad
     assert planner.on_exception(mb.EXCEPTION_ILLEGAL_ADDRESS) is True
     assert not planner.plan.broad and planner.fell_back
-    assert planner.fallback is None
+    assert planner.timeout_fallback() is None
     # Remembered: a second exception does not flip it back or report a new switch.
     assert planner.on_exception(mb.EXCEPTION_ILLEGAL_ADDRESS) is False
     assert not planner.plan.broad
 
 
-def test_planner_after_timeout_switches_only_when_narrow_worked() -> None:
+def test_planner_after_timeout_offers_narrow_once() -> None:
     planner = mb.PollPlanner(BENCH)
-    assert planner.fallback is not None and not planner.fallback.broad
+    fallback = planner.timeout_fallback()
+    assert fallback is not None and not fallback.broad
+    assert planner.plan.broad  # not switched until the narrow plan worked
+    assert planner.timeout_fallback() is None  # a silent slave is not re-probed every poll
     planner.narrow_succeeded()
-    assert not planner.plan.broad
+    assert not planner.plan.broad and planner.fell_back
 
 
 def test_planner_with_contiguous_slots_has_no_fallback() -> None:
     planner = mb.PollPlanner([I1, I2, I3])
-    assert planner.fallback is None
+    assert planner.timeout_fallback() is None
     assert not planner.fell_back
     assert _reads(planner.plan) == [(4, 0, 21), (2, 0, 24), (2, 1000, 16)]
 

@@ -1,0 +1,647 @@
+"""A simulated SERVOPRO 4100 Modbus slave (or several, on one RS485 bus) over a pty pair.
+
+Transport: two pseudo-terminals whose *masters* are relayed to each other. The
+pymodbus server opens one slave path, the daemon (or a test) opens the other,
+symlinked at ``--link``. The relay sees every byte in both directions, so it
+timestamps the wire (tests measure the idle gap between transactions there) and
+can pace delivery at a baud rate: a pty moves bytes instantly, a 19200-baud line
+does not, and ``bench/bench_modbus.py`` needs the honest figure.
+
+Device model: each address serves the register map of a 5-channel 4100 (I1
+Oxygen %, I2 CO %, I3 CO\u2082 % with the display ROM's 0x82 glyph, E1/E2 unnamed
+``||||||`` mA; I4 ``||||||``, D1..D4 blank), values drifting over time (a new
+value every ``period`` seconds), status bits settable, FC08 loopback answered,
+and faults injectable per address: silence, or an exception for chosen reads.
+The server answers at once; honouring the 50 ms idle gap is the master's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import tty
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from time import monotonic, monotonic_ns
+from typing import IO, Any, NamedTuple
+
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from servomexd.model import ChannelId, ChannelStatus, ProtocolKind
+from servomexd.protocol import modbus as mb
+
+log = logging.getLogger(__name__)
+
+BITS_PER_REGISTER = 16
+BLOCK_BITS = 1024
+"""FC02 block served: PDU 0..1023 (channel bits 0..79, analyser bits 1000..1015)."""
+
+
+# --- the analyser model ------------------------------------------------------------------
+
+
+class ChannelSpec(NamedTuple):
+    """One populated slot of the simulated unit: name, unit and how its value drifts."""
+
+    channel: ChannelId
+    name: str
+    unit: str
+    base: float
+    swing: float
+    decimals: int = 3
+
+
+UNNAMED = "||||||"
+DEFAULT_CHANNELS: tuple[ChannelSpec, ...] = (
+    ChannelSpec(ChannelId.I1, "Oxygen", " % ", 20.9, 0.05),
+    ChannelSpec(ChannelId.I2, "CO", " % ", 0.084, 0.01),
+    ChannelSpec(ChannelId.I3, "CO\u2082", " % ", 0.25, 0.02),
+    ChannelSpec(ChannelId.E1, UNNAMED, " mA", 0.0, 0.0, 1),
+    ChannelSpec(ChannelId.E2, UNNAMED, " mA", 0.0, 0.0, 1),
+)
+"""The bench 4100D as its continuous frames show it."""
+_UNPOPULATED_NAMES = {ChannelId.I4: UNNAMED}  # D1..D4 read as blanks
+
+
+class ExceptionRule(NamedTuple):
+    """Answer ``code`` to reads of ``function`` asking for more than ``above`` items."""
+
+    function: int
+    code: int
+    above: int = 0
+
+
+@dataclass
+class SimulatedAnalyser:
+    """State of one simulated slave; values are a pure function of time and seed."""
+
+    address: int
+    period: float = 1.0
+    seed: int = 0
+    channels: tuple[ChannelSpec, ...] = DEFAULT_CHANNELS
+    statuses: dict[ChannelId, int] = field(default_factory=dict)
+    analyser_bits: list[bool] = field(default_factory=lambda: [False] * mb.ANALYSER_STATUS_COUNT)
+    pinned: dict[ChannelId, float | None] = field(default_factory=dict)
+    names: dict[ChannelId, str] = field(default_factory=dict)
+    silent: bool = False
+    rules: list[ExceptionRule] = field(default_factory=list)
+    started: float = field(default_factory=monotonic)
+    reads: int = 0
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed * 1000 + self.address)
+        self._phase = {spec.channel: rng.uniform(0, 2 * math.pi) for spec in self.channels}
+
+    def tick(self, now: float | None = None) -> int:
+        """The current value step: values change once per ``period``."""
+        elapsed = (monotonic() if now is None else now) - self.started
+        return max(0, int(elapsed / self.period))
+
+    def value(self, spec: ChannelSpec, tick: int) -> float | None:
+        if spec.channel in self.pinned:
+            return self.pinned[spec.channel]
+        wave = math.sin(tick * 0.7 + self._phase[spec.channel])
+        return round(spec.base + spec.swing * wave, spec.decimals)
+
+    def values(self, tick: int | None = None) -> dict[ChannelId, float | None]:
+        step = self.tick() if tick is None else tick
+        return {spec.channel: self.value(spec, step) for spec in self.channels}
+
+    def input_registers(self, tick: int | None = None) -> list[int]:
+        """The 70 FC04 registers as the unit would serve them now."""
+        registers = [0] * mb.INPUT_REGISTER_COUNT
+        specs = {spec.channel: spec for spec in self.channels}
+        values = self.values(tick)
+        for channel in ChannelId:
+            spec = specs.get(channel)
+            name = self.names.get(
+                channel, spec.name if spec else _UNPOPULATED_NAMES.get(channel, "")
+            )
+            unit = spec.unit if spec else " % "
+            value = values[channel] if spec else None
+            base = mb.value_address(channel)
+            registers[base : base + 2] = mb.encode_float(value)
+            registers[base + 2 : base + 5] = mb.bytes_to_registers(
+                mb.encode_display_text(name, mb.NAME_BYTES)
+            )
+            # Three display characters then NUL, as measured on the bench unit.
+            registers[base + 5 : base + 7] = mb.bytes_to_registers(
+                mb.encode_display_text(unit, 3) + b"\x00"
+            )
+        return registers
+
+    def discrete_inputs(self) -> list[bool]:
+        bits = [False] * BLOCK_BITS
+        for channel, value in self.statuses.items():
+            base = mb.status_address(channel)
+            for bit in range(mb.STATUS_BITS_PER_CHANNEL):
+                bits[base + bit] = bool(value >> bit & 1)
+        start = mb.ANALYSER_STATUS_ADDRESS
+        bits[start : start + mb.ANALYSER_STATUS_COUNT] = self.analyser_bits
+        return bits
+
+    def exception_for(self, function: int, quantity: int) -> int | None:
+        for rule in self.rules:
+            if rule.function == function and quantity > rule.above:
+                return rule.code
+        return None
+
+
+def _bits_to_registers(bits: Sequence[bool]) -> list[int]:
+    """Bit 0 first, 16 to a register (pymodbus's block-bit layout)."""
+    registers = []
+    for start in range(0, len(bits), BITS_PER_REGISTER):
+        chunk = bits[start : start + BITS_PER_REGISTER]
+        registers.append(sum(1 << index for index, bit in enumerate(chunk) if bit))
+    return registers
+
+
+# --- the wire: two ptys relayed master to master -----------------------------------------
+
+
+class WireChunk(NamedTuple):
+    """Bytes the relay moved: ``to_slave`` is master->slave (a request)."""
+
+    read_ns: int
+    delivered_ns: int
+    to_slave: bool
+    data: bytes
+
+
+class PtyRelay:
+    """Two pty pairs; bytes read from one master are written to the other.
+
+    ``pace_baud`` models a half-duplex RS485 line: each chunk occupies the line for
+    ``len * bits_per_char / baud`` seconds after the line is free, and is delivered
+    when its last bit would have arrived.
+    """
+
+    def __init__(
+        self, *, pace_baud: int | None = None, bits_per_char: int = 10, record: bool = True
+    ) -> None:
+        self.pace_baud = pace_baud
+        self.bits_per_char = bits_per_char
+        self.record = record
+        self.chunks: list[WireChunk] = []
+        self._fds: list[int] = []
+        self._masters: tuple[int, int] = (-1, -1)
+        self.server_path = ""
+        self.master_path = ""
+        self._pending: dict[int, bytearray] = {}
+        self._line_free = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> None:
+        """Create both pty pairs; the slave fds stay open so the masters never see EIO."""
+        self._loop = asyncio.get_running_loop()
+        server_master, server_slave = os.openpty()
+        daemon_master, daemon_slave = os.openpty()
+        self._fds = [server_master, server_slave, daemon_master, daemon_slave]
+        for fd in (server_slave, daemon_slave):
+            tty.setraw(fd)
+        for fd in (server_master, daemon_master):
+            os.set_blocking(fd, False)
+        self.server_path = os.ttyname(server_slave)
+        self.master_path = os.ttyname(daemon_slave)
+        self._masters = (server_master, daemon_master)
+        self._pending = {server_master: bytearray(), daemon_master: bytearray()}
+        self._loop.add_reader(daemon_master, self._relay, daemon_master, server_master, True)
+        self._loop.add_reader(server_master, self._relay, server_master, daemon_master, False)
+
+    def _relay(self, source: int, target: int, to_slave: bool) -> None:
+        try:
+            data = os.read(source, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # the other side is gone; nothing to relay
+            return
+        if not data:
+            return
+        read_ns = monotonic_ns()
+        if self.pace_baud is None:
+            self._deliver(target, data, read_ns, to_slave)
+            return
+        assert self._loop is not None
+        now = monotonic()
+        start = max(now, self._line_free)
+        self._line_free = start + len(data) * self.bits_per_char / self.pace_baud
+        self._loop.call_at(
+            self._loop.time() + (self._line_free - now),
+            self._deliver,
+            target,
+            data,
+            read_ns,
+            to_slave,
+        )
+
+    def _deliver(self, target: int, data: bytes, read_ns: int, to_slave: bool) -> None:
+        if self.record:
+            self.chunks.append(WireChunk(read_ns, monotonic_ns(), to_slave, data))
+        pending = self._pending.get(target)
+        if pending is None:
+            return
+        if pending:
+            pending.extend(data)
+            return
+        try:
+            written = os.write(target, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return
+        if written < len(data):
+            pending.extend(data[written:])
+            assert self._loop is not None
+            self._loop.add_writer(target, self._flush, target)
+
+    def _flush(self, target: int) -> None:
+        pending = self._pending[target]
+        try:
+            written = os.write(target, pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            pending.clear()
+            written = 0
+        del pending[:written]
+        if not pending and self._loop is not None:
+            self._loop.remove_writer(target)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            for fd in self._masters:
+                if fd >= 0:
+                    self._loop.remove_reader(fd)
+                    self._loop.remove_writer(fd)
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+        self._masters = (-1, -1)
+        self._pending = {}
+
+
+class Transaction(NamedTuple):
+    """One request and its reply (if any) as seen on the wire, in monotonic ns."""
+
+    request_start_ns: int
+    request_end_ns: int
+    reply_end_ns: int | None
+    request: bytes
+    reply: bytes
+    idle_before_s: float | None
+    """Idle line between the previous byte of anything and this request's first byte."""
+
+
+RTU_REQUEST_BYTES = 8
+"""Every request the daemon sends (FC01-06, FC08 sub 0 with 2 data bytes) is 8 bytes in RTU."""
+
+
+def _request_complete(protocol: ProtocolKind, data: bytes | bytearray) -> int:
+    """Length of the first whole request ADU in ``data``, 0 while incomplete."""
+    if protocol is ProtocolKind.MODBUS_RTU:
+        return RTU_REQUEST_BYTES if len(data) >= RTU_REQUEST_BYTES else 0
+    end = data.find(b"\r\n")
+    return end + 2 if end >= 0 else 0
+
+
+def transactions(chunks: Iterable[WireChunk], protocol: ProtocolKind) -> list[Transaction]:
+    """Group relay chunks into transactions (one request ADU and whatever answered it).
+
+    ``idle_before_s`` is the quiet line before the request: from the delivery of
+    the previous byte in either direction (when the line went quiet) to the read
+    of this request's first byte. Requests written back to back inside one chunk
+    get an idle time of 0.
+    """
+    out: list[Transaction] = []
+    current: dict[str, Any] | None = None
+    last_activity: int | None = None
+
+    def close() -> None:
+        if current is not None:
+            out.append(
+                Transaction(
+                    current["start"],
+                    current["end"],
+                    current["reply_end"],
+                    bytes(current["request"]),
+                    bytes(current["reply"]),
+                    current["idle"],
+                )
+            )
+
+    for chunk in chunks:
+        if not chunk.to_slave:
+            if current is not None:
+                current["reply"].extend(chunk.data)
+                current["reply_end"] = chunk.delivered_ns
+            last_activity = chunk.delivered_ns
+            continue
+        data = chunk.data
+        while data:
+            if current is None or current["reply"] or current["complete"]:
+                close()
+                idle = None if last_activity is None else (chunk.read_ns - last_activity) / 1e9
+                if current is not None and not current["reply"] and current["complete"]:
+                    idle = max(0.0, (chunk.read_ns - current["end"]) / 1e9)
+                current = {
+                    "start": chunk.read_ns,
+                    "end": chunk.delivered_ns,
+                    "reply_end": None,
+                    "request": bytearray(),
+                    "reply": bytearray(),
+                    "idle": idle,
+                    "complete": False,
+                }
+            needed = _request_complete(protocol, current["request"] + data)
+            if needed:
+                take = needed - len(current["request"])
+                current["request"].extend(data[:take])
+                current["complete"] = True
+                data = data[take:]
+            else:
+                current["request"].extend(data)
+                data = b""
+            current["end"] = chunk.delivered_ns
+        last_activity = chunk.delivered_ns
+    close()
+    return out
+
+
+# --- the simulator -----------------------------------------------------------------------
+
+
+def request_address(protocol: ProtocolKind, packet: bytes) -> int | None:
+    """The slave address of an RTU or ASCII ADU (None when unreadable)."""
+    if protocol is ProtocolKind.MODBUS_RTU:
+        return packet[0] if packet else None
+    try:
+        return int(packet[1:3], 16)
+    except ValueError:
+        return None
+
+
+FRAMERS = {ProtocolKind.MODBUS_RTU: FramerType.RTU, ProtocolKind.MODBUS_ASCII: FramerType.ASCII}
+
+
+class ModbusSimulator:
+    """The in-process simulator: ``async with ModbusSimulator(...) as sim: sim.link_path``."""
+
+    def __init__(
+        self,
+        *,
+        protocol: ProtocolKind = ProtocolKind.MODBUS_RTU,
+        addresses: Iterable[int] = (1,),
+        link: str | Path | None = None,
+        period: float = 1.0,
+        seed: int = 0,
+        pace_baud: int | None = None,
+        emit_log: IO[str] | None = None,
+        record_wire: bool = True,
+    ) -> None:
+        if protocol not in FRAMERS:
+            raise ValueError(f"not a Modbus protocol: {protocol}")
+        self.protocol = protocol
+        self.analysers = {
+            address: SimulatedAnalyser(address, period=period, seed=seed)
+            for address in dict.fromkeys(addresses)
+        }
+        if not self.analysers:
+            raise ValueError("at least one address")
+        self.link = Path(link) if link is not None else None
+        self.relay = PtyRelay(pace_baud=pace_baud, record=record_wire)
+        self._emit_log = emit_log
+        self._server: ModbusSerialServer | None = None
+        self._emitted: dict[int, int] = {}
+        self.served: list[tuple[int, int, dict[ChannelId, float | None]]] = []
+        """(address, monotonic_ns, values) of every FC04 read answered."""
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def link_path(self) -> str:
+        """The path the daemon opens: the symlink when one was asked for."""
+        return str(self.link) if self.link is not None else self.relay.master_path
+
+    async def start(self) -> None:
+        self.relay.open()
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+            self.link.symlink_to(self.relay.master_path)
+        devices = [self._device(address) for address in self.analysers]
+        self._server = ModbusSerialServer(
+            devices,
+            framer=FRAMERS[self.protocol],
+            port=self.relay.server_path,
+            trace_packet=self._trace_packet,
+            reconnect_delay=0.1,
+        )
+        await self._server.serve_forever(background=True)
+        log.info(
+            "modbus simulator serving %s on %s, addresses %s",
+            self.protocol.value,
+            self.link_path,
+            ",".join(str(a) for a in self.analysers),
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()  # type: ignore[no-untyped-call]  # unannotated upstream
+            self._server = None
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                if self.link.is_symlink():
+                    self.link.unlink()
+        self.relay.close()
+
+    async def __aenter__(self) -> ModbusSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    # --- controls for tests ------------------------------------------------------------
+
+    def set_value(self, address: int, channel: ChannelId | str, value: float | None) -> None:
+        """Pin a channel's value (``None`` serves NaN)."""
+        self.analysers[address].pinned[ChannelId(channel)] = value
+
+    def release_value(self, address: int, channel: ChannelId | str) -> None:
+        self.analysers[address].pinned.pop(ChannelId(channel), None)
+
+    def set_name(self, address: int, channel: ChannelId | str, name: str) -> None:
+        self.analysers[address].names[ChannelId(channel)] = name
+
+    def set_status(
+        self, address: int, channel: ChannelId | str, status: ChannelStatus | int
+    ) -> None:
+        """Raw FC02 bits of one channel (bit 0 fault/Invalid .. bit 7 alarm 4)."""
+        bits = status.to_bits() if isinstance(status, ChannelStatus) else status
+        self.analysers[address].statuses[ChannelId(channel)] = bits & 0xFF
+
+    def set_analyser_bits(self, address: int, bits: Sequence[bool]) -> None:
+        if len(bits) != mb.ANALYSER_STATUS_COUNT:
+            raise ValueError("16 analyser status bits")
+        self.analysers[address].analyser_bits = list(bits)
+
+    def fail_address(self, address: int, silent: bool = True) -> None:
+        """Make one slave stop answering (or answer again)."""
+        self.analysers[address].silent = silent
+
+    def exception_for(self, address: int, function: int, code: int, *, above: int = 0) -> None:
+        """Answer exception ``code`` to reads of ``function`` asking for more than ``above``."""
+        self.analysers[address].rules.append(ExceptionRule(function, code, above))
+
+    def clear_exceptions(self, address: int) -> None:
+        self.analysers[address].rules.clear()
+
+    def wire_transactions(self) -> list[Transaction]:
+        return transactions(self.relay.chunks, self.protocol)
+
+    # --- pymodbus plumbing -------------------------------------------------------------
+
+    def _device(self, address: int) -> SimDevice:
+        analyser = self.analysers[address]
+        return SimDevice(
+            id=address,
+            simdata=(
+                [SimData(0, values=[False] * BITS_PER_REGISTER, datatype=DataType.BITS)],
+                [SimData(0, values=analyser.discrete_inputs(), datatype=DataType.BITS)],
+                [SimData(0, count=1, datatype=DataType.INVALID)],
+                [SimData(0, values=analyser.input_registers(), datatype=DataType.REGISTERS)],
+            ),
+            action=partial(self._action, address),
+        )
+
+    async def _action(
+        self,
+        address: int,
+        function: int,
+        start: int,
+        _request_address: int,
+        quantity: int,
+        registers: list[int],
+        values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Refresh the block being read from the model, or refuse the read."""
+        analyser = self.analysers[address]
+        analyser.reads += 1
+        if values is None and (code := analyser.exception_for(function, quantity)):
+            return ExcCodes(code)
+        if function == mb.FC_READ_INPUT_REGISTERS:
+            tick = analyser.tick()
+            fresh = analyser.input_registers(tick)
+            registers[start : start + len(fresh)] = fresh
+            served = analyser.values(tick)
+            self.served.append((address, monotonic_ns(), served))
+            self._emit(analyser, tick, served)
+        elif function == mb.FC_READ_DISCRETE_INPUTS:
+            fresh = _bits_to_registers(analyser.discrete_inputs())
+            registers[start : start + len(fresh)] = fresh
+        return None
+
+    def _emit(
+        self, analyser: SimulatedAnalyser, tick: int, values: dict[ChannelId, float | None]
+    ) -> None:
+        if self._emit_log is None or self._emitted.get(analyser.address) == tick:
+            return
+        self._emitted[analyser.address] = tick
+        line = {
+            "time": datetime.now(UTC).isoformat(),
+            "address": analyser.address,
+            "tick": tick,
+            "values": {channel.value: value for channel, value in values.items()},
+        }
+        self._emit_log.write(json.dumps(line) + "\n")
+        self._emit_log.flush()
+
+    def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
+        """Silence replies of failed or unknown addresses: on RS485 they just do not answer."""
+        if not sending:
+            return packet
+        address = request_address(self.protocol, packet)
+        analyser = self.analysers.get(address) if address is not None else None
+        if analyser is None or analyser.silent:
+            return b""
+        return packet
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def run_modbus_simulator(args: Any) -> int:
+    """``servomexd simulate --protocol modbus_rtu|modbus_ascii --address N ... --link PATH``."""
+    protocol = ProtocolKind(args.protocol)
+    addresses: list[int] = list(args.address or [1])
+    for address in addresses:
+        if not 1 <= address <= 247:
+            print(f"servomexd simulate: address {address} is outside 1-247", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    emit_path: str | None = getattr(args, "emit_log", None)
+    emit = open(emit_path, "a", encoding="utf-8") if emit_path else None  # noqa: SIM115
+    try:
+        return asyncio.run(_serve(args, protocol, addresses, emit))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if emit is not None:
+            emit.close()
+
+
+async def _serve(
+    args: Any, protocol: ProtocolKind, addresses: list[int], emit: IO[str] | None
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    duration: float | None = getattr(args, "duration", None)
+    async with ModbusSimulator(
+        protocol=protocol,
+        addresses=addresses,
+        link=args.link,
+        period=float(getattr(args, "period", 1.0) or 1.0),
+        seed=int(getattr(args, "seed", 0) or 0),
+        emit_log=emit,
+        record_wire=False,
+    ) as sim:
+        print(
+            f"servomexd simulate: {protocol.value} slaves {addresses} at {sim.link_path}",
+            flush=True,
+        )
+        if duration is None:
+            await stop.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+    return 0
+
+
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "ChannelSpec",
+    "ModbusSimulator",
+    "PtyRelay",
+    "SimulatedAnalyser",
+    "Transaction",
+    "WireChunk",
+    "request_address",
+    "run_modbus_simulator",
+    "transactions",
+]
