@@ -1,0 +1,203 @@
+"""One supervisor per analyser: open, read, detect a dead link, close at once, back off, retry.
+
+The loop (in the spirit of Home Assistant's dsmr reconnect loop and aiomqtt's client):
+
+    open a session  --fails-->  link down, back off, retry (a missing port is not fatal)
+    read events, each wait bounded by what is left of ``silence_timeout``
+        frame     -> metrics + samples into the buffer; link up at the first one
+        rejection -> counted by reason + an error row into the buffer
+    EOF / transport error / OSError / silence  -> close the session AT ONCE, link down,
+        back off (jittered, reset after a healthy period), reopen
+
+Closing at once matters: a descriptor held open on an unplugged USB adapter makes the
+kernel give the replugged adapter a new name (ttyUSB1), and the path we reopen would
+not find it. Every exception is contained in the device's own task: one analyser's
+trouble never reaches another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
+
+import structlog
+
+from servomexd.acquisition.backoff import Backoff
+from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, Rejection, SessionFactory
+from servomexd.metrics import Metrics
+from servomexd.model import Frame, Sample
+
+log = structlog.get_logger("servomexd.supervisor")
+
+_CLOSE_TIMEOUT = 2.0
+
+
+class SampleBuffer(Protocol):
+    """Where acquired samples go (the writer's in-memory buffer); must never block."""
+
+    def add_samples(self, samples: Sequence[Sample]) -> None: ...
+
+
+class _Silence(Exception):
+    """No valid frame within ``silence_timeout``."""
+
+
+class DeviceSupervisor:
+    """Keeps one analyser's link alive for as long as ``run()`` runs."""
+
+    def __init__(
+        self,
+        name: str,
+        factory: SessionFactory,
+        buffer: SampleBuffer,
+        metrics: Metrics,
+        *,
+        silence_timeout: float,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.factory = factory
+        self.buffer = buffer
+        self.metrics = metrics
+        self.silence_timeout = silence_timeout
+        self.backoff = backoff if backoff is not None else Backoff()
+        self._clock = clock
+        self.link_up = False
+        self.running = False
+        self.sessions_opened = 0
+        self.reconnects = 0
+        self.frames = 0
+        self.rejections = 0
+        self.last_error: str | None = "not connected yet"
+        self._last_reason: str | None = None
+        self._log = log.bind(device=name)
+        metrics.register_device(name)
+
+    async def run(self) -> None:
+        """Supervise until cancelled. Never raises anything but ``CancelledError``."""
+        self.running = True
+        try:
+            while True:
+                reason = await self._one_session()
+                delay = self.backoff.next_delay()
+                self._link_down(reason, delay)
+                await asyncio.sleep(delay)
+        finally:
+            self.running = False
+            self._set_link(False)
+
+    async def _one_session(self) -> str:
+        """Open, read until the link fails; returns why it ended."""
+        try:
+            session = await self.factory.open()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # contained: a device's failure must not leave its task
+            return f"cannot open {self.factory.description}: {_describe(exc)}"
+        self.sessions_opened += 1
+        if self.sessions_opened > 1:
+            self.reconnects += 1
+            self.metrics.reconnects.labels(self.name).inc()
+        self._log.info("device.port_opened", target=self.factory.description)
+        try:
+            return await self._read(session)
+        finally:
+            self._set_link(False)
+            await _close(session, self._log)
+
+    async def _read(self, session: DeviceSession) -> str:
+        events = session.events()
+        iterator: AsyncIterator[AcquisitionEvent] = aiter(events)
+        deadline = self._clock() + self.silence_timeout
+        first = True
+        try:
+            while True:
+                remaining = deadline - self._clock()
+                try:
+                    if remaining <= 0:
+                        raise _Silence
+                    async with asyncio.timeout(remaining):
+                        event = await anext(iterator)
+                except (TimeoutError, _Silence):
+                    return f"no valid frame for {self.silence_timeout:g} s (silence_timeout)"
+                except StopAsyncIteration:
+                    return "end of stream (EOF)"
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    return _describe(exc)
+                if isinstance(event, Frame):
+                    deadline = self._clock() + self.silence_timeout
+                    self._on_frame(event, first)
+                    first = False
+                elif isinstance(event, Rejection):
+                    self._on_rejection(event)
+        finally:
+            closer = getattr(iterator, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    def _on_frame(self, frame: Frame, first: bool) -> None:
+        self.frames += 1
+        self.metrics.observe_frame(self.name, frame)
+        self.buffer.add_samples(frame.as_samples(self.name))
+        if first:
+            self.backoff.mark_healthy()
+            self._set_link(True)
+            self.last_error = None
+            self._last_reason = None
+            self._log.info(
+                "device.link_up",
+                target=self.factory.description,
+                protocol=frame.protocol.value,
+                channels=len(frame.readings),
+                reconnects=self.reconnects,
+            )
+
+    def _on_rejection(self, rejection: Rejection) -> None:
+        self.rejections += 1
+        self.metrics.observe_rejection(self.name, rejection.reason)
+        self.buffer.add_samples([rejection.as_sample(self.name)])
+        self._log.debug(
+            "device.frame_rejected", reason=rejection.reason, error=str(rejection.error)
+        )
+
+    def _set_link(self, up: bool) -> None:
+        self.link_up = up
+        self.metrics.link_up.labels(self.name).set(1 if up else 0)
+
+    def _link_down(self, reason: str, delay: float) -> None:
+        self.last_error = reason
+        # The first failure (or a new reason) is a warning; the same failure repeating
+        # while the port stays missing is only info, so the journal is not flooded.
+        level = "warning" if reason != self._last_reason else "info"
+        self._last_reason = reason
+        getattr(self._log, level)(
+            "device.link_down",
+            reason=reason,
+            retry_in_s=round(delay, 2),
+            target=self.factory.description,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _close(session: DeviceSession, logger: structlog.typing.FilteringBoundLogger) -> None:
+    """Close the session now, even while being cancelled (the fd must not linger)."""
+    task = asyncio.ensure_future(session.aclose())
+    try:
+        await asyncio.wait_for(asyncio.shield(task), _CLOSE_TIMEOUT)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, _CLOSE_TIMEOUT)
+        raise
+    except Exception as exc:
+        logger.warning("device.close_failed", error=_describe(exc))
