@@ -1,0 +1,125 @@
+"""The Grafana dashboard: importable structure, and every PromQL in it parsed by promtool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from obs_tools import (
+    PROVISIONING,
+    dashboard_queries,
+    iter_panels,
+    load_dashboard,
+    recording_rules_document,
+    require_tool,
+    run_tool,
+    substitute,
+)
+
+REQUIRED_PANEL_TOPICS = {
+    "servomexd_reading": "gas readings",
+    "servomexd_link_up": "link state",
+    "servomexd_reconnects_total": "reconnects",
+    "servomexd_frames_rejected_total": "rejects by reason",
+    "servomexd_samples_written_total": "samples written",
+    "servomexd_sink_write_seconds_bucket": "sink latency",
+    "servomexd_spool_pending_samples": "spool backlog",
+    "servomexd_spool_oldest_age_seconds": "spool age",
+    "process_cpu_seconds_total": "CPU",
+    "process_resident_memory_bytes": "memory",
+    "servomexd_channel_status": "channel status",
+}
+
+
+def test_every_dashboard_expression_parses(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    queries = dashboard_queries()
+    assert len(queries) >= 25
+    rules = tmp_path / "dashboard-rules.yml"
+    rules.write_text(recording_rules_document([q[2] for q in queries]))
+    result = run_tool([promtool, "check", "rules", str(rules)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+
+
+def test_the_parse_check_catches_a_broken_expression(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    exprs = [q[2] for q in dashboard_queries()]
+    exprs.append("sum by (device (rate(servomexd_frames_total[5m]))")
+    rules = tmp_path / "broken.yml"
+    rules.write_text(recording_rules_document(exprs))
+    assert run_tool([promtool, "check", "rules", str(rules)]).returncode != 0
+
+
+def test_dashboard_shape_for_grafana_10() -> None:
+    dashboard = load_dashboard()
+    assert "__inputs" not in dashboard  # provisioning-friendly: no import-time prompts
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    assert dashboard["uid"] == "servomexd"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    device = variables["device"]
+    assert device["type"] == "query"
+    assert device["definition"].startswith("label_values(servomexd_link_up")
+    assert device["definition"].endswith(", device)")
+    assert device["multi"] and device["includeAll"]
+
+    ids = [p["id"] for p in iter_panels(dashboard["panels"])]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in iter_panels(dashboard["panels"]):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            assert target["refId"]
+
+
+def test_panels_do_not_overlap() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in iter_panels(load_dashboard()["panels"]):
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_dashboard_covers_the_required_topics() -> None:
+    all_exprs = " ".join(q[1] for q in dashboard_queries())
+    missing = [topic for metric, topic in REQUIRED_PANEL_TOPICS.items() if metric not in all_exprs]
+    assert missing == []
+    readings = [
+        t for p in iter_panels(load_dashboard()["panels"]) for t in p.get("targets", [])
+        if t["expr"].startswith("servomexd_reading")
+    ]
+    assert any(t["legendFormat"] == "{{device}} {{channel}} {{name}} ({{unit}})" for t in readings)
+
+
+def test_every_device_filtered_query_honours_the_device_variable() -> None:
+    per_device = ("servomexd_reading", "servomexd_link_up", "servomexd_frames_total",
+                  "servomexd_channel_status", "servomexd_reconnects_total",
+                  "servomexd_last_sample_timestamp_seconds")
+    for where, expr, _ in dashboard_queries():
+        if where.startswith("variable"):
+            continue
+        if any(metric in expr for metric in per_device):
+            assert 'device=~"$device"' in expr, where
+
+
+def test_unknown_variable_is_reported() -> None:
+    with pytest.raises(AssertionError, match="nosuch"):
+        substitute('up{x="$nosuch"}')
+
+
+def test_provisioning_files() -> None:
+    datasource = (PROVISIONING / "datasources" / "servomexd.yml").read_text()
+    assert "apiVersion: 1" in datasource
+    assert "type: prometheus" in datasource
+    provider = (PROVISIONING / "dashboards" / "servomexd.yml").read_text()
+    assert "apiVersion: 1" in provider
+    assert "type: file" in provider
+    assert "path: /var/lib/grafana/dashboards/servomexd" in provider
