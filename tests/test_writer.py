@@ -1,0 +1,248 @@
+"""servomexd/writer.py: buffer -> spool -> sink with checkpoints, against a real SqliteSink.
+
+Sink failures are injected by a thin Destination subclass (a real SQLite file is behind
+it); the Postgres outage with a real server is in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from servomexd.acquisition.backoff import Backoff
+from servomexd.config import SinkSettings
+from servomexd.destination import Destination
+from servomexd.errors import ServomexSinkWriteError
+from servomexd.metrics import Metrics
+from servomexd.rows import Record
+from servomexd.spool import Spool
+from servomexd.writer import Writer
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def rec(i: int) -> Record:
+    return (
+        "dev", "I1", "transducer", "O2", float(i), "%", True, False, False, False, False,
+        "continuous", i, T0 + timedelta(milliseconds=i), None, None, None,
+    )
+
+
+class FlakyDestination(Destination):
+    """A real sink behind it; ``fail`` decides per write: None, "before" or "after" commit."""
+
+    def __init__(self, settings: SinkSettings) -> None:
+        super().__init__(settings)
+        self.fail: Callable[[int], str | None] = lambda n: None
+        self.writes: list[int] = []
+        self.down = False
+
+    async def open(self) -> None:
+        if self.down:
+            raise ServomexSinkWriteError("connection refused")
+        await super().open()
+
+    async def write_records(
+        self, records: Sequence[Record], *, checkpoint: tuple[str, int] | None
+    ) -> None:
+        if self.down:
+            raise ServomexSinkWriteError("connection refused")
+        mode = self.fail(len(self.writes))
+        self.writes.append(len(records))
+        if mode == "before":
+            raise ServomexSinkWriteError("injected failure before commit")
+        await super().write_records(records, checkpoint=checkpoint)
+        if mode == "after":
+            raise TimeoutError("injected: reply lost after commit")
+
+
+def stored(path: Path) -> list[float]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT value FROM samples ORDER BY rowid")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - polling observable state on purpose
+            await asyncio.sleep(0.01)
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, kind: str = "sqlite", **writer_kw: object) -> None:
+        suffix = {"sqlite": "sqlite", "jsonl": "jsonl"}[kind]
+        self.db = tmp_path / f"out.{suffix}"
+        self.settings = SinkSettings(type=kind, path=self.db)
+        self.metrics = Metrics(CollectorRegistry())
+        self.spool = Spool(tmp_path / "spool")
+        self.dest = FlakyDestination(self.settings)
+        kw: dict[str, object] = {
+            "batch_size": 10, "flush_interval": 0.05, "max_write_rows": 1000,
+            "write_timeout": 5.0, "backoff": Backoff(initial=0.02, cap=0.05, floor=0.0),
+        }
+        kw.update(writer_kw)
+        self.writer = Writer(self.spool, self.dest, self.metrics, **kw)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Rig:
+        await self.spool.open()
+        self.task = asyncio.create_task(self.writer.run())
+        return self
+
+    async def stop(self) -> None:
+        self.writer.request_stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 10)
+        await self.writer.aclose()
+        await self.spool.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None and not self.task.done():
+            await self.stop()
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+async def test_steady_state_exactly_once_and_timer_flush(tmp_path: Path) -> None:
+    async with Rig(tmp_path) as rig:
+        rig.writer.add_records([rec(i) for i in range(25)])
+        await until(lambda: len(stored(rig.db)) == 25)
+        # 3 samples: below batch_size, must still be written by the timer
+        rig.writer.add_records([rec(i) for i in range(25, 28)])
+        await until(lambda: len(stored(rig.db)) == 28, within=2)
+        await until(lambda: rig.spool.stats.batches == 0)
+        assert rig.writer.sink_up
+        assert rig.metric("servomexd_samples_written_total", sink="sqlite") == 28
+        assert rig.metric("servomexd_sink_up", sink="sqlite") == 1
+    assert stored(rig.db) == [float(i) for i in range(28)]
+
+
+async def test_ambiguous_failure_after_commit_is_not_duplicated(tmp_path: Path) -> None:
+    async with Rig(tmp_path) as rig:
+        rig.dest.fail = lambda n: "after" if n == 1 else None
+        for i in range(5):
+            rig.writer.add_records([rec(10 * i + j) for j in range(10)])
+            await asyncio.sleep(0.03)
+        await until(lambda: rig.spool.stats.batches == 0 and rig.writer.buffered == 0)
+        assert rig.metric("servomexd_sink_errors_total", sink="sqlite") == 1
+    values = stored(rig.db)
+    assert sorted(values) == [float(i) for i in range(50)]  # nothing lost, nothing twice
+    assert values == sorted(values)  # in order
+
+
+async def test_outage_spools_then_drains_in_large_chunks(tmp_path: Path) -> None:
+    async with Rig(tmp_path) as rig:
+        rig.writer.add_records([rec(i) for i in range(10)])
+        await until(lambda: len(stored(rig.db)) == 10)
+        rig.dest.down = True
+        rig.writer.add_records([rec(10)])
+        await until(lambda: not rig.writer.sink_up)
+        for i in range(11, 400):
+            rig.writer.add_records([rec(i)])  # acquisition never blocks
+            if i % 10 == 0:
+                await asyncio.sleep(0.01)
+        await until(lambda: rig.spool.stats.samples == 390)
+        assert rig.metric("servomexd_spool_pending_samples") == 390
+        assert rig.metric("servomexd_sink_up", sink="sqlite") == 0
+        writes_before = len(rig.dest.writes)
+        rig.dest.down = False
+        await until(lambda: len(stored(rig.db)) == 400)
+        # the backlog (>= 39 spool batches) went out in a few merged writes
+        assert len(rig.dest.writes) - writes_before <= 3
+        assert max(rig.dest.writes) > rig.writer.batch_size
+    assert stored(rig.db) == [float(i) for i in range(400)]
+
+
+async def test_failure_before_commit_is_retried(tmp_path: Path) -> None:
+    async with Rig(tmp_path) as rig:
+        rig.dest.fail = lambda n: "before" if n < 3 else None
+        rig.writer.add_records([rec(i) for i in range(30)])
+        await until(lambda: len(stored(rig.db)) == 30)
+    assert stored(rig.db) == [float(i) for i in range(30)]
+
+
+async def test_stop_flushes_buffer_and_delivers(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, flush_interval=30.0, batch_size=10_000)
+    async with rig:
+        rig.writer.add_records([rec(i) for i in range(7)])
+        await asyncio.sleep(0.05)
+        assert stored(rig.db) == []  # only buffered so far
+        await rig.stop()
+    assert stored(rig.db) == [float(i) for i in range(7)]
+
+
+async def test_stop_with_sink_down_keeps_data_in_spool(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, flush_interval=30.0, batch_size=10_000)
+    rig.dest.down = True
+    async with rig:
+        rig.writer.add_records([rec(i) for i in range(5)])
+        await asyncio.wait_for(rig.stop(), 3)
+    async with Spool(tmp_path / "spool") as spool:
+        assert spool.stats.samples == 5
+    # next run delivers them
+    rig2 = Rig(tmp_path)
+    async with rig2:
+        await until(lambda: len(stored(rig2.db)) == 5)
+
+
+async def test_restart_after_ambiguous_crash_does_not_duplicate(tmp_path: Path) -> None:
+    """Rows committed by the sink but never acked in the spool (a crash in between)."""
+    spool = Spool(tmp_path / "spool")
+    async with spool:
+        seq = await spool.append([rec(i) for i in range(5)])
+        stream = spool.stream_id
+    dest = Destination(SinkSettings(path=tmp_path / "out.sqlite"))
+    await dest.open()
+    await dest.write_records([rec(i) for i in range(5)], checkpoint=(stream, seq))
+    await dest.close()
+    async with Rig(tmp_path) as rig:
+        rig.writer.add_records([rec(5)])
+        await until(lambda: len(stored(rig.db)) >= 6 and rig.spool.stats.batches == 0)
+    assert stored(rig.db) == [float(i) for i in range(6)]
+
+
+async def test_file_sink_is_at_least_once(tmp_path: Path) -> None:
+    """Documented: without a checkpoint an ambiguous failure repeats the batch."""
+    async with Rig(tmp_path, kind="jsonl") as rig:
+        rig.dest.fail = lambda n: "after" if n == 0 else None
+        rig.writer.add_records([rec(i) for i in range(10)])
+        await until(lambda: rig.spool.stats.batches == 0 and len(rig.dest.writes) >= 2)
+    lines = rig.db.read_text().splitlines()
+    assert len(lines) == 20
+
+
+async def test_add_never_blocks_and_memory_is_bounded_when_spool_fails(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    async with rig:
+        await rig.spool.close()  # appends now fail
+        rig.writer.add_records([rec(i) for i in range(rig.writer._buffer_cap + 500)])
+        await until(lambda: not rig.writer.spool_ok)
+        assert rig.writer.buffered <= rig.writer._buffer_cap
+        assert rig.writer.buffer_dropped >= 500
+        assert rig.metric("servomexd_spool_dropped_samples_total") >= 500
+        rig.writer.request_stop()
+        await asyncio.wait_for(rig.task, 5)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_timestamped_files_never_overwrite(tmp_path: Path, kind: str) -> None:
+    from servomexd.destination import timestamped_path
+
+    base = tmp_path / f"samples.{kind}"
+    first = timestamped_path(base, T0)
+    first.write_text("x")
+    second = timestamped_path(base, T0)
+    assert first.name == f"samples-20250101T000000Z.{kind}"
+    assert second != first and second.name.startswith("samples-20250101T000000Z-2")
