@@ -138,15 +138,18 @@ def http_get_json(url: str, timeout: float = 5) -> dict[str, Any]:
 class PrometheusServer:
     """A throwaway ``prometheus`` server scraping given targets every second."""
 
-    def __init__(self, binary: str, workdir: Path, targets: list[str]) -> None:
+    def __init__(self, binary: str, workdir: Path, targets: list[str],
+                 rule_files: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                        "evaluation_interval": "1s"},
             "scrape_configs": [{"job_name": "servomexd",
                                 "static_configs": [{"targets": targets}]}],
         }
+        if rule_files:
+            config["rule_files"] = rule_files
         (workdir / "prometheus.yml").write_text(json.dumps(config))
         self.log_path = workdir / "prometheus.log"
         self._log = self.log_path.open("wb")
