@@ -11,20 +11,58 @@ shares is computed once per frame or once per sink:
 * the five status columns per ``ChannelStatus`` (at most 256 distinct values).
 
 Enum members (``ChannelId``, ``Unit``...) are ``StrEnum``s, i.e. ``str``
-subclasses; they are passed as they are, every driver stores them as text.
+subclasses. Native records keep them (asyncpg encodes any ``str``), but text rows
+get plain ``str``: sqlite3 looks for an adapter (``__conform__``, a failing
+attribute lookup) for every non-exact ``str`` parameter, which measured 25% of a
+write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
-from servomexd.model import ChannelStatus, Sample, Unit
+from servomexd.model import (
+    ChannelId,
+    ChannelKind,
+    ChannelStatus,
+    ProtocolKind,
+    Reading,
+    Sample,
+    Unit,
+)
 from servomexd.rows import Record
 
 _TEXT_BOOL: dict[Any, str | None] = {True: "true", False: "false", None: None}
 _UNKNOWN = Unit.UNKNOWN
+# StrEnum members hash and compare as their text, so this maps members (and their
+# plain text) to the plain text.
+_PLAIN: dict[str, str] = {
+    member: str(member.value)
+    for enum in (ChannelId, ChannelKind, ProtocolKind, Unit)
+    for member in enum
+}
+
+# One C call fetches every field a row needs (NamedTuple attribute access costs a
+# descriptor call each); indices come from ``_fields`` so a field added to the
+# model later cannot shift them.
+_SAMPLE_FIELDS = itemgetter(
+    *(
+        Sample._fields.index(name)
+        for name in (
+            "device", "reading", "protocol", "monotonic_ns",
+            "received_at", "requested_at", "latency_s", "error",
+        )
+    )
+)
+_READING_FIELDS = itemgetter(
+    *(
+        Reading._fields.index(name)
+        for name in ("channel", "kind", "name", "value", "unit", "status", "unit_text")
+    )
+)
 
 
 def _status_text(status: ChannelStatus) -> tuple[str, str, str, str, str]:
@@ -64,40 +102,42 @@ class RowEncoder:
         last_dt = self._last_dt
         last_iso = self._last_iso
         unknown = _UNKNOWN
+        sample_fields = _SAMPLE_FIELDS
+        reading_fields = _READING_FIELDS
+        plain = _PLAIN.get
         for sample in samples:
-            received = sample.received_at
+            (
+                device, reading, protocol, monotonic_ns,
+                received, requested, latency, error,
+            ) = sample_fields(sample)
+            protocol = plain(protocol, protocol)
             if received is not last_dt:
                 last_dt = received
                 last_iso = received.isoformat()
-            requested = sample.requested_at
             requested_iso = None if requested is None else requested.isoformat()
-            error = sample.error
             error_text = None if error is None else str(error)
-            reading = sample.reading
             if reading is None:
                 append(
                     (
-                        sample.device, None, None, None, None, None,
+                        device, None, None, None, None, None,
                         None, None, None, None, None,
-                        sample.protocol, sample.monotonic_ns, last_iso,
-                        requested_iso, sample.latency_s, error_text,
+                        protocol, monotonic_ns, last_iso, requested_iso, latency, error_text,
                     )
                 )
                 continue
-            status = reading.status
+            channel, kind, name, value, unit, status, unit_text = reading_fields(reading)
             flags = cache.get(status)
             if flags is None:
                 flags = cache[status] = _status_text(status)
-            unit: str = reading.unit
-            if unit is unknown and reading.unit_text:
-                unit = reading.unit_text
+            if unit is unknown and unit_text:
+                unit = unit_text
+            ok, fault, maintenance, calibrating, warming_up = flags
             append(
                 (
-                    sample.device, reading.channel, reading.kind, reading.name,
-                    reading.value, unit,
-                    flags[0], flags[1], flags[2], flags[3], flags[4],
-                    sample.protocol, sample.monotonic_ns, last_iso,
-                    requested_iso, sample.latency_s, error_text,
+                    device, plain(channel, channel), plain(kind, kind), name, value,
+                    plain(unit, unit),
+                    ok, fault, maintenance, calibrating, warming_up,
+                    protocol, monotonic_ns, last_iso, requested_iso, latency, error_text,
                 )
             )
         self._last_dt = last_dt
@@ -110,34 +150,35 @@ class RowEncoder:
         append = out.append
         cache = self._native_status
         unknown = _UNKNOWN
+        sample_fields = _SAMPLE_FIELDS
+        reading_fields = _READING_FIELDS
         for sample in samples:
-            error = sample.error
+            (
+                device, reading, protocol, monotonic_ns,
+                received, requested, latency, error,
+            ) = sample_fields(sample)
             error_text = None if error is None else str(error)
-            reading = sample.reading
             if reading is None:
                 append(
                     (
-                        sample.device, None, None, None, None, None,
+                        device, None, None, None, None, None,
                         None, None, None, None, None,
-                        sample.protocol, sample.monotonic_ns, sample.received_at,
-                        sample.requested_at, sample.latency_s, error_text,
+                        protocol, monotonic_ns, received, requested, latency, error_text,
                     )
                 )
                 continue
-            status = reading.status
+            channel, kind, name, value, unit, status, unit_text = reading_fields(reading)
             flags = cache.get(status)
             if flags is None:
                 flags = cache[status] = _status_native(status)
-            unit: str = reading.unit
-            if unit is unknown and reading.unit_text:
-                unit = reading.unit_text
+            if unit is unknown and unit_text:
+                unit = unit_text
+            ok, fault, maintenance, calibrating, warming_up = flags
             append(
                 (
-                    sample.device, reading.channel, reading.kind, reading.name,
-                    reading.value, unit,
-                    flags[0], flags[1], flags[2], flags[3], flags[4],
-                    sample.protocol, sample.monotonic_ns, sample.received_at,
-                    sample.requested_at, sample.latency_s, error_text,
+                    device, channel, kind, name, value, unit,
+                    ok, fault, maintenance, calibrating, warming_up,
+                    protocol, monotonic_ns, received, requested, latency, error_text,
                 )
             )
         return out

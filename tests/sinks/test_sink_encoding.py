@@ -1,0 +1,67 @@
+"""The fast row builders give exactly the reference rows of servomexd.rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sinkdata import T0, frame, varied_samples
+
+from servomexd.model import ChannelStatus, ProtocolKind, Sample
+from servomexd.rows import ROW_COLUMNS, record_to_text_record, sample_to_record, sample_to_row
+from servomexd.sinks.encoding import RowEncoder
+
+
+def _all_status_samples() -> list[Sample]:
+    out: list[Sample] = []
+    for bits in range(256):
+        status = ChannelStatus.from_bits(bits)
+        out.extend(frame(bits, statuses=(status,) * 5).as_samples("dev"))
+    return out
+
+
+def test_text_rows_equal_sample_to_row_for_every_status_and_error_rows() -> None:
+    samples = _all_status_samples() + varied_samples(16)
+    rows = RowEncoder().text_rows(samples)
+    assert rows == [tuple(sample_to_row(s).values()) for s in samples]
+    # plain str, not StrEnum members (sqlite3 adapts str subclasses slowly)
+    for row in rows:
+        for value in row:
+            assert value is None or type(value) in (str, float, int)
+    assert len(rows[0]) == len(ROW_COLUMNS)
+
+
+def test_native_records_equal_sample_to_record() -> None:
+    samples = _all_status_samples() + varied_samples(16)
+    assert RowEncoder().native_records(samples) == [sample_to_record(s) for s in samples]
+
+
+def test_records_to_text_equals_reference_and_survives_distinct_datetime_objects() -> None:
+    samples = varied_samples(16)
+    records = [sample_to_record(s) for s in samples]
+    # records rebuilt from storage carry equal but distinct datetime objects
+    rebuilt = [
+        (*r[:13], datetime.fromisoformat(r[13].isoformat()), *r[14:]) for r in records
+    ]
+    encoder = RowEncoder()
+    expected = [record_to_text_record(r) for r in records]
+    assert encoder.records_to_text(rebuilt) == expected
+    assert encoder.records_to_text(records) == expected
+
+
+def test_timestamp_cache_does_not_leak_between_frames() -> None:
+    a = frame(0).as_samples("d")
+    b = frame(1).as_samples("d")
+    encoder = RowEncoder()
+    first = encoder.text_rows(a)
+    second = encoder.text_rows(b)
+    assert first[0][13] == T0.isoformat()
+    assert second[0][13] != first[0][13]
+    assert second[0][13] == b[0].received_at.isoformat()
+
+
+def test_requested_at_and_latency_are_kept() -> None:
+    samples = frame(3, protocol=ProtocolKind.MODBUS_RTU, modbus_timing=True).as_samples("m")
+    row = RowEncoder().text_rows(samples)[0]
+    assert row[ROW_COLUMNS.index("requested_at")] == samples[0].requested_at.isoformat()  # type: ignore[union-attr]
+    assert row[ROW_COLUMNS.index("latency_s")] == 0.04
+    assert samples[0].requested_at.tzinfo is UTC  # type: ignore[union-attr]
