@@ -1,0 +1,364 @@
+"""Bytes in and out of one serial port, with every wait bounded.
+
+Built on pyserial-asyncio-fast (the port is opened in an executor, the fd is then
+watched by the event loop). Two facts of serial lines shape this module:
+
+* A serial line has no EOF. A read on a silent port never returns by itself, so
+  ``SerialLink.read`` always takes a timeout and returns ``b""`` when it expires:
+  silence is normal (the analyser's frame period may be long) and it is the
+  supervisor's job to decide when silence means the link is dead.
+* An unplugged USB adapter (or a pty whose master went away) makes the fd
+  readable with no data, or fails the read with EIO. pyserial turns both into a
+  ``SerialException`` and the transport reports ``connection_lost``; the next
+  ``read`` raises ``ServomexConnectionError`` at once, never a hang.
+
+``close()`` releases the file descriptor immediately, not in a background task: a
+descriptor still held when a USB adapter is replugged makes the kernel enumerate
+it under a new name (ttyUSB1), and the daemon would never find its analyser again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import serial
+import serial_asyncio_fast
+
+from servomexd.errors import (
+    ServomexConnectionError,
+    ServomexTimeoutError,
+    ServomexValidationError,
+)
+
+__all__ = ["BAUDRATES", "SerialLink", "SerialSettings"]
+
+log = logging.getLogger(__name__)
+
+BAUDRATES: tuple[int, ...] = (
+    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
+)  # fmt: skip
+"""Standard rates accepted in configuration. The 4000 series speaks 2400-19200; a
+rate outside the standard set is nearly always a typo (1920, 192000)."""
+
+_PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+_BYTESIZES = {5: serial.FIVEBITS, 6: serial.SIXBITS, 7: serial.SEVENBITS, 8: serial.EIGHTBITS}
+_STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: serial.STOPBITS_TWO}
+
+_HIGH_WATER = 256 * 1024
+"""Bytes buffered before the link stops reading the fd (the kernel then buffers, and
+eventually drops, like a real UART): memory stays bounded if nobody reads."""
+_CLOSE_WAIT = 2.0
+"""How long ``close()`` waits for the transport's own cleanup to report back."""
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    """How to open one port. Defaults are the analyser's: 19200 baud, 8-N-1, no flow
+    control (fact sheet section 1)."""
+
+    port: str
+    baudrate: int = 19200
+    bytesize: int = 8
+    parity: str = "N"
+    stopbits: float = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, str) or not self.port.strip():
+            raise ServomexValidationError("serial port path must be a non-empty string")
+        if "\x00" in self.port:
+            raise ServomexValidationError("serial port path contains a NUL byte")
+        if isinstance(self.baudrate, bool) or self.baudrate not in BAUDRATES:
+            raise ServomexValidationError(
+                f"baudrate must be one of {', '.join(map(str, BAUDRATES))}",
+                context={"baudrate": self.baudrate},
+            )
+        if isinstance(self.bytesize, bool) or self.bytesize not in _BYTESIZES:
+            raise ServomexValidationError(
+                "bytesize must be 5, 6, 7 or 8", context={"bytesize": self.bytesize}
+            )
+        if self.parity not in _PARITIES:
+            raise ServomexValidationError(
+                'parity must be "N", "E" or "O"', context={"parity": self.parity}
+            )
+        if isinstance(self.stopbits, bool) or self.stopbits not in _STOPBITS:
+            raise ServomexValidationError(
+                "stopbits must be 1, 1.5 or 2", context={"stopbits": self.stopbits}
+            )
+
+    @property
+    def framing(self) -> str:
+        """The usual short form, e.g. ``8N1``."""
+        stop = "1.5" if self.stopbits == 1.5 else str(int(self.stopbits))
+        return f"{self.bytesize}{self.parity}{stop}"
+
+    def describe(self) -> str:
+        """Log-safe one-liner, e.g. ``/dev/ttyUSB0 @19200 8N1``."""
+        return f"{self.port} @{self.baudrate} {self.framing}"
+
+    def serial_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``serial.Serial`` / ``serial_for_url``."""
+        return {
+            "baudrate": self.baudrate,
+            "bytesize": _BYTESIZES[self.bytesize],
+            "parity": _PARITIES[self.parity],
+            "stopbits": _STOPBITS[self.stopbits],
+            "xonxoff": False,
+            "rtscts": False,
+            "dsrdtr": False,
+        }
+
+
+class _LinkProtocol(asyncio.Protocol):
+    """Collects received bytes and wakes the reader; remembers how the link ended."""
+
+    def __init__(self, high_water: int) -> None:
+        self.buffer = bytearray()
+        self.readable = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.lost = False
+        self.error: BaseException | None = None
+        self.paused = False
+        self.high_water = high_water
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self.readable.set()
+        if len(self.buffer) >= self.high_water and not self.paused and self.transport:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.error = exc
+        self.readable.set()
+        self.closed.set()
+
+
+class SerialLink:
+    """One open serial port: bounded reads, writes, and an immediate close.
+
+    The I/O methods take an explicit ``timeout`` (hence the ASYNC109 waivers): a
+    serial read without its own bound is exactly the hang this class exists to
+    prevent, so callers cannot forget it.
+
+    Usage::
+
+        async with await SerialLink.open(settings) as link:
+            data = await link.read(1.0)   # b"" after 1 s of silence
+    """
+
+    def __init__(self, settings: SerialSettings, *, high_water: int = _HIGH_WATER) -> None:
+        self._settings = settings
+        self._high_water = high_water
+        self._transport: serial_asyncio_fast.SerialTransport | None = None
+        self._protocol: _LinkProtocol | None = None
+        self._closed_by_us = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, settings: SerialSettings, *, high_water: int = _HIGH_WATER) -> Self:
+        """Open ``settings.port`` (symlinks such as /dev/serial/by-id/... are followed).
+
+        Raises ``ServomexConnectionError`` when the port is missing, busy (another
+        process holds it: the port is locked exclusively) or not permitted.
+        """
+        link = cls(settings, high_water=high_water)
+        await link._open()
+        return link
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        protocol = _LinkProtocol(self._high_water)
+        try:
+            transport, _ = await serial_asyncio_fast.create_serial_connection(
+                loop,
+                lambda: protocol,
+                self._settings.port,
+                exclusive=True,
+                **self._settings.serial_kwargs(),
+            )
+        except (serial.SerialException, OSError, ValueError) as error:
+            raise ServomexConnectionError(
+                f"cannot open serial port: {_cause(error)}",
+                context={"port": self._settings.port},
+            ) from error
+        self._transport = transport
+        self._protocol = protocol
+        log.debug("serial port open: %s", self.describe())
+
+    def describe(self) -> str:
+        """The settings, plus the real device when ``port`` is a symlink."""
+        text = self._settings.describe()
+        real = os.path.realpath(self._settings.port)
+        return text if real == self._settings.port else f"{text} ({real})"
+
+    @property
+    def settings(self) -> SerialSettings:
+        return self._settings
+
+    @property
+    def is_open(self) -> bool:
+        """True until the link is closed or lost."""
+        protocol = self._protocol
+        return protocol is not None and not protocol.lost and not self._closed_by_us
+
+    async def close(self) -> None:
+        """Close the port now; idempotent. The fd is released before this returns."""
+        transport, protocol = self._transport, self._protocol
+        if transport is None or protocol is None or self._closed_by_us:
+            return
+        self._closed_by_us = True
+        if not transport.is_closing():
+            port = transport.serial
+            # abort() stops watching the fd and schedules the transport's own cleanup
+            # (which would close the fd later, in an executor); close it here, now.
+            transport.abort()
+            if port is not None:
+                try:
+                    port.close()
+                except (OSError, serial.SerialException) as error:
+                    log.debug("closing %s: %s", self._settings.port, error)
+        # The transport was already closing (link lost) or is finishing up: wait for it,
+        # bounded, so that no fd or executor job outlives the link.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_CLOSE_WAIT):
+                await protocol.closed.wait()
+        protocol.buffer.clear()
+
+    async def __aenter__(self) -> Self:
+        if self._transport is None:
+            await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- I/O ---------------------------------------------------------------------------------
+
+    def _require(self) -> tuple[serial_asyncio_fast.SerialTransport, _LinkProtocol]:
+        if self._transport is None or self._protocol is None:
+            raise ServomexConnectionError(
+                "serial link is not open", context={"port": self._settings.port}
+            )
+        if self._closed_by_us:
+            raise ServomexConnectionError(
+                "serial link is closed", context={"port": self._settings.port}
+            )
+        return self._transport, self._protocol
+
+    def _lost(self, protocol: _LinkProtocol) -> ServomexConnectionError:
+        cause = protocol.error
+        message = "serial link lost" if cause is None else f"serial link lost: {_cause(cause)}"
+        error = ServomexConnectionError(message, context={"port": self._settings.port})
+        error.__cause__ = cause
+        return error
+
+    async def read(self, timeout: float, *, max_bytes: int | None = None) -> bytes:  # noqa: ASYNC109
+        """Return the bytes received so far (waiting up to ``timeout`` seconds for the
+        first one); ``b""`` when the line stayed silent for ``timeout``.
+
+        Raises ``ServomexConnectionError`` once the link is lost (EOF, I/O error, adapter
+        unplugged), after any bytes received before the loss have been returned.
+        """
+        if timeout <= 0:
+            raise ServomexValidationError("read timeout must be > 0", context={"timeout": timeout})
+        transport, protocol = self._require()
+        if not protocol.buffer:
+            if protocol.lost:
+                raise self._lost(protocol)
+            protocol.readable.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await protocol.readable.wait()
+            except TimeoutError:
+                return b""
+            if self._closed_by_us:
+                raise ServomexConnectionError(
+                    "serial link closed while reading", context={"port": self._settings.port}
+                )
+            if not protocol.buffer:
+                raise self._lost(protocol)
+        buffer = protocol.buffer
+        if max_bytes is None or max_bytes >= len(buffer):
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:max_bytes])
+            del buffer[:max_bytes]
+        if protocol.paused and len(buffer) < protocol.high_water // 2 and not protocol.lost:
+            protocol.paused = False
+            transport.resume_reading()
+        return data
+
+    async def read_exactly(self, size: int, timeout: float) -> bytes:  # noqa: ASYNC109
+        """Exactly ``size`` bytes within ``timeout`` seconds overall, else
+        ``ServomexTimeoutError`` (the partial data is on the error's ``raw``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        data = bytearray()
+        while len(data) < size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ServomexTimeoutError(
+                    f"expected {size} bytes, got {len(data)} within {timeout} s",
+                    raw=bytes(data),
+                    context={"port": self._settings.port},
+                )
+            data += await self.read(remaining, max_bytes=size - len(data))
+        return bytes(data)
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for sending (non-blocking; see ``drain``)."""
+        transport, protocol = self._require()
+        if protocol.lost or transport.is_closing():
+            raise self._lost(protocol)
+        transport.write(data)
+
+    async def drain(self, timeout: float = 1.0) -> None:  # noqa: ASYNC109
+        """Wait until everything written has been handed to the OS."""
+        transport, protocol = self._require()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while transport.get_write_buffer_size():
+            if protocol.lost:
+                raise self._lost(protocol)
+            if loop.time() >= deadline:
+                raise ServomexTimeoutError(
+                    "serial write did not drain",
+                    context={
+                        "port": self._settings.port,
+                        "pending": transport.get_write_buffer_size(),
+                    },
+                )
+            await asyncio.sleep(0.001)
+
+    def reset_input(self) -> None:
+        """Discard everything received and not yet read (ours and the kernel's)."""
+        transport, protocol = self._require()
+        protocol.buffer.clear()
+        port = transport.serial
+        if port is not None and not protocol.lost:
+            with contextlib.suppress(OSError, serial.SerialException):
+                port.reset_input_buffer()
+
+
+def _cause(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,240 @@
+"""SerialLink and SerialSettings over real pseudo-terminals (PtyDevice)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servomexd.errors import ServomexConnectionError, ServomexTimeoutError, ServomexValidationError
+from servomexd.link.serial import SerialLink, SerialSettings
+from servomexd.simulator.pty import PtyDevice
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[PtyDevice]:
+    with PtyDevice(tmp_path / "serial-by-id-adapter") as pty:
+        yield pty
+
+
+def open_fds_to(device_path: str) -> list[str]:
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == device_path:
+                fds.append(fd)
+        except OSError:
+            continue
+    return fds
+
+
+async def read_until(link: SerialLink, wanted: int, within: float = 5.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + within
+    while len(data) < wanted and time.monotonic() < deadline:
+        data += await link.read(0.5)
+    return data
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_describe() -> None:
+    settings = SerialSettings("/dev/ttyUSB0")
+    assert (settings.baudrate, settings.bytesize, settings.parity, settings.stopbits) == (
+        19200,
+        8,
+        "N",
+        1,
+    )
+    assert settings.describe() == "/dev/ttyUSB0 @19200 8N1"
+    assert SerialSettings("/dev/x", 9600, 7, "E", 2).describe() == "/dev/x @9600 7E2"
+    assert SerialSettings("/dev/x", stopbits=1.5).framing == "8N1.5"
+    with pytest.raises(AttributeError):
+        settings.port = "/dev/other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"port": ""},
+        {"port": "/dev/x\x00"},
+        {"port": "/dev/x", "baudrate": 1920},
+        {"port": "/dev/x", "baudrate": True},
+        {"port": "/dev/x", "bytesize": 9},
+        {"port": "/dev/x", "parity": "X"},
+        {"port": "/dev/x", "parity": "n"},
+        {"port": "/dev/x", "stopbits": 3},
+    ],
+)
+def test_settings_validation(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ServomexValidationError):
+        SerialSettings(**kwargs)  # type: ignore[arg-type]
+
+
+# --- open ---------------------------------------------------------------------------------------
+
+
+async def test_open_missing_port_is_a_connection_error(tmp_path: Path) -> None:
+    with pytest.raises(ServomexConnectionError) as info:
+        await SerialLink.open(SerialSettings(str(tmp_path / "no-such-adapter")))
+    assert info.value.context["port"] == str(tmp_path / "no-such-adapter")
+    assert info.value.reason == "connection"
+
+
+async def test_open_through_symlink_and_describe(device: PtyDevice) -> None:
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        assert link.is_open
+        assert link.describe() == f"{device.link} @19200 8N1 ({device.slave_name})"
+
+
+async def test_port_is_locked_exclusively(device: PtyDevice) -> None:
+    settings = SerialSettings(str(device.link))
+    link = await SerialLink.open(settings)
+    with pytest.raises(ServomexConnectionError):
+        await SerialLink.open(settings)
+    await link.close()
+    again = await SerialLink.open(settings)
+    await again.close()
+
+
+# --- reads ----------------------------------------------------------------------------------------
+
+
+async def test_read_times_out_with_empty_bytes(device: PtyDevice) -> None:
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        started = time.monotonic()
+        assert await link.read(0.2) == b""
+        elapsed = time.monotonic() - started
+        assert 0.15 <= elapsed < 1.0
+        with pytest.raises(ServomexValidationError):
+            await link.read(0)
+
+
+async def test_bytes_arrive_and_max_bytes_is_honoured(device: PtyDevice) -> None:
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        assert device.write(b"0123456789\n") == 11
+        data = await link.read(2.0, max_bytes=4)
+        assert data == b"0123"
+        assert await read_until(link, 7) == b"456789\n"
+
+
+async def test_read_exactly(device: PtyDevice) -> None:
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        device.write(b"abc")
+        with pytest.raises(ServomexTimeoutError) as info:
+            await link.read_exactly(5, 0.3)
+        assert info.value.raw == b"abc"
+        device.write(b"defgh")
+        assert await link.read_exactly(3, 2.0) == b"def"
+
+
+async def test_write_and_reset_input(device: PtyDevice) -> None:
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        link.write(b"\x1e\x04\x00\x00\x00\x0a")
+        await link.drain()
+        got = b""
+        deadline = time.monotonic() + 3
+        while len(got) < 6 and time.monotonic() < deadline:
+            got += device.read()
+            await asyncio.sleep(0.01)
+        assert got == b"\x1e\x04\x00\x00\x00\x0a"
+        device.write(b"stale bytes")
+        await asyncio.sleep(0.2)
+        link.reset_input()
+        assert await link.read(0.2) == b""
+        device.write(b"fresh")
+        assert await read_until(link, 5) == b"fresh"
+
+
+async def test_backpressure_keeps_every_byte(device: PtyDevice) -> None:
+    payload = bytes(range(256)) * 40  # 10 KiB
+    async with await SerialLink.open(SerialSettings(str(device.link)), high_water=1024) as link:
+        written = 0
+        received = b""
+        deadline = time.monotonic() + 10
+        while len(received) < len(payload) and time.monotonic() < deadline:
+            if written < len(payload):
+                written += device.write(payload[written : written + 2048])
+            await asyncio.sleep(0.01)
+            received += await link.read(0.2, max_bytes=700)
+        assert received == payload
+
+
+# --- loss and close -------------------------------------------------------------------------------
+
+
+async def test_unplug_while_reading_raises_promptly(device: PtyDevice) -> None:
+    link = await SerialLink.open(SerialSettings(str(device.link)))
+    reader = asyncio.create_task(link.read(30.0))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    device.unplug()
+    with pytest.raises(ServomexConnectionError, match="lost"):
+        await asyncio.wait_for(reader, 5)
+    assert time.monotonic() - started < 1.0
+    assert not link.is_open
+    with pytest.raises(ServomexConnectionError):
+        await link.read(1.0)
+    with pytest.raises(ServomexConnectionError):
+        link.write(b"x")
+    await link.close()
+
+
+async def test_bytes_before_the_unplug_are_delivered_first(device: PtyDevice) -> None:
+    link = await SerialLink.open(SerialSettings(str(device.link)))
+    device.write(b"last words\n")
+    await asyncio.sleep(0.2)
+    device.unplug()
+    await asyncio.sleep(0.2)
+    assert await link.read(1.0) == b"last words\n"
+    with pytest.raises(ServomexConnectionError):
+        await link.read(1.0)
+    await link.close()
+
+
+async def test_close_releases_the_fd_at_once(device: PtyDevice) -> None:
+    slave = device.slave_name
+    assert slave is not None
+    link = await SerialLink.open(SerialSettings(str(device.link)))
+    assert len(open_fds_to(slave)) == 1
+    await link.close()
+    assert open_fds_to(slave) == []
+    await link.close()  # idempotent
+    with pytest.raises(ServomexConnectionError):
+        await link.read(0.1)
+
+
+async def test_close_during_a_pending_read(device: PtyDevice) -> None:
+    link = await SerialLink.open(SerialSettings(str(device.link)))
+    reader = asyncio.create_task(link.read(30.0))
+    await asyncio.sleep(0.05)
+    await link.close()
+    reader.cancel()
+    with pytest.raises((asyncio.CancelledError, ServomexConnectionError)):
+        await reader
+
+
+async def test_lost_link_releases_the_fd_and_replug_gives_a_new_device(
+    device: PtyDevice,
+) -> None:
+    settings = SerialSettings(str(device.link))
+    first = device.slave_name
+    assert first is not None
+    link = await SerialLink.open(settings)
+    device.unplug()
+    assert not device.link.exists()
+    with pytest.raises(ServomexConnectionError):
+        await link.read(5.0)
+    await link.close()
+    assert open_fds_to(first) == []
+    with pytest.raises(ServomexConnectionError):
+        await SerialLink.open(settings)  # the path vanished
+    device.replug()
+    async with await SerialLink.open(settings) as again:
+        device.write(b"back\n")
+        assert await read_until(again, 5) == b"back\n"
