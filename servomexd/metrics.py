@@ -36,7 +36,11 @@ REJECTION_REASONS: tuple[str, ...] = (
     "overlong",
     "timeout",
     "modbus_exception",
+    "other",
 )
+"""Every value of the ``reason`` label; any other error reason is counted as ``other`` so the
+label set stays fixed and documented (docs/metrics.md)."""
+_KNOWN_REASONS = frozenset(REJECTION_REASONS)
 
 
 class Metrics:
@@ -219,6 +223,8 @@ class Metrics:
 
     def observe_rejection(self, device: str, reason: str) -> None:
         """Count a rejected line or poll; it also becomes an error sample row."""
+        if reason not in _KNOWN_REASONS:
+            reason = "other"
         self.frames_rejected.labels(device, reason).inc()
         self.samples_received.labels(device).inc()
 

@@ -169,3 +169,14 @@ def test_two_instances_do_not_share_state() -> None:
     a.frames.labels("x").inc()
     b.register_device("x")
     assert value(b, "servomexd_frames_total", device="x") == 0
+
+
+def test_unknown_rejection_reason_is_counted_as_other() -> None:
+    m = Metrics(CollectorRegistry())
+    m.register_device("ana1")
+    m.observe_rejection("ana1", "connection")
+    m.observe_rejection("ana1", "something-made-up")
+    assert value(m, "servomexd_frames_rejected_total", device="ana1", reason="other") == 2
+    reasons = {dict(labels)["reason"] for name, labels in samples(m)
+               if name == "servomexd_frames_rejected_total"}
+    assert reasons == set(REJECTION_REASONS)
