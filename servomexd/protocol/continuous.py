@@ -66,6 +66,7 @@ _CACHE_LIMIT = 1024
 """Entries per field cache; a cache that reaches it is simply cleared (cheap, rare)."""
 
 _CONTINUOUS = ProtocolKind.CONTINUOUS
+_TICK = timedelta(microseconds=1)
 _new_tuple = tuple.__new__  # builds NamedTuples without their Python-level __new__
 
 
@@ -545,7 +546,7 @@ class ContinuousFramer:
     raises on any input: every rejected line becomes a ``Rejection`` (an error row).
     """
 
-    __slots__ = ("_buffer", "_discarding", "_max_line")
+    __slots__ = ("_buffer", "_discarding", "_last", "_max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 64:
@@ -553,6 +554,7 @@ class ContinuousFramer:
         self._max_line = max_line
         self._buffer = bytearray()
         self._discarding = False
+        self._last: tuple[datetime, int] | None = None
 
     @property
     def max_line(self) -> int:
@@ -577,8 +579,11 @@ class ContinuousFramer:
     ) -> list[AcquisitionEvent]:
         """Consume ``data``; return the frames and rejections of every line it completed.
 
-        All events completed by one chunk share its timestamps (the moment their
-        terminator arrived); they default to now.
+        Events are stamped with the moment their chunk arrived (default: now). Every
+        event gets a distinct, increasing stamp: when a chunk completes several lines,
+        or a stamp repeats, each later event is moved 1 us (and 1000 ns) past the
+        previous one, so ``(device, channel, received_at)`` and ``monotonic_ns`` stay
+        unique keys even for a backlog that arrives in one read.
         """
         events: list[AcquisitionEvent] = []
         if not data:
@@ -630,13 +635,21 @@ class ContinuousFramer:
                 buffer += data[start:]
         return events
 
-    @staticmethod
-    def _now(stamp: list[Any]) -> tuple[datetime, int]:
+    def _now(self, stamp: list[Any]) -> tuple[datetime, int]:
         if stamp[0] is None:
             stamp[0] = datetime.now(UTC)
         if stamp[1] is None:
             stamp[1] = time.monotonic_ns()
-        return stamp[0], stamp[1]
+        received_at: datetime = stamp[0]
+        monotonic_ns: int = stamp[1]
+        last = self._last
+        if last is not None:
+            if received_at <= last[0]:
+                received_at = last[0] + _TICK
+            if monotonic_ns <= last[1]:
+                monotonic_ns = last[1] + 1000
+        self._last = (received_at, monotonic_ns)
+        return received_at, monotonic_ns
 
     def _decode(self, line: bytes, stamp: list[Any]) -> AcquisitionEvent:
         received_at, monotonic_ns = self._now(stamp)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -99,9 +99,11 @@ def test_captures_decode_to_six_frames_of_five_exact_readings(
     assert all(isinstance(event, Frame) for event in events), events
     frames = [event for event in events if isinstance(event, Frame)]
     assert len(frames) == 6
-    for frame, clock, oxygen in zip(frames, times, o2, strict=True):
+    for k, (frame, clock, oxygen) in enumerate(zip(frames, times, o2, strict=True)):
         assert frame.protocol is ProtocolKind.CONTINUOUS
-        assert frame.received_at == NOW and frame.monotonic_ns == 7
+        # one chunk, six frames: distinct stamps 1 us / 1000 ns apart
+        assert frame.received_at == NOW + timedelta(microseconds=k)
+        assert frame.monotonic_ns == 7 + 1000 * k
         assert frame.raw.startswith(b" 06-10-20;") and frame.raw.endswith(b";")
         assert frame.analyser.clock == datetime.fromisoformat(f"2020-10-06T{clock}")
         assert frame.analyser.fault is False and frame.analyser.maintenance is False
@@ -117,7 +119,8 @@ def test_captures_decode_to_six_frames_of_five_exact_readings(
         ]
         for reading in frame.readings:
             assert reading.status == ChannelStatus() and reading.status.ok
-            assert reading.received_at == NOW and reading.monotonic_ns == 7
+            assert reading.received_at == frame.received_at
+            assert reading.monotonic_ns == frame.monotonic_ns
             assert reading.protocol is ProtocolKind.CONTINUOUS
             assert reading.raw.count(b";") == 7 and reading.raw[:2] == reading.channel.encode()
         assert frame.readings[0].raw == f"I1;Oxygen;{oxygen:.3f}; % ;    ;  ; ; ".encode()
@@ -511,6 +514,20 @@ def test_framer_overlong_across_buffer_and_chunk() -> None:
     assert framer.feed(b" " + b"y" * 200) == []
     events = framer.feed(b"y" * 200 + b"\n" + lines(LIVE)[0] + b"\n")
     assert [type(e).__name__ for e in events] == ["Rejection", "Frame"]
+
+
+def test_framer_stamps_are_unique_and_increasing() -> None:
+    framer = ContinuousFramer()
+    stream = b"".join(line + b"\n" for line in lines(IDLE))
+    first = framer.feed(stream[:300], received_at=NOW, monotonic_ns=50)
+    rest = framer.feed(stream[300:], received_at=NOW, monotonic_ns=50)  # same stamp again
+    stamps = [(e.received_at, e.monotonic_ns) for e in first + rest]
+    assert len(stamps) == 6
+    assert stamps == sorted(stamps) and len(set(stamps)) == 6
+    assert stamps[0] == (NOW, 50)
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    (event,) = framer.feed(lines(LIVE)[0] + b"\n", received_at=later, monotonic_ns=10**12)
+    assert (event.received_at, event.monotonic_ns) == (later, 10**12)  # not bumped
 
 
 def test_framer_reset_forgets_a_partial_line() -> None:

@@ -1,0 +1,100 @@
+"""Continuous-ASCII sessions: a serial link feeding the framer, yielding frames and rejections.
+
+The analyser broadcasts on its own; the session only listens. Each read is bounded
+by ``read_timeout`` so the loop never blocks indefinitely in the driver; a silent
+line simply produces no events (the supervisor's ``silence_timeout`` decides when
+silence means a dead link). A lost link (EOF, I/O error, adapter unplugged) ends
+``events()`` with ``ServomexConnectionError``.
+
+Frames are stamped when the chunk holding their terminator was read: wall clock
+(UTC) for storage, monotonic for ordering and latency.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, cast
+
+from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, SessionFactory
+from servomexd.link.serial import SerialLink, SerialSettings
+from servomexd.model import ProtocolKind
+from servomexd.protocol.continuous import DEFAULT_MAX_LINE, ContinuousFramer
+
+__all__ = ["ContinuousSession", "ContinuousSessionFactory"]
+
+
+class ContinuousSession:
+    """One open port to one broadcasting analyser."""
+
+    def __init__(self, link: SerialLink, *, read_timeout: float, max_line: int) -> None:
+        self._link = link
+        self._read_timeout = read_timeout
+        self._framer = ContinuousFramer(max_line)
+
+    @property
+    def protocol(self) -> ProtocolKind:
+        return ProtocolKind.CONTINUOUS
+
+    @property
+    def link(self) -> SerialLink:
+        return self._link
+
+    async def events(self) -> AsyncIterator[AcquisitionEvent]:
+        """Frames and rejections as they arrive, until the link fails.
+
+        The first line after opening mid-broadcast is usually a partial frame: it comes
+        out as one ``noise`` (or checksum) rejection, as it should.
+        """
+        link = self._link
+        framer = self._framer
+        timeout = self._read_timeout
+        while True:
+            data = await link.read(timeout)
+            if not data:
+                continue
+            received_at = datetime.now(UTC)
+            monotonic_ns = time.monotonic_ns()
+            for event in framer.feed(data, received_at=received_at, monotonic_ns=monotonic_ns):
+                yield event
+
+    async def aclose(self) -> None:
+        """Release the port at once."""
+        self._framer.reset()
+        await self._link.close()
+
+
+class ContinuousSessionFactory:
+    """Opens ``ContinuousSession``s on one configured port."""
+
+    def __init__(
+        self,
+        settings: SerialSettings,
+        *,
+        read_timeout: float = 1.0,
+        max_line: int = DEFAULT_MAX_LINE,
+    ) -> None:
+        if read_timeout <= 0:
+            raise ValueError("read_timeout must be > 0")
+        self._settings = settings
+        self._read_timeout = read_timeout
+        self._max_line = max_line
+
+    @property
+    def settings(self) -> SerialSettings:
+        return self._settings
+
+    @property
+    def description(self) -> str:
+        return f"{self._settings.describe()} continuous"
+
+    async def open(self) -> ContinuousSession:
+        """Open the port; ``ServomexConnectionError`` if it is missing, busy or denied."""
+        link = await SerialLink.open(self._settings)
+        return ContinuousSession(link, read_timeout=self._read_timeout, max_line=self._max_line)
+
+
+if TYPE_CHECKING:  # mypy proves both classes meet the supervisor's contract
+    _factory: SessionFactory = ContinuousSessionFactory(SerialSettings("/dev/null"))
+    _session: DeviceSession = cast(ContinuousSession, None)
