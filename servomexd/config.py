@@ -58,6 +58,12 @@ DEFAULT_METRICS_PORT = 9723
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
+STANDARD_BAUDRATES: tuple[int, ...] = (
+    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
+)  # fmt: skip
+"""Mirrors ``servomexd.link.serial.BAUDRATES`` (kept here so check-config does not import
+the serial driver; a test keeps the two equal)."""
+
 Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "auto"]
 MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "auto"})
 
@@ -72,7 +78,7 @@ class DeviceConfig(_Section):
     name: str
     port: str
     protocol: Protocol = "continuous"
-    baudrate: Annotated[int, Field(gt=0, le=4_000_000)] = 19200
+    baudrate: int = 19200
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
@@ -96,6 +102,14 @@ class DeviceConfig(_Section):
                 "must be 1-64 characters: letters, digits, '_', '.', ':' or '-', "
                 "starting with a letter or digit"
             )
+        return value
+
+    @field_validator("baudrate")
+    @classmethod
+    def _standard_rate(cls, value: int) -> int:
+        # A non-standard rate is nearly always a typo (1920, 192000).
+        if value not in STANDARD_BAUDRATES:
+            raise ValueError(f"must be one of {', '.join(map(str, STANDARD_BAUDRATES))}")
         return value
 
     @field_validator("port")

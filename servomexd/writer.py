@@ -82,6 +82,8 @@ class Writer:
         self._down_since: float | None = None
         self._delivered = 0
         self._draining = False
+        self.first_sync = asyncio.Event()
+        """Set once the sink has been tried at start (opened or failed)."""
         metrics.register_sink(self.sink_name)
 
     # --- acquisition side: synchronous, never blocks ------------------------------------
@@ -174,6 +176,7 @@ class Writer:
                 await self._reopen_destination()
             if not synced:
                 synced = await self._sync_checkpoint()
+                self.first_sync.set()
                 if not synced:
                     if self._stop.is_set():
                         return

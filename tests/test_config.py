@@ -148,7 +148,8 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     ("text", "loc", "reason"),
     [
         (MINIMAL + "baud_rate = 9600\n", "devices[0].baud_rate", "unknown key"),
-        (MINIMAL + "baudrate = 0\n", "devices[0].baudrate", "greater than 0"),
+        (MINIMAL + "baudrate = 0\n", "devices[0].baudrate", "must be one of"),
+        (MINIMAL + "baudrate = 1920\n", "devices[0].baudrate", "must be one of"),
         (MINIMAL + 'parity = "X"\n', "devices[0].parity", "'N', 'E' or 'O'"),
         (MINIMAL + "address = 248\n", "devices[0].address", "less than or equal to 247"),
         (MINIMAL + '[sink]\ntype = "mongo"\n', "sink.type", "sqlite"),
@@ -328,3 +329,10 @@ def test_repr_hides_password(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, PG + 'password = "s3cret"\n'))
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings)
     assert "s3cret" not in to_toml(effective_config(settings))
+
+
+def test_baudrates_mirror_the_serial_link() -> None:
+    from servomexd.config import STANDARD_BAUDRATES
+    from servomexd.link.serial import BAUDRATES
+
+    assert STANDARD_BAUDRATES == BAUDRATES
