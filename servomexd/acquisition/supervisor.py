@@ -72,6 +72,7 @@ class DeviceSupervisor:
         self.reconnects = 0
         self.frames = 0
         self.rejections = 0
+        self.last_frame: Frame | None = None
         self.last_error: str | None = "not connected yet"
         self._last_reason: str | None = None
         self._log = log.bind(device=name)
@@ -144,6 +145,7 @@ class DeviceSupervisor:
 
     def _on_frame(self, frame: Frame, first: bool) -> None:
         self.frames += 1
+        self.last_frame = frame
         self.metrics.observe_frame(self.name, frame)
         self.buffer.add_samples(frame.as_samples(self.name))
         if first:
