@@ -1,0 +1,239 @@
+"""AUTO: find out which mode the analyser is in, then hand over to that mode's session.
+
+The three modes exclude each other and a unit in one mode ignores the others, so
+the ladder (fact sheet section 4) is: flush input; probe Modbus RTU (FC08
+loopback echoing AB CD, then a 1-register FC04 read as fallback); the same in
+Modbus ASCII; then listen passively for one checksum-valid continuous frame for
+``max(3 * expected_frame_period + 2, 5)`` seconds (longer than the operator-set
+broadcast period, which the published driver's 2 s window was not). Modbus goes
+first because a probe costs about a second and the listen may cost a broadcast
+period. Only read-only requests are ever sent: nothing on the wire can switch
+the analyser's mode, and we would not if it could.
+
+Detection runs on every ``open()`` (every reconnect), so a unit switched at the
+front panel is picked up after the next link failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from time import monotonic
+
+import structlog
+
+from servomexd.acquisition.base import AcquisitionEvent, DeviceSession
+from servomexd.acquisition.modbus import (
+    BusSettings,
+    LoopbackRequest,
+    ModbusBusRegistry,
+    ModbusDeviceSettings,
+    ModbusSession,
+    describe_target,
+)
+from servomexd.errors import (
+    ServomexConfigError,
+    ServomexConnectionError,
+    ServomexError,
+    ServomexModbusError,
+)
+from servomexd.model import Frame, ProtocolKind
+from servomexd.protocol import modbus as mb
+
+log = structlog.get_logger("servomexd.auto")
+
+PROBE_TIMEOUT = 0.5
+"""Per try; a 4100 answers a single read in 20-40 ms."""
+PROBE_TRIES = 2
+PROBE_READ = mb.ReadRequest(mb.FC_READ_INPUT_REGISTERS, 0, 1)
+MODBUS_ORDER = (ProtocolKind.MODBUS_RTU, ProtocolKind.MODBUS_ASCII)
+
+
+def listen_window(expected_frame_period: float) -> float:
+    """How long to wait for a continuous frame: three periods plus slack, at least 5 s."""
+    return max(3 * expected_frame_period + 2, 5.0)
+
+
+class AutoSessionFactory:
+    """A ``SessionFactory`` whose ``open()`` runs the AUTO ladder."""
+
+    def __init__(self, device: ModbusDeviceSettings, buses: ModbusBusRegistry) -> None:
+        self.device = device
+        self.buses = buses
+        self.detected: ProtocolKind | None = None
+
+    @property
+    def description(self) -> str:
+        return describe_target(self.device, "auto")
+
+    async def open(self) -> DeviceSession:
+        tried: list[str] = []
+        for protocol in MODBUS_ORDER:
+            session = await self._probe_modbus(protocol, tried)
+            if session is not None:
+                return self._found(protocol, session, tried)
+        session_c = await self._listen_continuous(tried)
+        if session_c is not None:
+            return self._found(ProtocolKind.CONTINUOUS, session_c, tried)
+        log.warning("auto.nothing_recognised", device=self.device.name, tried="; ".join(tried))
+        raise ServomexConnectionError(
+            "no recognised protocol",
+            context={
+                "port": self.device.port,
+                "address": self.device.address,
+                "tried": "; ".join(tried),
+            },
+        )
+
+    def _found(
+        self, protocol: ProtocolKind, session: DeviceSession, tried: list[str]
+    ) -> DeviceSession:
+        self.detected = protocol
+        log.info(
+            "auto.detected",
+            device=self.device.name,
+            protocol=protocol.value,
+            port=self.device.port,
+            address=self.device.address,
+            tried="; ".join(tried),
+        )
+        return session
+
+    # --- Modbus ------------------------------------------------------------------------
+
+    async def _probe_modbus(self, protocol: ProtocolKind, tried: list[str]) -> ModbusSession | None:
+        in_use = self.buses.active_protocol(self.device.port)
+        if in_use is not None and in_use is not protocol:
+            tried.append(f"{protocol.value}: skipped, port in use by {in_use.value} devices")
+            return None
+        try:
+            bus = self.buses.bus(BusSettings.of(self.device, protocol))
+        except ServomexConfigError as exc:
+            tried.append(f"{protocol.value}: skipped ({exc.message})")
+            return None
+        session = ModbusSession(self.device, bus, metrics=self.buses.metrics)
+        try:
+            await session.attach()
+        except ServomexConnectionError as exc:
+            # The port itself cannot be opened: no later step can succeed either.
+            tried.append(f"{protocol.value}: {exc}")
+            raise ServomexConnectionError(
+                "AUTO cannot open the port",
+                context={"port": self.device.port, "tried": "; ".join(tried)},
+            ) from exc
+        keep = False
+        try:
+            bus.flush_input()
+            answer = await self._probe(session, protocol)
+            tried.append(f"{protocol.value}: {answer}")
+            if answer.startswith("answered"):
+                await session.identify()
+                keep = True
+                return session
+            return None
+        except ServomexError as exc:
+            if isinstance(exc, ServomexConnectionError) and not bus.is_open:
+                raise
+            tried.append(f"{protocol.value}: identify failed ({exc.reason})")
+            return None
+        finally:
+            if not keep:
+                await session.aclose()
+
+    async def _probe(self, session: ModbusSession, protocol: ProtocolKind) -> str:
+        """``answered ...`` when a slave at our address speaks this framing."""
+        for attempt in range(PROBE_TRIES):
+            try:
+                echo = await session.execute(
+                    LoopbackRequest(), request_timeout=PROBE_TIMEOUT, retries=0
+                )
+            except ServomexModbusError as exc:
+                # A well-formed exception reply also proves the framing, but check the
+                # fallback read as the fact sheet asks before trusting it.
+                log.debug("auto.loopback_exception", protocol=protocol.value, error=str(exc))
+                break
+            except ServomexError:
+                continue
+            if echo == mb.LOOPBACK_DATA:
+                return f"answered FC08 loopback (try {attempt + 1})"
+            log.debug("auto.loopback_mismatch", protocol=protocol.value, echo=repr(echo))
+            break
+        try:
+            await session.execute(
+                PROBE_READ, request_timeout=PROBE_TIMEOUT, retries=PROBE_TRIES - 1
+            )
+        except ServomexModbusError as exc:
+            return f"answered FC04 probe with exception {exc.exception_code:02d}"
+        except ServomexError:
+            return "no reply to FC08 loopback or FC04 probe"
+        return "answered FC04 probe"
+
+    # --- continuous --------------------------------------------------------------------
+
+    async def _listen_continuous(self, tried: list[str]) -> DeviceSession | None:
+        if self.buses.users_on(self.device.port):
+            tried.append("continuous: skipped, port shared with Modbus devices")
+            return None
+        # Imported here: the continuous stack is only needed when AUTO gets this far.
+        from servomexd.link.serial import SerialLink, SerialSettings
+        from servomexd.protocol.continuous import ContinuousFramer
+
+        settings = SerialSettings(
+            self.device.port,
+            self.device.baudrate,
+            self.device.bytesize,
+            self.device.parity,
+            self.device.stopbits,
+        )
+        window = listen_window(self.device.expected_frame_period)
+        framer = ContinuousFramer()
+        frame: Frame | None = None
+        rejected = 0
+        link = await SerialLink.open(settings)
+        try:
+            link.reset_input()
+            deadline = monotonic() + window
+            while frame is None:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    break
+                data = await link.read(remaining)
+                for event in framer.feed(data):
+                    if isinstance(event, Frame):
+                        frame = event
+                        break
+                    rejected += 1  # a partial first line, noise: keep listening
+        finally:
+            await link.close()
+        if frame is None:
+            tried.append(f"continuous: no valid frame in {window:g} s ({rejected} rejected lines)")
+            return None
+        tried.append(f"continuous: valid frame with {len(frame.readings)} channels")
+        from servomexd.acquisition.continuous import ContinuousSessionFactory
+
+        session = await ContinuousSessionFactory(settings).open()
+        return PrimedSession(session, frame)
+
+
+class PrimedSession:
+    """A continuous session that first yields the frame AUTO detected it with."""
+
+    def __init__(self, session: DeviceSession, first: Frame) -> None:
+        self._session = session
+        self._first: Frame | None = first
+
+    @property
+    def protocol(self) -> ProtocolKind:
+        return self._session.protocol
+
+    async def events(self) -> AsyncIterator[AcquisitionEvent]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for event in self._session.events():
+            yield event
+
+    async def aclose(self) -> None:
+        await self._session.aclose()
+
+
+__all__ = ["AutoSessionFactory", "PrimedSession", "listen_window"]
