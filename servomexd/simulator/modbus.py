@@ -621,10 +621,9 @@ async def _serve(
         emit_log=emit,
         record_wire=False,
     ) as sim:
-        print(
-            f"servomexd simulate: {protocol.value} slaves {addresses} at {sim.link_path}",
-            flush=True,
-        )
+        # Same first line as the continuous simulator: parents wait for it.
+        print(f"ready {sim.link_path} -> {sim.relay.master_path}", flush=True)
+        log.info("modbus simulator: %s slaves %s", protocol.value, addresses)
         if duration is None:
             await stop.wait()
         else:
