@@ -156,6 +156,7 @@ class MetricsServer:
             limit=self.max_request_bytes,
             reuse_address=True,
         )
+        # tests/e2e parse this event for the bound port (listen = "...:0"): keep its name.
         log.info("metrics_listening", host=self.host, port=self.bound_port)
 
     async def stop(self) -> None:
@@ -377,25 +378,3 @@ def _accepts_gzip(headers: dict[str, str]) -> bool:
         if coding.strip().lower() == "gzip":
             return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
     return False
-
-
-def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``"127.0.0.1:9723"``, ``"[::1]:9723"``, ``"localhost"`` or ``":9723"`` -> (host, port).
-
-    An empty host means the loopback address, never every interface: exposing the
-    endpoint beyond the machine has to be written out (``0.0.0.0:9723``).
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"invalid listen address {text!r}")
-        port_text = rest[1:]
-    elif text.count(":") > 1:
-        host, port_text = text, ""  # a bare IPv6 address
-    else:
-        host, _, port_text = text.partition(":")
-    port = int(port_text) if port_text else default_port
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in {text!r}")
-    return host or DEFAULT_HOST, port

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from servomexd.http import MetricsServer, parse_listen
+from servomexd.http import MetricsServer
 from servomexd.metrics import Metrics
 from servomexd.model import (
     AnalyserStatus,
@@ -393,25 +393,3 @@ async def test_port_in_use_raises(server: MetricsServer, metrics: Metrics,
     other = MetricsServer("127.0.0.1", server.bound_port, metrics.registry, health)
     with pytest.raises(OSError):
         await other.start()
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("127.0.0.1:9723", ("127.0.0.1", 9723)),
-        ("0.0.0.0:80", ("0.0.0.0", 80)),
-        ("localhost", ("localhost", 9723)),
-        (":9000", ("127.0.0.1", 9000)),
-        ("[::1]:9723", ("::1", 9723)),
-        ("[::1]", ("::1", 9723)),
-        ("::1", ("::1", 9723)),
-    ],
-)
-def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
-    assert parse_listen(text) == expected
-
-
-@pytest.mark.parametrize("text", ["host:99999", "[::1", "[::1]x", "h:abc"])
-def test_parse_listen_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_listen(text)
