@@ -21,6 +21,9 @@ log = structlog.get_logger("servomexd.notify")
 
 
 class Notifier:
+    """``environ`` (default ``os.environ``) decides whether to notify and the watchdog
+    period; the datagram socket itself is the one sdnotify opens from ``$NOTIFY_SOCKET``."""
+
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.enabled = bool(env.get("NOTIFY_SOCKET"))
