@@ -123,3 +123,11 @@ def test_provisioning_files() -> None:
     assert "apiVersion: 1" in provider
     assert "type: file" in provider
     assert "path: /var/lib/grafana/dashboards/servomexd" in provider
+
+
+def test_process_panels_only_show_servomexd_processes() -> None:
+    """process_* comes from every exporter on the host: each query must join servomexd's."""
+    process = [(where, expr) for where, expr, _ in dashboard_queries() if "process_" in expr]
+    assert len(process) >= 5
+    for where, expr in process:
+        assert "and on (job, instance) servomexd_build_info" in expr, where
