@@ -5,9 +5,9 @@ device configured on a port goes through one pymodbus client, one lock and one
 idle-gap clock. The 4100 drops about a quarter of requests sent back to back, so
 ``inter_request_delay`` of quiet line is enforced before *every* transaction on
 the port, whichever slave it addresses (the published driver kept one engine per
-slave and could break that rule). The lock is taken per attempt, not per sweep,
-so a silent slave holds the line for one request timeout at a time and its
-neighbours interleave between its retries.
+slave and could break that rule). The line is taken per attempt, not per sweep,
+and a slave that just failed to answer queues behind its healthy neighbours, so a
+dead slave costs the others about one request timeout, not one per transaction.
 
 pymodbus's own reconnect and retries are off: our supervisor owns reconnect and
 backoff, and our retries honour the idle gap (pymodbus resends at once). The bus

@@ -8,6 +8,7 @@ masters timestamps every byte (that is where the idle gap is measured).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -279,7 +280,7 @@ async def test_overrun_slots_are_counted_not_burst(buses: ModbusBusRegistry) -> 
             await registry.aclose()
     assert all(isinstance(f, Frame) for f in frames)
     starts = [f.requested_at for f in frames]
-    gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
     assert min(gaps) > 0.5, "no burst of make-up polls after an overrun"
     assert session.missed_polls >= 8
     counted = metrics.registry.get_sample_value("servomexd_polls_missed_total", {"device": "ox30"})
@@ -334,7 +335,7 @@ async def test_multidrop_shares_one_port_with_the_gap_between_any_two_transactio
         assert [f.reading(I1).value for f in frames] == [pytest.approx(20.0 + address)] * 4
     # Transactions of different slaves interleave on the wire ...
     slaves = [t.request[0] for t in wire]
-    assert any(a != b for a, b in zip(slaves, slaves[1:], strict=False))
+    assert any(a != b for a, b in itertools.pairwise(slaves))
     # ... and the idle line before every request is at least the configured gap.
     idles = [t.idle_before_s for t in wire[1:]]
     assert all(idle is not None for idle in idles)
@@ -379,7 +380,7 @@ async def test_one_silent_slave_does_not_stall_the_others(buses: ModbusBusRegist
     for address in (1, 3):
         times = stamps[address]
         assert len(times) >= 8, (address, len(times))
-        intervals = [b - a for a, b in zip(times, times[1:], strict=False)]
+        intervals = [b - a for a, b in itertools.pairwise(times)]
         # A healthy slave waits at most for one of the silent slave's attempts at a time.
         assert max(intervals) < interval + timeout + 0.1, (address, max(intervals))
     assert len(stamps[2]) >= 2
