@@ -194,3 +194,27 @@ def test_shellcheck_clean() -> None:
     shellcheck = require_tool("shellcheck", "apt-get install shellcheck")
     result = run([shellcheck, "--severity=style", INSTALL_SH])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_live_dry_run_plans_the_user_and_changes_nothing(user_absent: None) -> None:
+    """Without a staging root the script manages the user and the live paths; --dry-run
+    shows that plan (as root, on this machine) without carrying any of it out."""
+    live_unit = Path("/", UNIT)
+    if live_unit.exists():
+        pytest.skip("servomexd is installed on this machine")
+    live_paths = [Path("/", p) for p in SHIPPED] + [Path("/opt/servomexd")]
+    before = {p: p.exists() for p in live_paths}
+    out = install("--dry-run", "--wheel", INSTALL_SH)  # any existing file passes the check
+    commands = [line for line in out.splitlines() if line.startswith("+ ")]
+    assert any(
+        c.startswith("+ useradd --system --user-group --groups dialout") and c.endswith("servomexd")
+        for c in commands
+    ), commands
+    assert "+ chown root:servomexd -- /etc/servomexd" in commands
+    assert any(
+        c.startswith("+ install -D -m 0644 --") and c.endswith(f" /{UNIT}") for c in commands
+    )
+    assert any("/opt/servomexd/venv" in c and " -m venv " in c for c in commands), commands
+    assert {p: p.exists() for p in live_paths} == before
+    with pytest.raises(KeyError):
+        pwd.getpwnam("servomexd")
