@@ -348,6 +348,17 @@ class ModbusBus:
                         "request": request.describe(),
                     },
                 )
+            if response.function_code != request.function:
+                # A late reply to an earlier request of this slave: never decode it as ours.
+                raise ServomexProtocolError(
+                    "reply does not match the request",
+                    context={
+                        "port": self.settings.port,
+                        "address": address,
+                        "request": request.describe(),
+                        "reply_function": response.function_code,
+                    },
+                )
             return _payload(request, response)
         raise ServomexTimeoutError(
             "no reply from slave",
@@ -447,8 +458,10 @@ class ModbusBusRegistry:
 
     @staticmethod
     def _key(port: str) -> str:
-        # /dev/serial/by-id/... and /dev/ttyUSB0 name the same line: one bus.
-        return os.path.realpath(port)
+        # The configured path, not its target: a replugged adapter behind a by-id link
+        # comes back as another ttyUSBn, and must still be the same bus. (Naming one
+        # adapter by two paths gives two buses; the second open then fails as busy.)
+        return os.path.normpath(port)
 
     def bus(self, settings: BusSettings) -> ModbusBus:
         """The bus on ``settings.port``; refuses a second framing or line setting on it."""

@@ -186,7 +186,8 @@ class PtyRelay:
 
     ``pace_baud`` models a half-duplex RS485 line: each chunk occupies the line for
     ``len * bits_per_char / baud`` seconds after the line is free, and is delivered
-    when its last bit would have arrived.
+    when its last bit would have arrived. ``unplug()``/``replug()`` replace the
+    daemon's side like a USB adapter pulled and plugged back in (a new pty).
     """
 
     def __init__(
@@ -196,34 +197,61 @@ class PtyRelay:
         self.bits_per_char = bits_per_char
         self.record = record
         self.chunks: list[WireChunk] = []
-        self._fds: list[int] = []
-        self._masters: tuple[int, int] = (-1, -1)
         self.server_path = ""
         self.master_path = ""
+        self._server: tuple[int, int] | None = None  # (master, slave) fds
+        self._daemon: tuple[int, int] | None = None
         self._pending: dict[int, bytearray] = {}
         self._line_free = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def open(self) -> None:
-        """Create both pty pairs; the slave fds stay open so the masters never see EIO."""
-        self._loop = asyncio.get_running_loop()
-        server_master, server_slave = os.openpty()
-        daemon_master, daemon_slave = os.openpty()
-        self._fds = [server_master, server_slave, daemon_master, daemon_slave]
-        for fd in (server_slave, daemon_slave):
-            tty.setraw(fd)
-        for fd in (server_master, daemon_master):
-            os.set_blocking(fd, False)
-        self.server_path = os.ttyname(server_slave)
-        self.master_path = os.ttyname(daemon_slave)
-        self._masters = (server_master, daemon_master)
-        self._pending = {server_master: bytearray(), daemon_master: bytearray()}
-        self._loop.add_reader(daemon_master, self._relay, daemon_master, server_master, True)
-        self._loop.add_reader(server_master, self._relay, server_master, daemon_master, False)
+    @staticmethod
+    def _pair() -> tuple[int, int, str]:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        return master, slave, os.ttyname(slave)
 
-    def _relay(self, source: int, target: int, to_slave: bool) -> None:
+    def open(self) -> None:
+        """Create both pty pairs; our slave fds stay open so the masters never see EIO."""
+        self._loop = asyncio.get_running_loop()
+        master, slave, self.server_path = self._pair()
+        self._server = (master, slave)
+        self._pending[master] = bytearray()
+        self._loop.add_reader(master, self._relay, False)
+        self.replug()
+
+    def replug(self) -> None:
+        """A fresh daemon-side pty (a new ``/dev/pts/N``, as a replugged adapter gets)."""
+        if self._daemon is not None or self._loop is None:
+            return
+        master, slave, self.master_path = self._pair()
+        self._daemon = (master, slave)
+        self._pending[master] = bytearray()
+        self._loop.add_reader(master, self._relay, True)
+
+    def unplug(self) -> None:
+        """Close the daemon side: its reader sees the line hang up."""
+        if self._daemon is not None:
+            self._drop(self._daemon)
+            self._daemon = None
+
+    def _drop(self, pair: tuple[int, int]) -> None:
+        master = pair[0]
+        if self._loop is not None:
+            self._loop.remove_reader(master)
+            self._loop.remove_writer(master)
+        self._pending.pop(master, None)
+        for fd in pair:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _relay(self, to_slave: bool) -> None:
+        source = self._daemon if to_slave else self._server
+        if source is None:
+            return
         try:
-            data = os.read(source, 4096)
+            data = os.read(source[0], 4096)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # the other side is gone; nothing to relay
@@ -232,27 +260,24 @@ class PtyRelay:
             return
         read_ns = monotonic_ns()
         if self.pace_baud is None:
-            self._deliver(target, data, read_ns, to_slave)
+            self._deliver(data, read_ns, to_slave)
             return
         assert self._loop is not None
         now = monotonic()
         start = max(now, self._line_free)
         self._line_free = start + len(data) * self.bits_per_char / self.pace_baud
         self._loop.call_at(
-            self._loop.time() + (self._line_free - now),
-            self._deliver,
-            target,
-            data,
-            read_ns,
-            to_slave,
+            self._loop.time() + (self._line_free - now), self._deliver, data, read_ns, to_slave
         )
 
-    def _deliver(self, target: int, data: bytes, read_ns: int, to_slave: bool) -> None:
+    def _deliver(self, data: bytes, read_ns: int, to_slave: bool) -> None:
         if self.record:
             self.chunks.append(WireChunk(read_ns, monotonic_ns(), to_slave, data))
-        pending = self._pending.get(target)
-        if pending is None:
-            return
+        pair = self._server if to_slave else self._daemon
+        if pair is None:
+            return  # unplugged: the bytes fall on the floor, as on a dead line
+        target = pair[0]
+        pending = self._pending[target]
         if pending:
             pending.extend(data)
             return
@@ -268,7 +293,9 @@ class PtyRelay:
             self._loop.add_writer(target, self._flush, target)
 
     def _flush(self, target: int) -> None:
-        pending = self._pending[target]
+        pending = self._pending.get(target)
+        if pending is None:
+            return
         try:
             written = os.write(target, pending)
         except BlockingIOError:
@@ -281,16 +308,10 @@ class PtyRelay:
             self._loop.remove_writer(target)
 
     def close(self) -> None:
-        if self._loop is not None:
-            for fd in self._masters:
-                if fd >= 0:
-                    self._loop.remove_reader(fd)
-                    self._loop.remove_writer(fd)
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds = []
-        self._masters = (-1, -1)
+        for pair in (self._server, self._daemon):
+            if pair is not None:
+                self._drop(pair)
+        self._server = self._daemon = None
         self._pending = {}
 
 
@@ -411,6 +432,7 @@ class ModbusSimulator:
         pace_baud: int | None = None,
         emit_log: IO[str] | None = None,
         record_wire: bool = True,
+        corrupt_every: int | None = None,
     ) -> None:
         if protocol not in FRAMERS:
             raise ValueError(f"not a Modbus protocol: {protocol}")
@@ -426,6 +448,9 @@ class ModbusSimulator:
         self._emit_log = emit_log
         self._server: ModbusSerialServer | None = None
         self._emitted: dict[int, int] = {}
+        self.corrupt_every = corrupt_every
+        self.replies = 0
+        self.corrupted = 0
         self.served: list[tuple[int, int, dict[ChannelId, float | None]]] = []
         """(address, monotonic_ns, values) of every FC04 read answered."""
 
@@ -457,6 +482,19 @@ class ModbusSimulator:
             self.link_path,
             ",".join(str(a) for a in self.analysers),
         )
+
+    def unplug(self) -> None:
+        """Pull the simulated adapter: the daemon's line hangs up and the link vanishes."""
+        self.relay.unplug()
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+
+    def replug(self) -> None:
+        """Plug a new adapter in: a new pty behind the same link path."""
+        self.relay.replug()
+        if self.link is not None and not self.link.is_symlink():
+            self.link.symlink_to(self.relay.master_path)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -578,6 +616,14 @@ class ModbusSimulator:
         analyser = self.analysers.get(address) if address is not None else None
         if analyser is None or analyser.silent:
             return b""
+        self.replies += 1
+        if self.corrupt_every and self.replies % self.corrupt_every == 0:
+            # A garbled reply (bad CRC / LRC): the master must treat it as no reply.
+            self.corrupted += 1
+            if self.protocol is ProtocolKind.MODBUS_RTU:
+                return packet[:-1] + bytes([packet[-1] ^ 0xFF])
+            digit = b"1" if packet[-3:-2] == b"0" else b"0"  # last LRC hex digit
+            return packet[:-3] + digit + packet[-2:]
         return packet
 
 
@@ -592,6 +638,12 @@ def run_modbus_simulator(args: Any) -> int:
         if not 1 <= address <= 247:
             print(f"servomexd simulate: address {address} is outside 1-247", file=sys.stderr)
             return 2
+    if (
+        getattr(args, "replug_after", None) is not None
+        and getattr(args, "unplug_after", None) is None
+    ):
+        print("servomexd simulate: --replug-after needs --unplug-after", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     emit_path: str | None = getattr(args, "emit_log", None)
     emit = open(emit_path, "a", encoding="utf-8") if emit_path else None  # noqa: SIM115
@@ -620,10 +672,17 @@ async def _serve(
         seed=int(getattr(args, "seed", 0) or 0),
         emit_log=emit,
         record_wire=False,
+        corrupt_every=getattr(args, "corrupt_every", None),
     ) as sim:
         # Same first line as the continuous simulator: parents wait for it.
         print(f"ready {sim.link_path} -> {sim.relay.master_path}", flush=True)
         log.info("modbus simulator: %s slaves %s", protocol.value, addresses)
+        unplug_after: float | None = getattr(args, "unplug_after", None)
+        replug_after: float | None = getattr(args, "replug_after", None)
+        if unplug_after is not None:
+            loop.call_later(unplug_after, sim.unplug)
+            if replug_after is not None:
+                loop.call_later(unplug_after + replug_after, sim.replug)
         if duration is None:
             await stop.wait()
         else:

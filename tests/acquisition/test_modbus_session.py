@@ -431,3 +431,48 @@ async def test_lost_port_ends_the_session(buses: ModbusBusRegistry) -> None:
     finally:
         await session.aclose()
         await sim.stop()
+
+
+async def test_garbled_replies_are_retried_after_the_idle_gap(buses: ModbusBusRegistry) -> None:
+    gap = 0.03
+    async with ModbusSimulator(addresses=[30], corrupt_every=4) as sim:
+        session = await open_session(
+            device(sim.link_path, retries=2, request_timeout=0.15, inter_request_delay=gap), buses
+        )
+        try:
+            frames = await take(session.events(), 5)
+        finally:
+            await session.aclose()
+        wire = sim.wire_transactions()
+    assert all(isinstance(f, Frame) for f in frames), "a bad CRC costs a retry, not a poll"
+    assert sim.corrupted >= 3
+    repeated = [b for a, b in itertools.pairwise(wire) if a.request == b.request]
+    assert len(repeated) >= sim.corrupted - 1  # each garbled reply was followed by a resend
+    assert all(t.idle_before_s is not None and t.idle_before_s >= gap for t in repeated)
+
+
+async def test_unplugged_adapter_ends_the_session_and_replug_reopens(
+    buses: ModbusBusRegistry, tmp_path: Any
+) -> None:
+    link = tmp_path / "ttyUSB-sim"
+    async with ModbusSimulator(addresses=[30], link=link) as sim:
+        dev = device(str(link))
+        session = await open_session(dev, buses)
+        events = session.events()
+        await take(events, 1)
+        sim.unplug()
+        with pytest.raises(ServomexConnectionError):
+            async for _ in events:
+                pass
+        await session.aclose()
+        with pytest.raises(ServomexConnectionError):
+            await build_modbus_factory(dev, buses).open()  # nothing at the path
+        sim.replug()
+        session = await open_session(dev, buses)
+        try:
+            (frame,) = await take(session.events(), 1)
+        finally:
+            await session.aclose()
+    assert isinstance(frame, Frame)
+    bus = buses.bus_for(str(link))
+    assert bus is not None and bus.opened == 2
