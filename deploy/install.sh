@@ -91,6 +91,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 [[ $prefix == /* ]] || die "--prefix must be an absolute path: $prefix"
+# It is written into ExecStart= (and through sed): keep to characters neither mangles.
+[[ $prefix =~ ^/[A-Za-z0-9._/-]*$ ]] || die "--prefix may only use letters, digits and ._-/: $prefix"
 ((purge == 0 || uninstall == 1)) || die "--purge only goes with --uninstall"
 if [[ -n $destdir ]]; then
     # A staging root is not a live system: no users, no systemctl, no udev, no modprobe.
@@ -223,16 +225,27 @@ install_units() {
     done
 }
 
+# Give the service's group read access (the files are root:servomexd 0750/0640). Staged
+# files keep the packager's ownership; a live system without the group gets a warning.
+own_config() { # paths
+    [[ -z $destdir ]] || return 0
+    if ((manage_user)) || getent group "$NAME" >/dev/null; then
+        run chown root:"$NAME" -- "$@"
+    else
+        log "warning: no group $NAME: the service cannot read $conf_dir until it exists"
+    fi
+}
+
 install_config() {
     # The configuration may hold a DSN: readable by root and the service's group only.
     run install -d -m 0750 -- "$destdir$conf_dir"
-    if ((manage_user)); then run chown root:"$NAME" -- "$destdir$conf_dir"; fi
+    own_config "$destdir$conf_dir"
     if [[ -e $destdir$conf_file ]]; then
         log "keeping existing $conf_file"
         return 0
     fi
     install_file 0640 "$src/etc/servomexd/servomexd.toml" "$conf_file"
-    if ((manage_user)); then run chown root:"$NAME" -- "$destdir$conf_file"; fi
+    own_config "$destdir$conf_file"
     log "installed $conf_file (edit it for your site)"
 }
 
@@ -266,8 +279,12 @@ do_install() {
         run modprobe -a usbserial cdc_acm || log "warning: could not load usbserial/cdc_acm"
     fi
     reload_system
-    if ((enable)) && systemd_running; then
-        run systemctl enable "$NAME.service"
+    if ((enable)); then
+        if systemd_running; then
+            run systemctl enable "$NAME.service"
+        else
+            log "not enabling $NAME.service: no running systemd to enable it in"
+        fi
     fi
     if systemd_running && systemctl is-active --quiet "$NAME.service"; then
         log "$NAME is running the previous version: systemctl restart $NAME"

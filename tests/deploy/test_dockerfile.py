@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import REPO, require_tool, run
+from deploy_helpers import REPO, require_tool, run
 
 from servomexd.cli import DEFAULT_CONFIG_PATH, build_parser
 from servomexd.config import DEFAULT_METRICS_PORT

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import DEPLOY, EXAMPLE_CONFIG, INSTALL_SH, REPO, SHIPPED_EXEC, require_tool, run
+from deploy_helpers import DEPLOY, EXAMPLE_CONFIG, INSTALL_SH, REPO, SHIPPED_EXEC, require_tool, run
 
 UNIT = "usr/local/lib/systemd/system/servomexd.service"
 TEMPLATE = "usr/local/lib/systemd/system/servomexd@.service"
@@ -157,6 +157,7 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
         (["--bogus"], "unknown option: --bogus"),
         (["--purge"], "--purge only goes with --uninstall"),
         (["--prefix", "relative/dir"], "--prefix must be an absolute path"),
+        (["--prefix", "/opt/a&b"], "--prefix may only use"),
         (["--wheel", "/nonexistent/servomexd.whl"], "no such wheel"),
         (["--prefix"], "--prefix needs an argument"),
     ],

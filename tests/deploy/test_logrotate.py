@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import DEPLOY, require_tool, run
+from deploy_helpers import DEPLOY, require_tool, run
 
 CONFIG = DEPLOY / "logrotate" / "servomexd"
 STATE_DIR = "/var/lib/servomexd"

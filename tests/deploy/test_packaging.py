@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_CONFIG, INSTALL_SH, REPO, SHIPPED_EXEC, require_tool, run
+from deploy_helpers import EXAMPLE_CONFIG, INSTALL_SH, REPO, SHIPPED_EXEC, require_tool, run
 
 import servomexd
 

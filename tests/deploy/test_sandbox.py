@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import UNIT_DIR, installed_servomexd, parse_unit, require_tool, run
+from deploy_helpers import UNIT_DIR, installed_servomexd, parse_unit, require_tool, run
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 LAUNCHER = Path(__file__).with_name("seccomp_exec.py")

@@ -7,7 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import SHIPPED_EXEC, UNIT_DIR, installed_servomexd, parse_unit, require_tool, run
+from deploy_helpers import (
+    SHIPPED_EXEC,
+    UNIT_DIR,
+    installed_servomexd,
+    parse_unit,
+    require_tool,
+    run,
+)
 
 from servomexd.cli import DEFAULT_CONFIG_PATH
 from servomexd.config import CREDENTIAL_NAME, EX_CONFIG

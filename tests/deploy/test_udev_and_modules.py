@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import DEPLOY, UNIT_DIR, parse_unit
+from deploy_helpers import DEPLOY, UNIT_DIR, parse_unit
 
 RULES = DEPLOY / "udev" / "99-servomex.rules"
 MODULES = DEPLOY / "modules-load.d" / "servomexd.conf"
