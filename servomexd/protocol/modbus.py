@@ -99,11 +99,19 @@ def status_address(channel: ChannelId) -> int:
 def decode_float(high: int, low: int) -> float | None:
     """IEEE-754 float32 from two registers, high word first; non-finite means no value.
 
-    NaN is the analyser's "no value"; an infinity is not a measurement either.
+    NaN is the analyser's "no value"; an infinity is not a measurement either. The
+    result is the shortest decimal that is the same float32 (20.378, not
+    20.3780002593994), so Modbus rows carry the numbers the display and continuous
+    mode show.
     """
-    (value,) = struct.unpack(">f", struct.pack(">HH", high & 0xFFFF, low & 0xFFFF))
+    packed = struct.pack(">HH", high & 0xFFFF, low & 0xFFFF)
+    (value,) = struct.unpack(">f", packed)
     if not math.isfinite(value):
         return None
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack(">f", candidate) == packed:
+            return candidate
     return float(value)
 
 

@@ -38,10 +38,17 @@ def test_slot_addresses_match_the_table() -> None:
     [(0x41A3, 0x0625, 20.378), (0x3DAC, 0x0831, 0.084), (0x3E80, 0x0000, 0.250)],
 )
 def test_float_table_values(high: int, low: int, expected: float) -> None:
-    value = mb.decode_float(high, low)
-    assert value is not None
-    assert value == pytest.approx(expected, abs=5e-7)
+    assert mb.decode_float(high, low) == expected  # the shortest decimal, as displayed
     assert mb.encode_float(expected) == (high, low)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.5, 1e-7, 123456.7, 3.4e38, 20.9370002746582])
+def test_float_round_trips_through_float32(value: float) -> None:
+    high, low = mb.encode_float(value)
+    decoded = mb.decode_float(high, low)
+    assert decoded is not None
+    assert mb.encode_float(decoded) == (high, low)
+    assert len(repr(decoded)) <= 15
 
 
 def test_float_word_order_matters() -> None:
