@@ -122,3 +122,34 @@ def test_modbus_multidrop_into_sqlite(tmp_path: Path) -> None:
         for a in (30, 31)
     }
     assert oxygen[30].isdisjoint(oxygen[31])
+
+
+def test_auto_device_detects_modbus_ascii(tmp_path: Path) -> None:
+    sim = Simulator(tmp_path, "ascii", period=0.2, args=["--protocol", "modbus_ascii",
+                                                          "--address", "12"])  # fmt: skip
+    daemon: DaemonProc | None = None
+    try:
+        device = {
+            "name": "auto12",
+            "port": str(sim.link),
+            "protocol": "auto",
+            "address": 12,
+            "poll_interval": 0.2,
+            "request_timeout": 0.3,
+            "silence_timeout": 10.0,
+        }
+        daemon = DaemonProc(write_config(tmp_path, [device]))
+        daemon.wait_ready()
+        db = tmp_path / "samples.sqlite"
+        wait_for(lambda: len(polls(rows(db), "auto12")) >= 3, 40, "3 stored polls")
+        code, _ = daemon.terminate()
+        assert code == 0, daemon.text()
+        detected = daemon.events("auto.detected")
+    finally:
+        if daemon is not None:
+            daemon.cleanup()
+        sim.stop()
+    assert detected and "protocol=modbus_ascii" in detected[0]
+    stored = [r for r in rows(db) if r["device"] == "auto12"]
+    assert {r["protocol"] for r in stored} == {"modbus_ascii"}
+    assert all(r["latency_s"] is not None and r["requested_at"] for r in stored)
