@@ -262,7 +262,7 @@ async def test_polls_follow_an_absolute_schedule(buses: ModbusBusRegistry) -> No
     first = frames[1].requested_at
     for index, frame in enumerate(frames[1:]):
         drift = (frame.requested_at - first).total_seconds() - index * 0.1
-        assert -0.01 < drift < 0.06, (index, drift)
+        assert -0.01 < drift < 0.1, (index, drift)  # jitter only, never accumulating
     assert session.missed_polls == 0
 
 
@@ -382,7 +382,9 @@ async def test_one_silent_slave_does_not_stall_the_others(buses: ModbusBusRegist
         assert len(times) >= 8, (address, len(times))
         intervals = [b - a for a, b in itertools.pairwise(times)]
         # A healthy slave waits at most for one of the silent slave's attempts at a time.
-        assert max(intervals) < interval + timeout + 0.1, (address, max(intervals))
+        # (Without the deferral a healthy sweep waited one dead attempt per transaction:
+        # about interval + 3 * timeout.)
+        assert max(intervals) < interval + timeout + 0.15, (address, max(intervals))
     assert len(stamps[2]) >= 2
 
 
