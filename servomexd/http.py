@@ -232,7 +232,13 @@ class MetricsServer:
         if overloaded:
             await self._send(writer, _json_response(503, {"error": "too many connections"}))
             return
-        response = self._route(request)
+        if request.path == "/metrics" and request.method in _ALLOWED_METHODS:
+            # Rendering the exposition is CPU-bound (tens of ms for a few thousand
+            # series on a slow box); in a thread the loop keeps reading the analysers
+            # meanwhile (prometheus_client's collection is thread-safe).
+            response = await asyncio.to_thread(self._route, request)
+        else:
+            response = self._route(request)
         await self._send(writer, response, head_only=request.method == "HEAD")
 
     async def _refuse(

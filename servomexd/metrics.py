@@ -24,10 +24,11 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from servomexd import __version__
-from servomexd.model import STATUS_FLAGS, Frame
+from servomexd.model import STATUS_FLAGS, ChannelStatus, Frame
 
 REJECTION_REASONS: tuple[str, ...] = (
     "checksum",
@@ -47,6 +48,10 @@ class Metrics:
     """The daemon's metric objects, registered on ``registry``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No ``*_created`` twin per counter and histogram: Prometheus ignores them by
+        # default and they would be a sixth of the exposition. (A process-wide switch;
+        # servomexd owns its process.)
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
@@ -162,10 +167,14 @@ class Metrics:
             registry=r,
         )
 
-        # (device, channel) -> (name, unit) of the live servomexd_reading child, so a
-        # relabelled channel does not leave its old series behind.
-        self._reading_labels: dict[tuple[str, str], tuple[str, str]] = {}
-        self._reading_lock = threading.Lock()
+        # Label lookups (``.labels(...)``) cost more than the updates themselves, and a
+        # frame touches 3 + 9 x channels series: the children are cached per device and
+        # per channel. The channel cache also remembers the (name, unit) of the live
+        # servomexd_reading child, so a relabelled channel does not leave its old series
+        # behind, and the last published status, so unchanged flags are not rewritten.
+        self._devices: dict[str, _DeviceSeries] = {}
+        self._channels: dict[tuple[str, str], _ChannelSeries] = {}
+        self._cache_lock = threading.Lock()
 
     # --- helpers used by acquisition ---------------------------------------------------
 
@@ -192,10 +201,11 @@ class Metrics:
             _remove_quietly(metric, device)
         for reason in REJECTION_REASONS:
             _remove_quietly(self.frames_rejected, device, reason)
-        with self._reading_lock:
-            for key in [k for k in self._reading_labels if k[0] == device]:
-                name, unit = self._reading_labels.pop(key)
-                _remove_quietly(self.reading, device, key[1], name, unit)
+        with self._cache_lock:
+            self._devices.pop(device, None)
+            for key in [k for k in self._channels if k[0] == device]:
+                series = self._channels.pop(key)
+                _remove_quietly(self.reading, device, key[1], *series.labels)
                 for flag in STATUS_FLAGS:
                     _remove_quietly(self.channel_status, device, key[1], flag)
 
@@ -207,19 +217,23 @@ class Metrics:
 
     def observe_frame(self, device: str, frame: Frame) -> None:
         """Count a decoded frame and publish its latest values and status flags."""
-        self.frames.labels(device).inc()
-        self.samples_received.labels(device).inc(len(frame.readings))
-        self.last_sample_timestamp.labels(device).set(frame.received_at.timestamp())
+        series = self._devices.get(device) or self._device_series(device)
+        series.frames.inc()
+        series.samples_received.inc(len(frame.readings))
+        series.last_sample_timestamp.set(frame.received_at.timestamp())
         for reading in frame.readings:
             channel = reading.channel.value
             labels = (reading.name or "", reading.unit_label)
-            self._relabel_reading(device, channel, labels)
+            state = self._channels.get((device, channel))
+            if state is None or state.labels != labels:
+                state = self._channel_series(device, channel, labels)
             # NaN rather than the previous value: a stale number shown as current is
             # worse than a gap when the analyser reports no valid value.
-            value = math.nan if reading.value is None else reading.value
-            self.reading.labels(device, channel, *labels).set(value)
-            for flag, raised in zip(STATUS_FLAGS, reading.status.flags(), strict=True):
-                self.channel_status.labels(device, channel, flag).set(1 if raised else 0)
+            state.reading.set(math.nan if reading.value is None else reading.value)
+            if reading.status != state.status:
+                for child, raised in zip(state.flags, reading.status.flags(), strict=True):
+                    child.set(1 if raised else 0)
+                state.status = reading.status
 
     def observe_rejection(self, device: str, reason: str) -> None:
         """Count a rejected line or poll; it also becomes an error sample row."""
@@ -228,15 +242,52 @@ class Metrics:
         self.frames_rejected.labels(device, reason).inc()
         self.samples_received.labels(device).inc()
 
-    def _relabel_reading(self, device: str, channel: str, labels: tuple[str, str]) -> None:
-        key = (device, channel)
-        with self._reading_lock:
-            previous = self._reading_labels.get(key)
-            if previous == labels:
-                return
-            self._reading_labels[key] = labels
-        if previous is not None:
-            _remove_quietly(self.reading, device, channel, *previous)
+    def _device_series(self, device: str) -> _DeviceSeries:
+        with self._cache_lock:
+            series = _DeviceSeries(
+                self.frames.labels(device),
+                self.samples_received.labels(device),
+                self.last_sample_timestamp.labels(device),
+            )
+            self._devices[device] = series
+        return series
+
+    def _channel_series(
+        self, device: str, channel: str, labels: tuple[str, str]
+    ) -> _ChannelSeries:
+        """Create (or relabel) a channel's children; the old reading series goes away."""
+        with self._cache_lock:
+            previous = self._channels.get((device, channel))
+            if previous is not None:
+                _remove_quietly(self.reading, device, channel, *previous.labels)
+            series = _ChannelSeries(
+                labels,
+                self.reading.labels(device, channel, *labels),
+                tuple(self.channel_status.labels(device, channel, f) for f in STATUS_FLAGS),
+            )
+            self._channels[(device, channel)] = series
+        return series
+
+
+class _DeviceSeries:
+    __slots__ = ("frames", "last_sample_timestamp", "samples_received")
+
+    def __init__(self, frames: Counter, samples_received: Counter, last: Gauge) -> None:
+        self.frames = frames
+        self.samples_received = samples_received
+        self.last_sample_timestamp = last
+
+
+class _ChannelSeries:
+    __slots__ = ("flags", "labels", "reading", "status")
+
+    def __init__(
+        self, labels: tuple[str, str], reading: Gauge, flags: tuple[Gauge, ...]
+    ) -> None:
+        self.labels = labels
+        self.reading = reading
+        self.flags = flags
+        self.status: ChannelStatus | None = None
 
 
 def _remove_quietly(metric: Counter | Gauge, *labels: str) -> None:
