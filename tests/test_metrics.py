@@ -180,3 +180,18 @@ def test_unknown_rejection_reason_is_counted_as_other() -> None:
     reasons = {dict(labels)["reason"] for name, labels in samples(m)
                if name == "servomexd_frames_rejected_total"}
     assert reasons == set(REJECTION_REASONS)
+
+
+def test_status_flags_follow_every_change() -> None:
+    m = Metrics(CollectorRegistry())
+    fault = ChannelStatus(fault=True)
+    for status, expected in ((fault, 1), (fault, 1), (ChannelStatus(), 0), (fault, 1)):
+        m.observe_frame("ana1", frame(reading(ChannelId.I1, "O2", 20.9, status=status)))
+        assert value(m, "servomexd_channel_status", device="ana1", channel="I1",
+                     flag="fault") == expected
+
+
+def test_no_created_series() -> None:
+    m = Metrics(CollectorRegistry())
+    m.register_device("ana1")
+    assert not [name for name, _ in samples(m) if name.endswith("_created")]
