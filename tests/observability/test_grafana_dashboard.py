@@ -131,3 +131,26 @@ def test_process_panels_only_show_servomexd_processes() -> None:
     assert len(process) >= 5
     for where, expr in process:
         assert "and on (job, instance) servomexd_build_info" in expr, where
+
+
+def _exported_servomexd_metrics() -> set[str]:
+    from prometheus_client import CollectorRegistry
+
+    from servomexd.metrics import Metrics
+
+    names = set()
+    for family in Metrics(CollectorRegistry()).registry.collect():
+        if not family.name.startswith("servomexd_"):
+            continue
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        names.add(family.name + suffix)
+    return names
+
+
+def test_every_servomexd_metric_is_on_the_dashboard_and_documented() -> None:
+    exported = _exported_servomexd_metrics()
+    assert len(exported) >= 18
+    exprs = " ".join(q[1] for q in dashboard_queries())
+    assert sorted(m for m in exported if m not in exprs) == []
+    docs = (PROVISIONING.parents[2] / "docs" / "metrics.md").read_text()
+    assert sorted(m for m in exported if f"`{m}`" not in docs) == []
