@@ -455,6 +455,7 @@ class ModbusBusRegistry:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
         self._buses: dict[str, ModbusBus] = {}
+        self._declared: dict[str, tuple[str, BusSettings]] = {}
 
     @staticmethod
     def _key(port: str) -> str:
@@ -482,6 +483,25 @@ class ModbusBusRegistry:
             bus = ModbusBus(settings)
             self._buses[key] = bus
         return bus
+
+    def declare(self, device: str, settings: BusSettings) -> None:
+        """Note a configured device's line settings; refuse a conflict at start-up.
+
+        Devices sharing a port share one line: one framing, one baud rate. Catching a
+        mismatch while building factories makes it a configuration error (exit 78)
+        instead of a link that fails to open forever.
+        """
+        key = self._key(settings.port)
+        first = self._declared.setdefault(key, (device, settings))
+        if first[1] != settings:
+            raise ServomexConfigError(
+                "devices on one port must share protocol and serial settings",
+                context={
+                    "port": settings.port,
+                    first[0]: _settings_text(first[1]),
+                    device: _settings_text(settings),
+                },
+            )
 
     def bus_for(self, port: str) -> ModbusBus | None:
         return self._buses.get(self._key(port))
@@ -801,6 +821,7 @@ def build_modbus_factory(device: ModbusDeviceSettings, buses: ModbusBusRegistry)
             "build_modbus_factory needs a Modbus or auto device",
             context={"device": device.name, "protocol": device.protocol},
         )
+    buses.declare(device.name, BusSettings.of(device, protocol))
     return ModbusSessionFactory(device, buses, protocol)
 
 

@@ -22,6 +22,7 @@ from servomexd.acquisition.base import Rejection
 from servomexd.acquisition.modbus import (
     ModbusBusRegistry,
     ModbusSession,
+    ModbusSessionFactory,
     build_modbus_factory,
 )
 from servomexd.config import DeviceConfig
@@ -390,14 +391,26 @@ async def test_one_silent_slave_does_not_stall_the_others(buses: ModbusBusRegist
 
 async def test_devices_on_one_port_must_agree_on_framing(buses: ModbusBusRegistry) -> None:
     async with ModbusSimulator(addresses=[1, 2]) as sim:
-        first = await open_session(device(sim.link_path, 1), buses)
+        build_modbus_factory(device(sim.link_path, 1), buses)
+        # Refused while building the factories: a configuration error, not a dead link.
+        with pytest.raises(ServomexConfigError, match="share protocol") as raised:
+            build_modbus_factory(device(sim.link_path, 2, protocol="modbus_ascii"), buses)
+        assert raised.value.context == {
+            "port": sim.link_path, "ox1": "modbus_rtu 19200 8N1", "ox2": "modbus_ascii 19200 8N1"
+        }
+        with pytest.raises(ServomexConfigError):
+            build_modbus_factory(device(sim.link_path, 3, baudrate=9600), buses)
+        # And at open time too, for a registry used without declarations.
+        other = ModbusBusRegistry()
+        first = await build_modbus_factory(device(sim.link_path, 1), other).open()
         try:
             with pytest.raises(ServomexConfigError):
-                await build_modbus_factory(
-                    device(sim.link_path, 2, protocol="modbus_ascii"), buses
+                await ModbusSessionFactory(
+                    device(sim.link_path, 2), other, ProtocolKind.MODBUS_ASCII
                 ).open()
         finally:
             await first.aclose()
+            await other.aclose()
 
 
 async def test_bus_reopens_once_when_all_users_reconnect(buses: ModbusBusRegistry) -> None:
