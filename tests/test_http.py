@@ -265,12 +265,12 @@ async def test_silent_client_times_out_without_holding_the_loop(server: MetricsS
     started = time.monotonic()
     # Meanwhile other clients are served at once.
     assert (await exchange(server.bound_port, get("/healthz"), wait=0.4)).status == 200
-    async with asyncio.timeout(3):
+    async with asyncio.timeout(10):
         raw = await reader.read()
     elapsed = time.monotonic() - started
     writer.close()
     assert Reply(raw).status == 408
-    assert 0.3 < elapsed < 2.0
+    assert 0.3 < elapsed < 4.0  # the 0.5 s deadline, with room for a loaded CI box
 
 
 async def test_dripping_client_is_cut_off_at_the_total_deadline(server: MetricsServer) -> None:
@@ -293,7 +293,7 @@ async def test_dripping_client_is_cut_off_at_the_total_deadline(server: MetricsS
     await asyncio.gather(dripper, return_exceptions=True)
     writer.close()
     assert Reply(raw).status == 408
-    assert elapsed < 1.5  # the 0.5 s deadline, not the drip's pace
+    assert elapsed < 3.0  # the 0.5 s deadline, not the drip's pace (> 4 s)
 
 
 async def test_client_that_does_not_read_is_aborted(health: FakeHealth) -> None:
