@@ -22,14 +22,8 @@ from time import monotonic
 import structlog
 
 from servomexd.acquisition.base import AcquisitionEvent, DeviceSession
-from servomexd.acquisition.modbus import (
-    BusSettings,
-    LoopbackRequest,
-    ModbusBusRegistry,
-    ModbusDeviceSettings,
-    ModbusSession,
-    describe_target,
-)
+from servomexd.acquisition.modbus import ModbusDeviceSettings, ModbusSession, describe_target
+from servomexd.acquisition.modbus_bus import BusSettings, LoopbackRequest, ModbusBusRegistry
 from servomexd.errors import (
     ServomexConfigError,
     ServomexConnectionError,
