@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -171,38 +172,64 @@ class Writer:
 
     async def _deliverer(self) -> None:
         synced = False
-        while True:
-            if self._reopen or self.destination.roll_due():
-                await self._reopen_destination()
-            if not synced:
-                synced = await self._sync_checkpoint()
-                self.first_sync.set()
+        # While a backlog drains, the next chunk is read and decoded (spool thread) while
+        # the current one is being written: the sink, not the spool, sets the pace.
+        prefetched: asyncio.Task[tuple[list[SpoolBatch], bool]] | None = None
+        try:
+            while True:
+                if self._reopen or self.destination.roll_due():
+                    await self._reopen_destination()
                 if not synced:
+                    synced = await self._sync_checkpoint()
+                    self.first_sync.set()
+                    if not synced:
+                        if self._stop.is_set():
+                            return
+                        await self._sleep(self.backoff.next_delay())
+                        continue
+                try:
+                    if prefetched is not None:
+                        batches, flusher_was_done = await prefetched
+                        prefetched = None
+                    else:
+                        batches, flusher_was_done = await self._read(self._delivered)
+                except Exception as exc:
+                    prefetched = None
+                    log.error("spool.read_failed", error=str(exc))
+                    if self._stop.is_set():
+                        return
+                    await self._sleep(1.0)
+                    continue
+                if not batches:
+                    # Only a read that began after the final flush proves nothing is left.
+                    if self._stop.is_set() and flusher_was_done:
+                        return
+                    if not self._reopen:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self._idle_wait()):
+                                await self._spooled.wait()
+                    continue
+                rows = sum(len(batch.records) for batch in batches)
+                if rows >= self.max_write_rows // 2:
+                    prefetched = asyncio.create_task(self._read(batches[-1].seq))
+                if not await self._deliver(batches):
+                    await _discard(prefetched)
+                    prefetched = None
+                    synced = False
                     if self._stop.is_set():
                         return
                     await self._sleep(self.backoff.next_delay())
-                    continue
-            try:
-                batches = await self.spool.read_after(self._delivered, self.max_write_rows)
-            except Exception as exc:
-                log.error("spool.read_failed", error=str(exc))
-                if self._stop.is_set():
-                    return
-                await self._sleep(1.0)
-                continue
-            if not batches:
-                if self._stop.is_set() and self._flusher_done:
-                    return
-                self._spooled.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._idle_wait()):
-                        await self._spooled.wait()
-                continue
-            if not await self._deliver(batches):
-                synced = False
-                if self._stop.is_set():
-                    return
-                await self._sleep(self.backoff.next_delay())
+        finally:
+            await _discard(prefetched)
+
+    async def _read(self, after_seq: int) -> tuple[list[SpoolBatch], bool]:
+        """Pending batches after ``after_seq``, and whether the flusher had finished before
+        the read began. The wake-up event is cleared first, so a batch spooled during
+        the read sets it again and is never slept through."""
+        flusher_was_done = self._flusher_done
+        self._spooled.clear()
+        batches = await self.spool.read_after(after_seq, self.max_write_rows)
+        return batches, flusher_was_done
 
     def _idle_wait(self) -> float:
         if self.destination.kind == "parquet":
@@ -352,3 +379,13 @@ class Writer:
             log.warning("sink.close_failed", sink=self.sink_name, error=str(exc))
         self.metrics.sink_up.labels(self.sink_name).set(0)
         self.sink_up = False
+
+
+async def _discard(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a prefetch whose result is no longer wanted (after a failed write)."""
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait([task])  # propagates our own cancellation, not the task's outcome
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" warning

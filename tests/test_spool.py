@@ -81,8 +81,15 @@ def test_codec_round_trip(batch: list[Record]) -> None:
 
 
 def test_codec_is_not_pickle() -> None:
+    import json
+    import zlib
+
     payload = encode_records([record(1), error_record(2)])
-    assert payload[:1] == b"\x01" and b"dev" in payload
+    assert payload[:1] == b"\x02"
+    assert json.loads(zlib.decompress(payload[1:]))[0] == ["dev", "dev"]
+    # the uncompressed 0x01 format stays readable
+    plain = b"\x01" + zlib.decompress(payload[1:])
+    assert decode_records(plain) == decode_records(payload)
     with pytest.raises(ValueError, match="format"):
         decode_records(b"\x80\x04" + payload)  # a pickle header is refused
 
@@ -199,7 +206,7 @@ async def test_undecodable_batch_is_skipped_and_counted(tmp_path: Path) -> None:
         b = await spool.append([record(2), record(3)])
         c = await spool.append([record(4)])
     conn = sqlite3.connect(tmp_path / SPOOL_FILENAME)
-    conn.execute("UPDATE batches SET payload = x'01ff' WHERE seq = ?", (b,))
+    conn.execute("UPDATE batches SET payload = x'02ff00' WHERE seq = ?", (b,))
     conn.commit()
     conn.close()
     async with Spool(tmp_path) as spool:
