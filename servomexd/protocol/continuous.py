@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from servomexd.acquisition.base import AcquisitionEvent, Rejection
 from servomexd.errors import (
@@ -237,16 +237,23 @@ def _clock_fixed(raw: bytes) -> datetime | None:
 _Block = tuple[
     tuple[ChannelId, ChannelKind, "str | None", "float | None", Unit, ChannelStatus],
     tuple[bytes, str],
+    int,
+    int,
 ]
 """A decoded channel block: the ``Reading`` fields before and after the frame's
-timestamps, ((channel, kind, name, value, unit, status), (raw, unit_text))."""
+timestamps, the block's share of the checksum (its bytes and the ``;`` after it) and
+its channel's bit (to spot a channel sent twice):
+((channel, kind, name, value, unit, status), (raw, unit_text), byte_sum, slot_bit)."""
 
 _Body = tuple[tuple[_Block, ...], bool, bool, tuple[CalGroupState, ...], int]
 """Everything after the clock, decoded and validated: (blocks, analyser fault, analyser
 maintenance, cal groups, byte sum of the body for the checksum)."""
 
 _blocks: dict[bytes, _Block] = {}
-"""Decoded blocks keyed by their 33 wire bytes (trailing ``;`` included)."""
+"""Decoded blocks keyed by their 33 wire bytes (trailing ``;`` included). When full it
+becomes ``_blocks_old`` and a new one starts; a hit in the old one is carried over,
+so blocks that keep recurring survive while one-off values age out."""
+_blocks_old: dict[bytes, _Block] = {}
 
 _bodies: dict[bytes, _Body] = {}
 """Decoded frame bodies keyed by the bytes between the clock and the checksum. A
@@ -281,7 +288,12 @@ def _decode_block(fields: list[bytes], block_raw: bytes, frame: bytes, index: in
     status = _statuses.get((alarms_f, fm_f, cal_f, warm_f)) or _status(
         alarms_f, fm_f, cal_f, warm_f
     )
-    return ((channel[0], channel[1], name, value, unit, status), (block_raw, unit_text))
+    return (
+        (channel[0], channel[1], name, value, unit, status),
+        (block_raw, unit_text),
+        sum(block_raw) + 0x3B,
+        channel[2],
+    )
 
 
 def _verify_checksum(raw: bytes, computed: int) -> None:
@@ -332,32 +344,37 @@ def parse_frame(
         received_at = datetime.now(UTC)
     if monotonic_ns is None:
         monotonic_ns = time.monotonic_ns()
-    fixed_clock = raw[9] == raw[18] == 0x3B and raw.count(b";", 1, _BODY) == 2
-    if fixed_clock:
-        key = raw[_BODY:-5]
-        body = _bodies.get(key)
-        if body is not None:
-            total = (sum(raw[1:_BODY]) + body[4]) & 0xFFFF
-            if raw[-5:-1] != b"%04X" % total:
-                _verify_checksum(raw, total)
-            return _assemble(raw, body, _clock_fixed(raw), received_at, monotonic_ns)
-    total = sum(raw[1:-5]) & 0xFFFF
-    _verify_checksum(raw, total)
-    if not fixed_clock:
+    if raw[9] != 0x3B or raw[18] != 0x3B or raw.count(b";", 1, _BODY) != 2:
+        # Not the analyser's fixed-width clock: tokenise everything, cache nothing.
+        _verify_checksum(raw, sum(raw[1:-5]) & 0xFFFF)
         tokens = raw[1:].split(b";")
         body = _decode_tokens(raw, tokens[2:], 0)
         return _assemble(raw, body, _clock(tokens[0], tokens[1]), received_at, monotonic_ns)
-    body_sum = total - sum(raw[1:_BODY])
-    body = _decode_fixed(raw, body_sum) or _decode_tokens(raw, raw[_BODY:].split(b";"), body_sum)
+    key = raw[_BODY:-5]
+    cached = _bodies.get(key)
+    if cached is not None:
+        total = (sum(raw[1:_BODY]) + cached[4]) & 0xFFFF
+        if raw[-5:-1] != b"%04X" % total:
+            _verify_checksum(raw, total)
+        return _assemble(raw, cached, _clock_fixed(raw), received_at, monotonic_ns)
+    decoded = _decode_fixed(raw)
+    if decoded is None:
+        total = sum(raw[1:-5]) & 0xFFFF
+        _verify_checksum(raw, total)
+        body = _decode_tokens(raw, raw[_BODY:].split(b";"), total - sum(raw[1:_BODY]))
+    else:
+        body = decoded
     if len(_bodies) >= _BODY_CACHE_LIMIT:
         _bodies.clear()
     _bodies[key] = body
     return _assemble(raw, body, _clock_fixed(raw), received_at, monotonic_ns)
 
 
-def _decode_fixed(raw: bytes, body_sum: int) -> _Body | None:
-    """Decode a body in the analyser's own fixed-width layout block by block, through
-    the block cache; None when the layout differs (the caller then tokenises)."""
+def _decode_fixed(raw: bytes) -> _Body | None:
+    """Verify and decode a frame in the analyser's own fixed-width layout, block by
+    block through the block cache (the checksum is summed from the cached blocks'
+    shares). None when the layout differs: the caller then tokenises."""
+    global _blocks, _blocks_old
     size = len(raw)
     count = raw[31:33]
     if not (
@@ -367,21 +384,35 @@ def _decode_fixed(raw: bytes, body_sum: int) -> _Body | None:
         and raw.count(b";", _BODY, _HEADER) == 3
     ):
         return None
-    cache = _blocks
-    blocks: list[_Block] = []
-    for index, position in enumerate(range(_HEADER, size - 5, _BLOCK)):
-        chunk = raw[position : position + _BLOCK]
-        block = cache.get(chunk)
-        if block is None:
+    chunks = [raw[p : p + _BLOCK] for p in range(_HEADER, size - 5, _BLOCK)]
+    found = list(map(_blocks.get, chunks))
+    body_sum = sum(raw[_BODY:_HEADER])
+    if None not in found:
+        blocks = cast(list[_Block], found)  # no None in it
+        for block in blocks:
+            body_sum += block[2]
+        _verify_checksum(raw, (sum(raw[1:_BODY]) + body_sum) & 0xFFFF)
+        return _body(raw, blocks, raw[19:21], raw[22:30], body_sum)
+    body_sum = sum(raw[_BODY:-5])
+    _verify_checksum(raw, (sum(raw[1:_BODY]) + body_sum) & 0xFFFF)
+    index = found.index(None)
+    while True:
+        chunk = chunks[index]
+        entry = _blocks_old.get(chunk)
+        if entry is None:
             fields = chunk[:-1].split(b";")
             if len(fields) != 8 or chunk[-1] != 0x3B:
                 return None
-            block = _decode_block(fields, chunk[:-1], raw, index)
-            if len(cache) >= _BLOCK_CACHE_LIMIT:
-                cache.clear()
-            cache[chunk] = block
-        blocks.append(block)
-    return _body(raw, blocks, raw[19:21], raw[22:30], body_sum)
+            entry = _decode_block(fields, chunk[:-1], raw, index)
+        if len(_blocks) >= _BLOCK_CACHE_LIMIT:
+            _blocks_old, _blocks = _blocks, {}
+        _blocks[chunk] = entry
+        found[index] = entry
+        try:
+            index = found.index(None, index + 1)
+        except ValueError:
+            break
+    return _body(raw, cast(list[_Block], found), raw[19:21], raw[22:30], body_sum)
 
 
 def _decode_tokens(raw: bytes, tokens: list[bytes], body_sum: int) -> _Body:
@@ -409,12 +440,14 @@ def _decode_tokens(raw: bytes, tokens: list[bytes], body_sum: int) -> _Body:
 def _body(
     raw: bytes, blocks: list[_Block], fm_field: bytes, autocal_field: bytes, body_sum: int
 ) -> _Body:
-    channels = [block[0][0] for block in blocks]
-    if len(set(channels)) != len(channels):
+    mask = 0
+    for block in blocks:
+        mask |= block[3]
+    if mask.bit_count() != len(blocks):
         raise ServomexParseError(
             "a channel appears twice in one frame",
             raw=raw,
-            context={"ids": ",".join(channel.value for channel in channels)},
+            context={"ids": ",".join(block[0][0].value for block in blocks)},
         )
     fault, maintenance, cal_groups = _analysers.get((fm_field, autocal_field)) or _analyser(
         fm_field, autocal_field
@@ -431,7 +464,7 @@ def _assemble(
 ) -> Frame:
     new = _new_tuple
     middle = (_CONTINUOUS, received_at, monotonic_ns)
-    readings = tuple([new(Reading, head + middle + tail) for head, tail in body[0]])
+    readings = tuple([new(Reading, block[0] + middle + block[1]) for block in body[0]])
     analyser = new(AnalyserStatus, (body[1], body[2], body[3], clock))
     frame: Frame = new(
         Frame, (readings, analyser, _CONTINUOUS, received_at, monotonic_ns, raw, None, None)
