@@ -172,4 +172,4 @@ class Destination:
 
     @property
     def reopens_on_hup(self) -> bool:
-        return self.kind in {"csv", "jsonl", "parquet", "sqlite"}
+        return self.kind in {"csv", "jsonl", "parquet"}

@@ -345,6 +345,9 @@ class Writer:
     async def _reopen_destination(self) -> None:
         rolled = self.destination.roll_due()
         self._reopen = False
+        if not rolled and not self.destination.reopens_on_hup:
+            log.info("sink.reopen_skipped", sink=self.sink_name, reason="not a file sink")
+            return
         previous = self.destination.current_path
         try:
             await self.destination.close()
