@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import decimal
-from collections.abc import Sequence
+import inspect
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -176,14 +177,10 @@ class PostgresSink(BaseSink):
     def _write_error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
         transient = _is_transient(exc, self._asyncpg)
         text = self.config.scrub(f"{type(exc).__name__}: {exc}")
-        error = ServomexSinkWriteError(
+        return ServomexSinkWriteError(
             f"postgres {action} failed: {text}",
             context={"target": self.config.target(), "retryable": transient},
         )
-        if transient and self._pool is not None:
-            # Other idle connections probably died with this one: replace them lazily.
-            self._pool.expire_connections()
-        return error
 
     def _raise(self, action: str, exc: BaseException) -> NoReturn:
         error = self._write_error(action, exc)
@@ -218,8 +215,9 @@ class PostgresSink(BaseSink):
                 "application_name": "servomexd",
                 "statement_timeout": str(config.statement_timeout_ms),
             },
-            "reset": _no_session_reset,
         }
+        if "reset" in inspect.signature(asyncpg.create_pool).parameters:  # asyncpg >= 0.30
+            connect["reset"] = _no_session_reset
         if config.dsn is not None:
             connect["dsn"] = config.dsn
             if config.password is not None:
@@ -332,27 +330,60 @@ class PostgresSink(BaseSink):
         plan = self._plan
         assert plan is not None
         rows = plan.apply(records if isinstance(records, list) else list(records))
-        config = self.config
-        timeout = config.command_timeout_s
+        timeout = self.config.command_timeout_s
         try:
             async with self._pool.acquire(timeout=timeout) as conn:
-                if checkpoint is None and config.use_copy:
-                    # COPY is atomic on its own: no BEGIN/COMMIT round trips.
-                    await self._copy(conn, rows, timeout)
-                    return
-                async with conn.transaction():
-                    if rows:
-                        if config.use_copy:
-                            await self._copy(conn, rows, timeout)
-                        else:
-                            await conn.executemany(self._insert_sql, rows, timeout=timeout)
-                    if checkpoint is not None:
-                        if not self._checkpoint_ready:
-                            await self._create_checkpoint_table(conn)
-                        await conn.execute(self._upsert_sql, checkpoint[0], checkpoint[1])
-                self._checkpoint_ready = self._checkpoint_ready or checkpoint is not None
+                await self._guarded(conn, self._write_on(conn, rows, checkpoint))
+            self._checkpoint_ready = self._checkpoint_ready or checkpoint is not None
         except self._driver_errors() as exc:
             self._raise("write", exc)
+
+    async def _write_on(self, conn: Any, rows: list[Record], checkpoint: Checkpoint | None) -> None:
+        config = self.config
+        timeout = config.command_timeout_s
+        if checkpoint is None and config.use_copy:
+            # COPY is atomic on its own: no BEGIN/COMMIT round trips.
+            await self._copy(conn, rows, timeout)
+            return
+        async with conn.transaction():
+            if rows:
+                if config.use_copy:
+                    await self._copy(conn, rows, timeout)
+                else:
+                    await conn.executemany(self._insert_sql, rows, timeout=timeout)
+            if checkpoint is not None:
+                if not self._checkpoint_ready:
+                    await self._create_checkpoint_table(conn)
+                await conn.execute(self._upsert_sql, checkpoint[0], checkpoint[1])
+
+    async def _guarded(self, conn: Any, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work``, failing at once if the server drops the connection.
+
+        asyncpg's COPY waits for the socket to drain with no timeout; when the
+        connection dies while it waits (server shutdown mid-COPY, measured), it
+        waits forever. A termination listener cancels the wait instead.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        lost = False
+
+        def on_lost(_conn: Any) -> None:
+            nonlocal lost
+            lost = True
+            task.cancel()
+
+        conn.add_termination_listener(on_lost)
+        try:
+            await work
+        except asyncio.CancelledError:
+            if lost and task.uncancel() == 0:
+                raise self._asyncpg.ConnectionDoesNotExistError(
+                    "connection lost in the middle of a write"
+                ) from None
+            raise
+        finally:
+            if not lost:  # a dead connection is already detached from its proxy
+                conn.remove_termination_listener(on_lost)
 
     async def _copy(self, conn: Any, rows: list[Record], limit: float) -> None:
         plan = self._plan

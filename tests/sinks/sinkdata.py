@@ -54,7 +54,9 @@ def frame(
         )
     requested = received - timedelta(milliseconds=40) if modbus_timing else None
     latency = 0.04 if modbus_timing else None
-    return Frame(tuple(readings), AnalyserStatus(), protocol, received, mono, b"", requested, latency)
+    return Frame(
+        tuple(readings), AnalyserStatus(), protocol, received, mono, b"", requested, latency
+    )
 
 
 def error_sample(index: int, device: str = "stack-1") -> Sample:

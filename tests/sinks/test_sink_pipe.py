@@ -61,7 +61,7 @@ async def test_interval_flush_while_stream_stalls() -> None:
 
     task = asyncio.create_task(pipe(stalled(), sink, batch_size=1000, flush_interval=0.1))
     deadline = time.monotonic() + 5
-    while not sink.writes and time.monotonic() < deadline:
+    while not sink.writes and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a list
         await asyncio.sleep(0.01)
     assert sink.writes, "the buffered samples were not flushed while the stream stalled"
     first_size, first_at = sink.writes[0]
