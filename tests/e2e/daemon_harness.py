@@ -80,6 +80,7 @@ def write_config(
     *,
     sink: dict[str, Any] | None = None,
     postgres: dict[str, Any] | None = None,
+    parquet: dict[str, Any] | None = None,
     flush_interval: float = 0.3,
     name: str = "servomexd.toml",
 ) -> Path:
@@ -99,9 +100,10 @@ def write_config(
     sink_table.update(sink or {})
     lines.append("[sink]")
     lines += [f"{k} = {value(v)}" for k, v in sink_table.items()]
-    if postgres:
-        lines.append("[sink.postgres]")
-        lines += [f"{k} = {value(v)}" for k, v in postgres.items()]
+    for table, keys in (("postgres", postgres), ("parquet", parquet)):
+        if keys:
+            lines.append(f"[sink.{table}]")
+            lines += [f"{k} = {value(v)}" for k, v in keys.items()]
     lines += ["[spool]", f"path = {value(str(tmp / 'spool'))}"]
     lines += ["[metrics]", 'listen = "127.0.0.1:0"']
     lines += ["[log]", 'level = "debug"', 'format = "journald"']
