@@ -47,8 +47,13 @@ class ServomexError(Exception):
         return f"{self.message} [{', '.join(parts)}]"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only state would be lost by the default Exception pickling.
-        return (_rebuild, (type(self), self.message, self.raw, self.context, self.reason))
+        # Keyword-only state would be lost by the default Exception pickling; the
+        # instance dict carries subclass attributes (expected/received, exception_code).
+        return (
+            _rebuild,
+            (type(self), self.message, self.raw, self.context, self.reason),
+            dict(self.__dict__),
+        )
 
 
 def _rebuild(
