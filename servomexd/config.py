@@ -194,6 +194,7 @@ class ParquetSettings(_Section):
 
 
 SinkType = Literal["sqlite", "postgres", "csv", "jsonl", "parquet"]
+_SINK_SUFFIXES = {"sqlite": "sqlite", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
 
 
 class SinkSettings(_Section):
@@ -216,6 +217,16 @@ class SinkSettings(_Section):
         if not _IDENTIFIER.match(value):
             raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path_per_type(cls, data: Any) -> Any:
+        # type = "csv" without a path writes samples-<time>.csv, not a ".sqlite" CSV.
+        if isinstance(data, dict) and "path" not in data:
+            suffix = _SINK_SUFFIXES.get(str(data.get("type", "sqlite")))
+            if suffix is not None:
+                data = {**data, "path": f"/var/lib/servomexd/samples.{suffix}"}
+        return data
 
     @model_validator(mode="after")
     def _postgres_target(self) -> SinkSettings:
@@ -426,6 +437,11 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
             reason = reason[len("Value error, ") :]
         if error.get("type") == "extra_forbidden":
             reason = "unknown key (not a servomexd setting; check the spelling)"
+        if loc == "devices" and error.get("type") == "list_type" and isinstance(value, dict):
+            reason += (
+                "; SERVOMEXD_DEVICES__<n>__<key> cannot override one device: replace the "
+                "whole list with SERVOMEXD_DEVICES='[{...}]' (JSON)"
+            )
         problems.append((loc or "(top level)", shown, reason))
     return problems
 

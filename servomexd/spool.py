@@ -403,7 +403,7 @@ class Spool:
         *,
         max_bytes: int = 1 << 30,
         synchronous: str = "FULL",
-        cache_rows: int = 50_000,
+        cache_rows: int = 10_000,
         on_drop: Callable[[int, int], None] | None = None,
     ) -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:

@@ -336,3 +336,22 @@ def test_baudrates_mirror_the_serial_link() -> None:
     from servomexd.link.serial import BAUDRATES
 
     assert STANDARD_BAUDRATES == BAUDRATES
+
+
+def test_sink_path_default_follows_type(tmp_path: Path) -> None:
+    csv = load_settings(write(tmp_path, MINIMAL + '[sink]\ntype = "csv"\n'))
+    assert str(csv.sink.path) == "/var/lib/servomexd/samples.csv"
+    explicit = load_settings(write(tmp_path, MINIMAL + '[sink]\ntype = "csv"\npath = "/x.csv"\n'))
+    assert str(explicit.sink.path) == "/x.csv"
+
+
+def test_device_list_env_override_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVOMEXD_DEVICES__0__PORT", "/dev/ttyZ")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, MINIMAL))
+    assert "SERVOMEXD_DEVICES='[{...}]'" in info.value.lines()[0]
+    monkeypatch.delenv("SERVOMEXD_DEVICES__0__PORT")
+    monkeypatch.setenv("SERVOMEXD_DEVICES", '[{"name": "env", "port": "/dev/ttyZ"}]')
+    assert load_settings(write(tmp_path, MINIMAL)).devices[0].name == "env"
