@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
@@ -181,19 +182,29 @@ class SerialLink:
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
         protocol = _LinkProtocol(self._high_water)
-        try:
-            transport, _ = await serial_asyncio_fast.create_serial_connection(
-                loop,
-                lambda: protocol,
+        # Opening can block (a wedged USB device), so it runs in an executor. If we are
+        # cancelled meanwhile, the port is closed as soon as the open finishes, so a
+        # shutdown or a supervisor timeout never leaks the fd.
+        opening = loop.run_in_executor(
+            None,
+            partial(
+                serial.Serial,
                 self._settings.port,
                 exclusive=True,
                 **self._settings.serial_kwargs(),
-            )
+            ),
+        )
+        try:
+            port = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_when_opened)
+            raise
         except (serial.SerialException, OSError, ValueError) as error:
             raise ServomexConnectionError(
                 f"cannot open serial port: {_cause(error)}",
                 context={"port": self._settings.port},
             ) from error
+        transport, _ = await serial_asyncio_fast.connection_for_serial(loop, lambda: protocol, port)
         self._transport = transport
         self._protocol = protocol
         log.debug("serial port open: %s", self.describe())
@@ -357,6 +368,12 @@ class SerialLink:
         if port is not None and not protocol.lost:
             with contextlib.suppress(OSError, serial.SerialException):
                 port.reset_input_buffer()
+
+
+def _close_when_opened(opening: asyncio.Future[serial.Serial]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        with contextlib.suppress(OSError, serial.SerialException):
+            opening.result().close()
 
 
 def _cause(error: BaseException) -> str:

@@ -238,3 +238,32 @@ async def test_lost_link_releases_the_fd_and_replug_gives_a_new_device(
     async with await SerialLink.open(settings) as again:
         device.write(b"back\n")
         assert await read_until(again, 5) == b"back\n"
+
+
+async def test_cancelled_open_never_leaks_the_fd(device: PtyDevice) -> None:
+    slave = device.slave_name
+    assert slave is not None
+    settings = SerialSettings(str(device.link))
+    for _ in range(20):
+        opening = asyncio.create_task(SerialLink.open(settings))
+        await asyncio.sleep(0)  # the open is under way in the executor
+        opening.cancel()
+        try:
+            link = await opening
+        except asyncio.CancelledError:
+            pass
+        else:  # the open won the race: an ordinary close then
+            await link.close()
+    # The last cancelled open may still be running in its thread: wait for the lock.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            link = await SerialLink.open(settings)
+            break
+        except ServomexConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+    assert len(open_fds_to(slave)) == 1  # ours only: no cancelled open left one behind
+    await link.close()
+    assert open_fds_to(slave) == []
