@@ -55,6 +55,9 @@ log = structlog.get_logger("servomexd.daemon")
 
 EX_SOFTWARE = 70
 _SUPERVISOR_STOP_TIMEOUT = 2.0
+_STOP_BUDGET = 9.0
+"""Seconds from the stop signal to exit, all steps included: systemd's TimeoutStopSec
+is 30 s, the promise to operators is "well within 10 s"."""
 _READY_SINK_WAIT = 5.0
 
 
@@ -83,6 +86,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
+        self._stop_deadline: float | None = None
         self.ready = asyncio.Event()
 
     # --- control ---------------------------------------------------------------------------
@@ -285,7 +289,14 @@ class Daemon:
         await self._stop.wait()
         await self._shutdown(notify_task)
 
+    def _remaining(self, cap: float) -> float:
+        """Time a shutdown step may take: its own cap, within the overall budget."""
+        if self._stop_deadline is None:
+            return cap
+        return max(0.1, min(cap, self._stop_deadline - time.monotonic()))
+
     async def _shutdown(self, notify_task: asyncio.Task[None]) -> None:
+        self._stop_deadline = time.monotonic() + _STOP_BUDGET
         log.info("daemon.stopping", reason=self._stop_reason)
         self.notifier.stopping("stopping: flushing samples")
         # 1. stop acquisition: supervisors close their ports
@@ -296,8 +307,11 @@ class Daemon:
         # 2. flush the buffer to the spool and deliver within the deadline
         assert self.writer is not None and self._writer_task is not None
         self.writer.request_stop()
-        deadline = self.settings.sink.shutdown_timeout + 1.0
-        done, _ = await asyncio.wait({self._writer_task}, timeout=deadline)
+        # the closing steps after this one need about 2 s of the budget
+        deadline = min(
+            self.settings.sink.shutdown_timeout + 1.0, self._remaining(_STOP_BUDGET) - 2.0
+        )
+        done, _ = await asyncio.wait({self._writer_task}, timeout=max(0.5, deadline))
         if not done:
             log.warning(
                 "daemon.shutdown_deadline",
@@ -310,23 +324,23 @@ class Daemon:
                 await self._writer_task
             # the final flush may have been cut short: make sure the buffer is spooled
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.flush(), 2.0)
+                await asyncio.wait_for(self.writer.flush(), self._remaining(1.0))
         notify_task.cancel()
 
     async def _close_all(self) -> None:
         """Close whatever was opened (idempotent; each step independent)."""
         if self.writer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.aclose(), 3.0)
+                await asyncio.wait_for(self.writer.aclose(), self._remaining(1.0))
         if self.buses is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.buses.aclose(), 2.0)
+                await asyncio.wait_for(self.buses.aclose(), self._remaining(0.5))
         if self.spool is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.spool.close(), 3.0)
+                await asyncio.wait_for(self.spool.close(), self._remaining(1.0))
         if self.http is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.http.stop(), 2.0)
+                await asyncio.wait_for(self.http.stop(), self._remaining(0.5))
             self.http = None
 
     def _log_summary(self) -> None:

@@ -107,3 +107,35 @@ def test_postgres_outage_zero_loss_zero_duplicates(
     assert daemon.events("sink.down") and daemon.events("sink.recovered")
     assert "backlog_samples=" in daemon.events("sink.recovered")[0]
     assert len(result.stored_indexes) > 100
+
+
+def test_postgres_down_at_start_is_not_fatal(tmp_path: Path) -> None:
+    """No server at all: the daemon starts, spools, reports it, and stops quickly."""
+    from pg import free_port
+
+    sim = Simulator(tmp_path, period=0.05)
+    config = write_config(
+        tmp_path,
+        [{"name": "an-1", "port": str(sim.link), "silence_timeout": 2.0}],
+        sink={"type": "postgres", "retry_max_delay": 1.0},
+        postgres={"dsn": f"postgresql://servomexd:s3cret-pw@127.0.0.1:{free_port()}/plant"},
+    )
+    daemon = DaemonProc(config)
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: (daemon.metric("servomexd_spool_pending_samples") or 0) > 50, 15,
+                 "samples spooled")
+        import json
+
+        status, body = daemon.scrape("/readyz")
+        detail = json.loads(body)
+        assert detail["sink"]["up"] is False and detail["spool"]["accepting"] is True
+        assert status == 200  # the spool accepts the data while the sink is away
+        assert daemon.metric("servomexd_sink_up", sink="postgres") == 0
+        code, took = daemon.terminate()
+        assert code == 0 and took < 10
+    finally:
+        daemon.cleanup()
+        sim.stop()
+    assert daemon.events("sink.down")
+    assert "s3cret-pw" not in daemon.text()  # the password never reaches the journal
