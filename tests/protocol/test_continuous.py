@@ -369,7 +369,7 @@ def frame_specs(draw: st.DrawFn) -> tuple[list[BlockSpec], dict[str, object]]:
     return blocks, options
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(frame_specs())
 def test_build_parse_round_trip(spec: tuple[list[BlockSpec], dict[str, object]]) -> None:
     blocks, options = spec
@@ -403,14 +403,14 @@ def test_build_parse_round_trip(spec: tuple[list[BlockSpec], dict[str, object]])
     assert general.analyser._replace(clock=frame.analyser.clock) == frame.analyser
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=600))
 def test_parse_frame_raises_only_protocol_errors(data: bytes) -> None:
     with contextlib.suppress(ServomexProtocolError):
         parse_frame(data)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(frame_specs(), st.integers(0, 10_000), st.integers(0, 255))
 def test_parse_frame_rejects_any_single_byte_corruption(
     spec: tuple[list[BlockSpec], dict[str, object]], where: int, byte: int
@@ -539,7 +539,7 @@ def test_framer_reset_forgets_a_partial_line() -> None:
     assert len(frames_of(framer.feed(lines(IDLE)[1] + b"\n"))) == 1
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=700), max_size=20), st.integers(64, 1024))
 def test_framer_never_raises_and_never_exceeds_its_cap(chunks: list[bytes], cap: int) -> None:
     framer = ContinuousFramer(max_line=cap)
@@ -549,7 +549,7 @@ def test_framer_never_raises_and_never_exceeds_its_cap(chunks: list[bytes], cap:
         assert framer.buffered <= cap
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.integers(0, 11), min_size=1, max_size=12),
     st.lists(st.integers(1, 300), min_size=1, max_size=40),
