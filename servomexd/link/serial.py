@@ -290,6 +290,10 @@ class SerialLink:
         """
         if timeout <= 0:
             raise ServomexValidationError("read timeout must be > 0", context={"timeout": timeout})
+        if max_bytes is not None and max_bytes < 1:
+            raise ServomexValidationError(
+                "max_bytes must be >= 1", context={"max_bytes": max_bytes}
+            )
         transport, protocol = self._require()
         if not protocol.buffer:
             if protocol.lost:

@@ -113,6 +113,8 @@ async def test_read_times_out_with_empty_bytes(device: PtyDevice) -> None:
         assert 0.15 <= elapsed < 1.0
         with pytest.raises(ServomexValidationError):
             await link.read(0)
+        with pytest.raises(ServomexValidationError):
+            await link.read(1.0, max_bytes=0)
 
 
 async def test_bytes_arrive_and_max_bytes_is_honoured(device: PtyDevice) -> None:

@@ -322,6 +322,23 @@ def test_status_flags_decode() -> None:
     )
 
 
+def test_parser_caches_stay_bounded() -> None:
+    from servomexd.protocol import continuous
+
+    start = datetime(2026, 1, 1)
+    for i in range(12_000):  # every frame and most blocks new
+        blocks = [
+            BlockSpec(ChannelId.I1, "Oxygen", round(10 + i / 1000, 3), Unit.PERCENT),
+            BlockSpec(ChannelId.I2, "CO", round(i / 1000, 3), Unit.PERCENT),
+            BlockSpec(ChannelId.E1, None, 4.0, Unit.MA),
+        ]
+        frame = parse_frame(build_frame(blocks, clock=start + timedelta(seconds=i)))
+        assert frame.readings[0].value == round(10 + i / 1000, 3)
+    assert len(continuous._bodies) <= continuous._BODY_CACHE_LIMIT
+    assert len(continuous._blocks) <= continuous._BLOCK_CACHE_LIMIT
+    assert len(continuous._blocks_old) <= continuous._BLOCK_CACHE_LIMIT
+
+
 # --- property tests -----------------------------------------------------------------------------
 
 statuses = st.builds(
