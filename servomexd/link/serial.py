@@ -296,13 +296,17 @@ class SerialLink:
             )
         transport, protocol = self._require()
         if not protocol.buffer:
-            if protocol.lost:
+            # is_closing(): the transport hit a read error and is still cleaning up (its
+            # flush and close run in an executor); the link is gone already.
+            if protocol.lost or transport.is_closing():
                 raise self._lost(protocol)
             protocol.readable.clear()
             try:
                 async with asyncio.timeout(timeout):
                     await protocol.readable.wait()
             except TimeoutError:
+                if transport.is_closing():
+                    raise self._lost(protocol) from None
                 return b""
             if self._closed_by_us:
                 raise ServomexConnectionError(
