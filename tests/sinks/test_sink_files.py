@@ -128,3 +128,20 @@ async def test_close_idempotent(tmp_path: Path, factory: Any) -> None:
     await sink.close()
     with pytest.raises(ServomexSinkError):
         await sink.write_many(steady_samples(1))
+
+
+def test_every_sink_implements_the_protocols(tmp_path: Path) -> None:
+    from servomexd.sinks import PostgresConfig, PostgresSink, RecordSink, SampleSink, SqliteSink
+
+    sinks = [
+        InMemorySink(),
+        CsvSink(tmp_path / "a.csv"),
+        JsonlSink(tmp_path / "a.jsonl"),
+        ParquetSink(tmp_path / "a.parquet"),
+        SqliteSink(tmp_path / "a.sqlite"),
+        PostgresSink(PostgresConfig(host="localhost")),
+    ]
+    for sink in sinks:
+        assert isinstance(sink, SampleSink)
+        assert isinstance(sink, RecordSink)
+    assert [s.supports_checkpoint for s in sinks] == [False, False, False, False, True, True]
