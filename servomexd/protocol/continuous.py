@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 
 from servomexd.acquisition.base import AcquisitionEvent, Rejection
 from servomexd.errors import (
@@ -621,6 +621,9 @@ class ContinuousFramer:
         events: list[AcquisitionEvent] = []
         if not data:
             return events
+        # First cut the chunk into lines (flagged True: an overlong line's preview), then
+        # stamp and decode them in one tight loop.
+        lines: list[tuple[bytes, bool]] = []
         start = 0
         if self._discarding:
             newline = data.find(b"\n")
@@ -628,7 +631,6 @@ class ContinuousFramer:
                 return events
             self._discarding = False
             start = newline + 1
-        stamp: list[Any] = [received_at, monotonic_ns]
         max_line = self._max_line
         buffer = self._buffer
         while True:
@@ -637,82 +639,64 @@ class ContinuousFramer:
                 break
             if buffer:
                 if len(buffer) + newline - start > max_line:
-                    line = bytes(buffer[:_PREVIEW])
+                    lines.append((bytes(buffer[:_PREVIEW]), True))
                     buffer.clear()
                     start = newline + 1
-                    events.append(self._overlong(line, stamp))
                     continue
                 line = bytes(buffer) + data[start:newline]
                 buffer.clear()
             else:
                 if newline - start > max_line:
-                    line = data[start : start + _PREVIEW]
+                    lines.append((data[start : start + _PREVIEW], True))
                     start = newline + 1
-                    events.append(self._overlong(line, stamp))
                     continue
                 line = data[start:newline]
             start = newline + 1
             if line[-1:] == b"\r":
                 line = line[:-1]
-            if not line:
-                continue  # an empty line carries nothing (e.g. a doubled terminator)
-            events.append(self._decode(line, stamp))
+            if line:  # an empty line carries nothing (e.g. a doubled terminator)
+                lines.append((line, False))
         rest = len(data) - start
         if rest:
             if len(buffer) + rest > max_line:
-                preview = bytes(buffer[:_PREVIEW]) or data[start : start + _PREVIEW]
+                lines.append((bytes(buffer[:_PREVIEW]) or data[start : start + _PREVIEW], True))
                 buffer.clear()
                 self._discarding = True
-                events.append(self._overlong(preview, stamp))
             else:
                 buffer += data[start:]
-        return events
+        if not lines:
+            return events
 
-    def _now(self, stamp: list[Any]) -> tuple[datetime, int]:
-        if stamp[0] is None:
-            stamp[0] = datetime.now(UTC)
-        if stamp[1] is None:
-            stamp[1] = time.monotonic_ns()
-        received_at: datetime = stamp[0]
-        monotonic_ns: int = stamp[1]
+        if received_at is None:
+            received_at = datetime.now(UTC)
+        if monotonic_ns is None:
+            monotonic_ns = time.monotonic_ns()
         last = self._last
         if last is not None:
             if received_at <= last[0]:
                 received_at = last[0] + _TICK
             if monotonic_ns <= last[1]:
                 monotonic_ns = last[1] + 1000
-        self._last = (received_at, monotonic_ns)
-        return received_at, monotonic_ns
+        append = events.append
+        for line, overlong in lines:
+            if overlong:
+                append(self._overlong(line, received_at, monotonic_ns))
+            elif line[0] != START:
+                append(_noise(line, received_at, monotonic_ns))
+            else:
+                try:
+                    append(parse_frame(line, received_at=received_at, monotonic_ns=monotonic_ns))
+                except ServomexError as error:
+                    append(Rejection(error, _CONTINUOUS, received_at, monotonic_ns, line))
+                except Exception as error:  # defensive: the framer never raises on input
+                    parse_error = ServomexParseError(f"undecodable frame: {error!r}", raw=line)
+                    append(Rejection(parse_error, _CONTINUOUS, received_at, monotonic_ns, line))
+            received_at += _TICK
+            monotonic_ns += 1000
+        self._last = (received_at - _TICK, monotonic_ns - 1000)
+        return events
 
-    def _decode(self, line: bytes, stamp: list[Any]) -> AcquisitionEvent:
-        received_at, monotonic_ns = self._now(stamp)
-        if line[0] != START:
-            return Rejection(
-                ServomexFrameError(
-                    "line does not start with the 0x20 start character (noise or a partial frame)",
-                    raw=line,
-                    reason="noise",
-                ),
-                _CONTINUOUS,
-                received_at,
-                monotonic_ns,
-                line,
-            )
-        try:
-            return parse_frame(line, received_at=received_at, monotonic_ns=monotonic_ns)
-        except ServomexError as error:
-            return Rejection(error, _CONTINUOUS, received_at, monotonic_ns, line)
-        except Exception as error:  # defensive: the framer must never raise on input
-            return Rejection(
-                ServomexParseError(f"undecodable frame: {error!r}", raw=line),
-                _CONTINUOUS,
-                received_at,
-                monotonic_ns,
-                line,
-            )
-
-    def _overlong(self, preview: bytes, stamp: list[Any]) -> Rejection:
-        received_at, monotonic_ns = self._now(stamp)
+    def _overlong(self, preview: bytes, received_at: datetime, monotonic_ns: int) -> Rejection:
         return Rejection(
             ServomexFrameError(
                 f"line longer than {self._max_line} bytes dropped (wrong baud rate?)",
@@ -724,3 +708,17 @@ class ContinuousFramer:
             monotonic_ns,
             preview,
         )
+
+
+def _noise(line: bytes, received_at: datetime, monotonic_ns: int) -> Rejection:
+    return Rejection(
+        ServomexFrameError(
+            "line does not start with the 0x20 start character (noise or a partial frame)",
+            raw=line,
+            reason="noise",
+        ),
+        _CONTINUOUS,
+        received_at,
+        monotonic_ns,
+        line,
+    )
