@@ -15,6 +15,7 @@ OS user (or ``nobody``) via ``runuser``, with the temp dir handed over to it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import glob
 import os
@@ -144,6 +145,8 @@ class PgCluster:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         self._initialised = False
         self.running = False
+        # An interrupted test run must not leave a postmaster behind.
+        atexit.register(self.cleanup)
 
     @property
     def dsn(self) -> str:
@@ -211,6 +214,7 @@ class PgCluster:
         self.running = False
 
     def cleanup(self) -> None:
+        """Stop the server (immediately) and delete its files; safe to call twice."""
         try:
             if self.running:
                 self._run(
@@ -220,6 +224,7 @@ class PgCluster:
                 self.running = False
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+            atexit.unregister(self.cleanup)
 
     def __enter__(self) -> PgCluster:
         try:

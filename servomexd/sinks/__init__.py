@@ -5,6 +5,18 @@
 daemon needs for exactly-once delivery (``RecordSink``: ``write_records`` with
 an atomic checkpoint, ``read_checkpoint``). Optional drivers (asyncpg, pyarrow)
 are imported only when their sink opens.
+
+Failure contract (what the daemon's writer relies on):
+
+* ``ServomexSinkWriteError``: the batch was not stored (rolled back as a whole),
+  the driver error is chained as ``__cause__``; retry later. ``open()`` raises it
+  too when the store is unreachable. Postgres sets ``context["retryable"]``: False
+  when a retry cannot help (a value the column rejects, a missing privilege).
+* ``ServomexSinkSchemaError``: the destination table is missing or a column type
+  cannot hold the data (``open()``); fix the configuration.
+* ``ServomexSinkDependencyError``: the optional driver is not installed.
+* A write whose outcome is unknown (cancelled, or the connection died during
+  COMMIT) is resolved with ``read_checkpoint`` on the sinks that support it.
 """
 
 from servomexd.rows import sample_to_row
