@@ -7,12 +7,15 @@ Pure and synchronous: bytes in, records out. A frame on the wire is::
 (fact sheet section 2). ``parse_frame`` takes the content without its terminator,
 leading space included, exactly as the framer cuts it from the byte stream.
 
-Speed matters here (about 70k frames/s on one core is the target, see
-``bench/bench_parse.py``), so the parser caches every field that repeats from frame
-to frame: channel ids, names, units and status flags are looked up by their raw
-bytes instead of being decoded again, and the analyser clock's date part is cached.
-The caches are bounded so that a stream of odd-but-checksum-valid frames cannot
-grow memory.
+Speed matters here (<= 14 us per 5-channel frame, >= 70k frames/s on one core, see
+``bench/bench_parse.py``), so the parser caches what repeats from frame to frame. A
+steady analyser resends the same body (everything after its clock) many times, so
+decoded bodies are cached by their bytes; when a value changes, the blocks are
+looked up one by one, and inside a new block the channel id, name, unit and status
+fields are looked up by their raw bytes. Within a minute only the clock's seconds
+are parsed. The checksum is still verified first on every path (summed from the
+cached blocks' shares where it can be). Every cache is bounded, so a stream of odd
+but checksum-valid frames cannot grow memory.
 """
 
 from __future__ import annotations
