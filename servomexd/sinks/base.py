@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from operator import itemgetter
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
@@ -125,7 +126,7 @@ class ColumnPlan:
     dropped: tuple[str, ...]
     missing: tuple[str, ...]
 
-    @property
+    @cached_property
     def identity(self) -> bool:
         return self.indices == tuple(range(len(ROW_COLUMNS))) and not any(self.converters)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sinkdata import T0, frame, varied_samples
 
-from servomexd.model import ChannelStatus, ProtocolKind, Sample
+from servomexd.model import ChannelId, ChannelStatus, ProtocolKind, Reading, Sample, Unit
 from servomexd.rows import ROW_COLUMNS, record_to_text_record, sample_to_record, sample_to_row
 from servomexd.sinks.encoding import RowEncoder
 
@@ -65,3 +67,42 @@ def test_requested_at_and_latency_are_kept() -> None:
     assert row[ROW_COLUMNS.index("requested_at")] == samples[0].requested_at.isoformat()  # type: ignore[union-attr]
     assert row[ROW_COLUMNS.index("latency_s")] == 0.04
     assert samples[0].requested_at.tzinfo is UTC  # type: ignore[union-attr]
+
+
+_channels = st.sampled_from(list(ChannelId))
+_text = st.text(max_size=12)
+_optional_float = st.none() | st.floats(allow_nan=False, allow_infinity=False)
+_times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@st.composite
+def _samples(draw: st.DrawFn) -> Sample:
+    received = draw(_times)
+    protocol = draw(st.sampled_from(list(ProtocolKind)))
+    requested = draw(st.none() | _times)
+    latency = draw(_optional_float)
+    mono = draw(st.integers(min_value=0, max_value=2**63 - 1))
+    if draw(st.booleans()):
+        return Sample.rejected(
+            draw(_text), protocol, ValueError(draw(_text)), received_at=received,
+            monotonic_ns=mono, requested_at=requested, latency_s=latency,
+        )
+    channel = draw(_channels)
+    reading = Reading(
+        channel, channel.kind, draw(st.none() | _text), draw(_optional_float),
+        draw(st.sampled_from(list(Unit))), ChannelStatus.from_bits(draw(st.integers(0, 255))),
+        protocol, received, mono, b"", draw(_text),
+    )
+    return Sample(draw(_text), channel, reading, protocol, mono, received, requested, latency)
+
+
+@settings(deadline=None)  # shared CI cores: timing is not the property
+@given(st.lists(_samples(), max_size=20))
+def test_encoder_matches_reference_on_arbitrary_samples(samples: list[Sample]) -> None:
+    encoder = RowEncoder()
+    records = [sample_to_record(s) for s in samples]
+    assert encoder.native_records(samples) == records
+    assert encoder.text_rows(samples) == [tuple(sample_to_row(s).values()) for s in samples]
+    assert encoder.records_to_text(records) == [record_to_text_record(r) for r in records]
