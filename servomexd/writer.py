@@ -37,6 +37,7 @@ from servomexd.spool import Spool, SpoolBatch
 
 log = structlog.get_logger("servomexd.writer")
 
+_CLOSE_TIMEOUT = 5.0
 _MIN_BUFFER_CAP = 100_000
 """Samples kept in memory at most while the spool itself cannot be written (disk full)."""
 
@@ -311,11 +312,13 @@ class Writer:
             log.warning("sink.still_down", sink=self.sink_name, action=action, error=error)
         self.sink_up = False
         self.last_sink_error = error
-        # Forget the sink: the next attempt starts from a fresh connection / file.
+        # Forget the sink: the next attempt starts from a fresh connection / file. A
+        # close that hangs (a pool waiting on a dead connection) is abandoned.
         try:
-            await self.destination.close()
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self.destination.close()
         except Exception as close_exc:
-            log.debug("sink.close_after_failure", error=str(close_exc))
+            log.debug("sink.close_after_failure", error=str(close_exc) or type(close_exc).__name__)
 
     def _sink_recovered(self) -> None:
         self.metrics.sink_up.labels(self.sink_name).set(1)
@@ -350,8 +353,9 @@ class Writer:
             return
         previous = self.destination.current_path
         try:
-            await self.destination.close()
-            await self.destination.open()
+            async with asyncio.timeout(self.write_timeout):
+                await self.destination.close()
+                await self.destination.open()
         except Exception as exc:
             await self._sink_failed(exc, "reopen")
             return

@@ -134,8 +134,9 @@ def test_sigkill_then_restart_loses_at_most_flush_interval(
     frames = sim.frames()
     result = compare(frames, sqlite_rows(db), "an-1")
     assert result.duplicates == {}, "a frame was stored twice across the crash"
-    # frames sent more than flush_interval (+ transit margin) before the kill: all stored
-    cutoff = killed_at - flush - 0.25
+    # frames sent more than flush_interval (+ a margin for a loaded CI machine) before the
+    # kill: all stored
+    cutoff = killed_at - flush - 0.5
     old = [f["index"] for f in frames if f["sent_at"] < cutoff and f["index"] >= result.first]
     assert old and not set(old) - set(result.stored_indexes)
     assert set(result.frame_rows.values()) == {CHANNELS}
