@@ -111,6 +111,8 @@ class ContinuousSimulator:
         self.sent = 0
         """Frame lines written so far (corrupt ones included, noise lines not)."""
         self.unplugged_at: float | None = None
+        self.missed = 0
+        """Broadcast slots skipped because the process was starved of CPU."""
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class ContinuousSimulator:
             start = loop.time()
             unplug_at = None if self.unplug_after is None else start + self.unplug_after
             replug_at: float | None = None
-            tick = 0
+            next_tick = start
             while not self._stop.is_set():
                 now = loop.time()
                 if unplug_at is not None and now >= unplug_at:
@@ -182,21 +184,29 @@ class ContinuousSimulator:
                 if replug_at is not None and now >= replug_at:
                     replug_at = None
                     self.replug()
-                if self.device.plugged:
-                    self._send_tick()
-                    if self.frames is not None and self.sent >= self.frames:
-                        # Let the reader drain the last frame before the master closes.
-                        await self._sleep(min(1.0, max(0.2, self.period)))
-                        break
-                tick += 1
-                wake = start + tick * self.period
+                if now >= next_tick:
+                    if self.device.plugged:  # an unplugged analyser's frames go nowhere
+                        self._send_tick()
+                        if self.frames is not None and self.sent >= self.frames:
+                            # Let the reader drain the last frame before the master closes.
+                            await self._sleep(min(1.0, max(0.2, self.period)))
+                            break
+                    next_tick += self.period
+                    if next_tick <= now:
+                        # Starved of CPU: skip the missed slots like a real broadcaster
+                        # would, instead of sending a burst to catch up.
+                        missed = int((now - next_tick) / self.period) + 1
+                        self.missed += missed
+                        next_tick += missed * self.period
+                wake = next_tick
                 for event_at in (unplug_at, replug_at):
                     if event_at is not None:
-                        wake = min(wake, max(event_at, loop.time()))
-                if wake > loop.time():
-                    await self._sleep(wake - loop.time())
-                elif tick % 64 == 0:
-                    await asyncio.sleep(0)  # running late: never starve the loop
+                        wake = min(wake, event_at)
+                delay = wake - loop.time()
+                if delay > 0:
+                    await self._sleep(delay)
+                else:
+                    await asyncio.sleep(0)  # never starve the loop
         finally:
             self.device.close()
             self.ready.clear()
