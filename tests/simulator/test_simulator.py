@@ -261,6 +261,6 @@ async def test_in_process_simulator_paces_frames_on_schedule(tmp_path: Path) -> 
     # ~11 slots in 1.05 s; a starved slot is skipped (counted), never sent in a burst
     assert 8 <= len(sent_at) + simulator.missed <= 12 and len(sent_at) >= 5
     gaps = [b - a for a, b in itertools.pairwise(sent_at)]
-    assert min(gaps) > 0.05
+    assert min(gaps) > 0.002  # a catch-up burst would send frames microseconds apart
     assert sum(gaps) / len(gaps) == pytest.approx(0.1, abs=0.03)
     assert not (tmp_path / "tty").exists()  # the link went away with the simulator
