@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
-from pg import PgCluster, PgUnavailable, pg_required
+from pg import PgCluster, PgUnavailable, free_port, pg_required
 
 
 async def _select_one(dsn: str) -> int:
@@ -56,3 +60,22 @@ async def test_pg_dsn_is_a_fresh_database(pg_dsn: str) -> None:
         await conn.close()
     assert name.startswith("servomexd_test_")
     assert tables == 0
+
+
+@pytest.mark.parametrize(("require", "outcome"), [("", "1 skipped"), ("1", "1 error")])
+def test_unreachable_server_skips_or_fails_loudly(require: str, outcome: str) -> None:
+    """$SERVOMEXD_TEST_PG_DSN set but dead: skip locally, an error when CI requires Postgres."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["SERVOMEXD_TEST_PG_DSN"] = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    env["SERVOMEXD_REQUIRE_PG"] = require
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            f"{Path(__file__).resolve()}::test_pg_dsn_is_a_fresh_database",
+        ],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert outcome in result.stdout, result.stdout + result.stderr
+    if require:
+        assert "SERVOMEXD_REQUIRE_PG is set" in result.stdout
