@@ -224,3 +224,25 @@ async def test_write_before_open_and_close_idempotent(pg_dsn: str) -> None:
     await sink.open()
     await sink.close()
     await sink.close()
+
+
+async def test_table_dropped_mid_run(pg_dsn: str, conn: asyncpg.Connection) -> None:
+    """A permanent failure is reported as such; once the table is back, writes resume."""
+    samples = steady_samples(15)
+    config = PostgresConfig(dsn=pg_dsn, create_table=True)
+    async with PostgresSink(config) as sink:
+        await sink.write_many(samples[:5])
+        await conn.execute("DROP TABLE samples")
+        with pytest.raises(ServomexSinkWriteError) as caught:
+            await sink.write_records([sample_to_record(s) for s in samples[5:10]],
+                                     checkpoint=("s", 1))
+        assert isinstance(caught.value.__cause__, asyncpg.UndefinedTableError)
+        assert caught.value.context["retryable"] is False
+        assert await sink.read_checkpoint("s") == 0
+        async with PostgresSink(config):  # recreates the table
+            pass
+        await sink.write_records([sample_to_record(s) for s in samples[5:10]],
+                                 checkpoint=("s", 1))
+        await sink.write_many(samples[10:])
+        assert await sink.read_checkpoint("s") == 1
+    assert await fetch(conn, "samples") == [sample_to_record(s) for s in samples[5:]]
