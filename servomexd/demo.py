@@ -115,7 +115,7 @@ def _stop_simulator(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _summary(daemon: Daemon, started: float) -> str:
+def _summary(daemon: Daemon, started: float, *, final: bool = False) -> str:
     frames = sum(s.frames for s in daemon.supervisors)
     rejected = sum(s.rejections for s in daemon.supervisors)
     writer = daemon.writer
@@ -130,8 +130,9 @@ def _summary(daemon: Daemon, started: float) -> str:
                 name = reading.name or "I1"
                 latest = f"{name} {reading.value:.3f} {reading.unit_label}"
     link = "up" if all(s.link_up for s in daemon.supervisors) else "down"
+    state = "stopped" if final else f"link {link}"
     return (
-        f"[{time.monotonic() - started:6.1f} s] link {link}  frames {frames}  "
+        f"[{time.monotonic() - started:6.1f} s] {state}  frames {frames}  "
         f"rejected {rejected}  samples written {written}  latest {latest}"
     )
 
@@ -168,7 +169,7 @@ async def _run(settings: Settings, duration: float | None) -> tuple[int, Daemon]
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
-    print("final: " + _summary(daemon, started), flush=True)
+    print(_summary(daemon, started, final=True), flush=True)
     return code, daemon
 
 
