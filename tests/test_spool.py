@@ -65,7 +65,7 @@ def same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(records, max_size=30))
 def test_codec_round_trip(batch: list[Record]) -> None:
     decoded = decode_records(encode_records(batch))
