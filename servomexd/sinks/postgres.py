@@ -26,6 +26,7 @@ on the next write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import decimal
 import inspect
 from collections.abc import Coroutine, Sequence
@@ -71,6 +72,9 @@ _FLOAT_TYPES = frozenset({"double precision", "real"})
 _INT_TYPES = frozenset({"bigint", "integer", "smallint"})
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _TRANSIENT_SQLSTATES = frozenset({"55P03", "55006"})
+# Below asyncpg's 512 KiB COPY buffer (rows are ~150-250 bytes) a COPY never waits
+# on flow control, so it cannot hang on a dead connection (see _guarded).
+_GUARD_MIN_ROWS = 1000
 
 
 def _text_bool(value: bool) -> str:
@@ -131,6 +135,14 @@ def _is_transient(exc: BaseException, asyncpg: Any) -> bool:
         state = getattr(exc, "sqlstate", None) or ""
         return state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state in _TRANSIENT_SQLSTATES
     return True  # OSError, TimeoutError, InterfaceError (connection closed...)
+
+
+async def _reap(task: asyncio.Future[None]) -> None:
+    """Cancel ``task``, wait for it, and consume its outcome (no "never retrieved")."""
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()
 
 
 async def _no_session_reset(connection: Any) -> None:
@@ -360,7 +372,7 @@ class PostgresSink(BaseSink):
         async with self._lock:
             try:
                 conn = await self._connection()
-                await self._guarded(conn, self._write_on(conn, rows, checkpoint))
+                await self._guarded(conn, self._write_on(conn, rows, checkpoint), len(rows))
             except BaseException as exc:
                 # Start the next write on a clean connection, whatever state this one
                 # is in (a cancelled COPY, a dead socket).
@@ -388,34 +400,42 @@ class PostgresSink(BaseSink):
                     await self._create_checkpoint_table(conn)
                 await conn.execute(self._upsert_sql, checkpoint[0], checkpoint[1])
 
-    async def _guarded(self, conn: Any, work: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, conn: Any, work: Coroutine[Any, Any, None], rows: int) -> None:
         """Run ``work``, failing at once if the server drops the connection.
 
-        asyncpg's COPY waits for the socket to drain with no timeout; when the
-        connection dies while it waits (server shutdown mid-COPY, measured), it
-        waits forever. A termination listener cancels the wait instead.
+        asyncpg's COPY waits for the socket to drain (flow control) without a
+        timeout once it has 512 KiB to send; when the connection dies during that
+        wait (server shutdown mid-COPY, measured) it waits forever. Large batches
+        therefore race the write against the connection's termination. Smaller
+        ones never reach that wait and skip the extra task.
         """
-        task = asyncio.current_task()
-        assert task is not None
-        lost = False
+        if rows < _GUARD_MIN_ROWS:
+            await work
+            return
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[None] = loop.create_future()
 
         def on_lost(_conn: Any) -> None:
-            nonlocal lost
-            lost = True
-            task.cancel()
+            if not lost.done():
+                lost.set_result(None)
 
         conn.add_termination_listener(on_lost)
+        task = asyncio.ensure_future(work)
         try:
-            await work
+            await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            if lost and task.uncancel() == 0:
-                raise self._asyncpg.ConnectionDoesNotExistError(
-                    "connection lost in the middle of a write"
-                ) from None
+            await _reap(task)
             raise
         finally:
-            if not lost:  # a dead connection is already detached from its proxy
+            lost.cancel()
+            with contextlib.suppress(Exception):  # a dead connection is detached already
                 conn.remove_termination_listener(on_lost)
+        if not task.done():
+            await _reap(task)
+            raise self._asyncpg.ConnectionDoesNotExistError(
+                "connection lost in the middle of a write"
+            )
+        task.result()
 
     async def _copy(self, conn: Any, rows: list[Record], limit: float) -> None:
         plan = self._plan

@@ -80,7 +80,8 @@ async def test_server_stopped_mid_write_leaves_rows_and_checkpoint_consistent(
         await asyncio.sleep(0.2)
         await asyncio.to_thread(running.stop)
         try:
-            await write
+            async with asyncio.timeout(30):  # asyncpg alone would wait forever here
+                await write
             landed = True
         except ServomexSinkWriteError as exc:
             assert exc.__cause__ is not None
