@@ -84,6 +84,8 @@ class Writer:
         self._down_since: float | None = None
         self._delivered = 0
         self._draining = False
+        self._drain_started = 0.0
+        self._drain_written_before = 0
         self.first_sync = asyncio.Event()
         """Set once the sink has been tried at start (opened or failed)."""
         metrics.register_sink(self.sink_name)
@@ -289,7 +291,13 @@ class Writer:
         self._update_spool_metrics()
         if self._down_since is None and self.spool.stats.batches == 0 and self._draining:
             self._draining = False
-            log.info("sink.backlog_drained", sink=self.sink_name)
+            took = time.monotonic() - self._drain_started
+            log.info(
+                "sink.backlog_drained",
+                sink=self.sink_name,
+                samples=self.samples_written - self._drain_written_before,
+                seconds=round(took, 2),
+            )
         return True
 
     async def _sink_failed(self, exc: BaseException, action: str, rows: int = 0) -> None:
@@ -333,6 +341,8 @@ class Writer:
                 backlog_samples=backlog,
             )
             self._draining = backlog > 0
+            self._drain_started = time.monotonic()
+            self._drain_written_before = self.samples_written
         elif not self.sink_up:
             log.info(
                 "sink.opened",
