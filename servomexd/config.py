@@ -119,6 +119,19 @@ class DeviceConfig(_Section):
             raise ValueError("must not be empty (use a /dev/serial/by-id/... path)")
         return value
 
+    @model_validator(mode="after")
+    def _silence_outlasts_a_poll(self) -> DeviceConfig:
+        # A Modbus link only proves itself alive once per poll: a silence_timeout at or
+        # below poll_interval would cut every session before its second sweep.
+        if self.protocol in ("modbus_rtu", "modbus_ascii") and (
+            self.silence_timeout <= self.poll_interval
+        ):
+            raise ValueError(
+                f"silence_timeout ({self.silence_timeout:g} s) must be longer than "
+                f"poll_interval ({self.poll_interval:g} s), e.g. 10 x poll_interval"
+            )
+        return self
+
     @property
     def is_modbus(self) -> bool:
         return self.protocol in MODBUS_PROTOCOLS

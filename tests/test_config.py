@@ -158,6 +158,11 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
         (MINIMAL + '[spool]\nmax_bytes = 10\n', "spool.max_bytes", "greater than"),
         (MINIMAL + '[lgo]\nlevel = "info"\n', "lgo", "unknown key"),
         ('[sink]\ntype = "sqlite"\n', "devices", "required"),
+        (
+            MINIMAL + 'protocol = "modbus_rtu"\npoll_interval = 5.0\nsilence_timeout = 5.0\n',
+            "devices[0]",
+            "must be longer than poll_interval",
+        ),
     ],
 )
 def test_invalid_field_named(tmp_path: Path, text: str, loc: str, reason: str) -> None:
