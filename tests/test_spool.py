@@ -82,16 +82,44 @@ def test_codec_round_trip(batch: list[Record]) -> None:
 
 def test_codec_is_not_pickle() -> None:
     import json
+    import marshal
     import zlib
 
     payload = encode_records([record(1), error_record(2)])
-    assert payload[:1] == b"\x02"
-    assert json.loads(zlib.decompress(payload[1:]))[0] == ["dev", "dev"]
-    # the uncompressed 0x01 format stays readable
-    plain = b"\x01" + zlib.decompress(payload[1:])
-    assert decode_records(plain) == decode_records(payload)
+    assert payload[:1] == b"\x03"
+    columns = marshal.loads(zlib.decompress(payload[1:]))
+    assert columns[0] == ["dev", "dev"]
+    # payloads written by earlier versions (columnar JSON, plain or zlib) stay readable
+    text = json.dumps(columns).encode()
+    assert decode_records(b"\x01" + text) == decode_records(payload)
+    assert decode_records(b"\x02" + zlib.compress(text)) == decode_records(payload)
     with pytest.raises(ValueError, match="format"):
         decode_records(b"\x80\x04" + payload)  # a pickle header is refused
+
+
+def _framed(value: object) -> bytes:
+    import marshal
+    import zlib
+
+    return b"\x03" + zlib.compress(marshal.dumps(value))
+
+
+@pytest.mark.parametrize(
+    ("what", "damage"),
+    [
+        ("truncated", lambda p: p[:-3]),
+        ("flipped byte", lambda p: p[:10] + bytes([p[10] ^ 0xFF]) + p[11:]),
+        ("not marshal", lambda p: b"\x03" + __import__("zlib").compress(b"\x00garbage")),
+        ("not a list", lambda p: _framed({"a": 1})),
+        ("wrong column count", lambda p: _framed([[1], [1]])),
+        ("ragged columns", lambda p: _framed([[1]] * 16 + [[1, 2]])),
+        ("column not a list", lambda p: _framed([[1]] * 16 + ["x"])),
+    ],
+)
+def test_damaged_payload_is_a_value_error(what: str, damage: Any) -> None:
+    payload = encode_records([record(1), error_record(2)])
+    with pytest.raises(ValueError):
+        decode_records(damage(payload))
 
 
 def test_codec_naive_timestamp_is_utc() -> None:
