@@ -157,8 +157,15 @@ class Writer:
         if not self._buffer:
             return True
         records, self._buffer = self._buffer, []
+        # Shielded: a cancellation (the shutdown deadline) must neither lose the records
+        # (an append still queued behind another spool call would never run) nor spool
+        # them twice (one already running commits on the spool thread regardless).
+        append = asyncio.ensure_future(self.spool.append(records))
         try:
-            await self.spool.append(records)
+            await asyncio.shield(append)
+        except asyncio.CancelledError:
+            append.add_done_callback(lambda task: self._requeue_if_failed(task, records))
+            raise
         except Exception as exc:
             # Put them back in front; add_records bounds the memory if this persists.
             self._buffer[:0] = records
@@ -172,6 +179,12 @@ class Writer:
         self._update_spool_metrics()
         self._spooled.set()
         return True
+
+    def _requeue_if_failed(self, append: asyncio.Future[int], records: list[Record]) -> None:
+        """An append that outlived its cancelled flush: if it failed, the records go back
+        in front of the buffer for the final flush."""
+        if append.cancelled() or append.exception() is not None:
+            self._buffer[:0] = records
 
     async def _deliverer(self) -> None:
         synced = False
@@ -249,7 +262,13 @@ class Writer:
             await self._sink_failed(exc, "open")
             return False
         if checkpoint:
-            acked = await self.spool.ack(checkpoint)
+            try:
+                acked = await self.spool.ack(checkpoint)
+            except Exception as exc:
+                # Not synced: delivering now would re-send batches the sink already holds.
+                # Retried like a sink failure instead of ending the writer (and the daemon).
+                log.error("spool.ack_failed", seq=checkpoint, error=str(exc))
+                return False
             if acked:
                 log.info(
                     "sink.checkpoint_acked",

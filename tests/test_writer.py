@@ -246,3 +246,64 @@ def test_timestamped_files_never_overwrite(tmp_path: Path, kind: str) -> None:
     second = timestamped_path(base, T0)
     assert first.name == f"samples-20250101T000000Z.{kind}"
     assert second != first and second.name.startswith("samples-20250101T000000Z-2")
+
+
+async def test_flush_cancelled_while_the_spool_is_busy_loses_nothing(tmp_path: Path) -> None:
+    """The shutdown deadline cancels the writer while its final append waits behind
+    another spool call (a prefetch read): the records must still be spooled, once."""
+    import threading
+
+    rig = Rig(tmp_path)
+    await rig.spool.open()
+    try:
+        gate = threading.Event()
+        busy = asyncio.ensure_future(rig.spool._call(gate.wait, 5.0))
+        rig.writer.add_records([rec(i) for i in range(5)])
+        flushing = asyncio.create_task(rig.writer.flush())
+        await asyncio.sleep(0.05)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        gate.set()
+        await busy
+        assert await rig.writer.flush()  # what the daemon does after cancelling the writer
+        await until(lambda: rig.spool.stats.samples >= 5, within=3)
+        await asyncio.sleep(0.05)
+        values = [r[4] for b in await rig.spool.peek() for r in b.records]
+        assert values == [float(i) for i in range(5)]
+    finally:
+        await rig.spool.close()
+
+
+class AckFailsOnce(Spool):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.ack_failures = 0
+
+    async def ack(self, upto_seq: int) -> int:
+        if self.ack_failures == 0:
+            self.ack_failures += 1
+            raise sqlite3.OperationalError("injected: disk I/O error")
+        return await super().ack(upto_seq)
+
+
+async def test_checkpoint_ack_failure_is_retried_not_fatal(tmp_path: Path) -> None:
+    """A spool error while acking the sink's checkpoint must not end the writer (the
+    daemon would exit 70) nor deliver again what the sink already holds."""
+    async with Spool(tmp_path / "spool") as spool:
+        seq = await spool.append([rec(i) for i in range(5)])
+        stream = spool.stream_id
+    dest = Destination(SinkSettings(path=tmp_path / "out.sqlite"))
+    await dest.open()
+    await dest.write_records([rec(i) for i in range(5)], checkpoint=(stream, seq))
+    await dest.close()
+    rig = Rig(tmp_path)
+    rig.spool = AckFailsOnce(tmp_path / "spool")
+    rig.writer.spool = rig.spool
+    async with rig:
+        rig.writer.add_records([rec(5)])
+        await until(lambda: len(stored(rig.db)) >= 6 or rig.task is None or rig.task.done())
+        assert rig.task is not None and not rig.task.done()
+        await until(lambda: rig.spool.stats.batches == 0)
+    assert rig.spool.ack_failures == 1
+    assert stored(rig.db) == [float(i) for i in range(6)]
