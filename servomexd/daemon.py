@@ -22,8 +22,10 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -59,6 +61,7 @@ _STOP_BUDGET = 9.0
 """Seconds from the stop signal to exit, all steps included: systemd's TimeoutStopSec
 is 30 s, the promise to operators is "well within 10 s"."""
 _READY_SINK_WAIT = 5.0
+_THREAD_EXIT_GRACE = 0.5
 
 
 class Daemon:
@@ -390,9 +393,66 @@ def run_daemon(config: str | None) -> int:
     configure_logging(settings.log.level, settings.log.format)
     log.debug("daemon.config_loaded", path=str(config_path(config)))
     try:
-        return asyncio.run(Daemon(settings).serve())
+        code = _run(Daemon(settings).serve())
     except KeyboardInterrupt:  # a signal before the handlers were installed
-        return 130
+        code = 130
     except Exception:
         log.critical("daemon.crashed", exc_info=True)
-        return EX_SOFTWARE
+        code = EX_SOFTWARE
+    _exit_past_stuck_threads(code)
+    return code
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run`` without its unbounded wait for the default executor at exit.
+
+    A serial open() runs in an executor thread and can block for ever (a wedged USB
+    adapter); asyncio.run would then wait for that thread and SIGTERM would never exit.
+    """
+    loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(thread_name_prefix="servomexd-io")
+    loop.set_default_executor(executor)
+    try:
+        asyncio.set_event_loop(loop)
+        code = loop.run_until_complete(main)
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=1.0))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        return code
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _exit_past_stuck_threads(code: int, grace: float = _THREAD_EXIT_GRACE) -> None:
+    """Exit now if a thread is still blocked after everything was flushed and closed.
+
+    Python joins executor threads at interpreter exit, so one stuck in a blocking system
+    call would hold the process past systemd's stop timeout (and get it SIGKILLed,
+    logged as a failure). The spool and sink are closed by now: nothing is lost.
+    """
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    if not stuck:
+        return
+    log.warning(
+        "daemon.exit_with_stuck_threads",
+        threads=",".join(stuck),
+        hint="a blocking call (for example a wedged serial adapter's open) never returned",
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

@@ -118,6 +118,8 @@ class DaemonProc:
 
     config: Path
     env: dict[str, str] | None = None
+    launcher: list[str] | None = None
+    """Replaces ``python -m servomexd`` (a script that patches what cannot exist here)."""
     log_path: Path = field(init=False)
     proc: subprocess.Popen[bytes] = field(init=False)
 
@@ -132,7 +134,7 @@ class DaemonProc:
         env.update(self.env or {})
         self.started_at = time.time()
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "servomexd", "run", "--config", str(self.config)],
+            [*(self.launcher or [PYTHON, "-m", "servomexd"]), "run", "--config", str(self.config)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )
 

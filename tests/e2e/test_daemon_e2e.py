@@ -281,3 +281,34 @@ def test_sd_notify_ready_status_watchdog_stopping(tmp_path: Path, procs: list[ob
     assert any(m.startswith("STOPPING=1") for m in messages), joined
     ready_at = next(i for i, m in enumerate(messages) if m.startswith("READY=1"))
     assert all(not m.startswith("WATCHDOG") for m in messages[:ready_at])
+
+
+WEDGED_OPEN = """
+import sys, threading
+import serial
+
+def wedged(*args, **kwargs):
+    threading.Event().wait()  # a wedged USB adapter: open() never returns
+
+serial.Serial = wedged
+from servomexd.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_exits_zero_while_a_device_open_hangs(tmp_path: Path, procs: list[object]) -> None:
+    """A blocking open() cannot exist here for real, so pyserial's open is patched to
+    block for ever in the daemon process; the executor thread it runs on must not keep
+    the process from exiting."""
+    config = write_config(
+        tmp_path, [{"name": "wedged", "port": str(tmp_path / "tty-wedged"), "silence_timeout": 2.0}]
+    )
+    daemon = DaemonProc(config, launcher=[sys.executable, "-c", WEDGED_OPEN])
+    procs.append(daemon)
+    daemon.wait_ready()
+    time.sleep(0.3)  # the open is under way
+    code, took = daemon.terminate(within=20)
+    assert code == 0, daemon.text()
+    assert took < 10
+    assert daemon.events("daemon.stopped")
+    assert daemon.events("daemon.exit_with_stuck_threads")
