@@ -33,6 +33,8 @@ from servomexd.model import Frame, Sample
 log = structlog.get_logger("servomexd.supervisor")
 
 _CLOSE_TIMEOUT = 2.0
+_OPEN_WARN_AFTER = 10.0
+"""An open() still pending after this is reported (an open normally takes milliseconds)."""
 
 
 class SampleBuffer(Protocol):
@@ -58,6 +60,7 @@ class DeviceSupervisor:
         silence_timeout: float,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        open_warn_after: float = _OPEN_WARN_AFTER,
     ) -> None:
         self.name = name
         self.factory = factory
@@ -66,6 +69,7 @@ class DeviceSupervisor:
         self.silence_timeout = silence_timeout
         self.backoff = backoff if backoff is not None else Backoff()
         self._clock = clock
+        self.open_warn_after = open_warn_after
         self.link_up = False
         self.running = False
         self.sessions_opened = 0
@@ -93,9 +97,25 @@ class DeviceSupervisor:
 
     async def _one_session(self) -> str:
         """Open, read until the link fails; returns why it ended."""
+        opening = asyncio.ensure_future(self.factory.open())
         try:
-            session = await self.factory.open()
+            await asyncio.wait({opening}, timeout=self.open_warn_after)
+            if not opening.done():
+                # Not retried (a second open would pile another blocked thread on the same
+                # wedged adapter), but reported: otherwise the device looks merely absent.
+                self.last_error = (
+                    f"opening {self.factory.description} has not returned after "
+                    f"{self.open_warn_after:g} s"
+                )
+                self._log.warning(
+                    "device.open_hanging",
+                    target=self.factory.description,
+                    waited_s=self.open_warn_after,
+                    hint="a wedged USB adapter or driver; replugging it usually clears it",
+                )
+            session = await opening
         except asyncio.CancelledError:
+            opening.cancel()
             raise
         except Exception as exc:  # contained: a device's failure must not leave its task
             return f"cannot open {self.factory.description}: {_describe(exc)}"

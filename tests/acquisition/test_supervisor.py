@@ -244,3 +244,26 @@ async def test_devices_are_isolated(metrics: Metrics) -> None:
         assert bad_factory.open_calls > 2 and bad.running and good.link_up
         for task in tasks:
             task.cancel()
+
+
+async def test_an_open_that_hangs_is_reported_not_silent(metrics: Metrics) -> None:
+    """A wedged adapter's open() never returns: the device must say so (readyz, log)
+    instead of staying "not connected yet", and cancelling still stops at once."""
+    factory = FakeFactory()  # no outcome queued: open() blocks
+    supervisor = DeviceSupervisor(
+        "dev", factory, Buffer(), metrics, silence_timeout=5.0,
+        backoff=Backoff(initial=0.01, cap=0.02, floor=0.0), open_warn_after=0.05,
+    )
+    task = asyncio.create_task(supervisor.run())
+    await until(lambda: "has not returned" in (supervisor.last_error or ""), within=2)
+    assert factory.open_calls == 1  # not retried on top of the blocked open
+    assert not supervisor.link_up
+    # the open completes late: supervision carries on normally
+    script: asyncio.Queue[object] = asyncio.Queue()
+    await factory.outcomes.put(script)
+    await script.put(frame(20.9))
+    await until(lambda: supervisor.link_up)
+    assert supervisor.last_error is None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1)
