@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from servomexd.sinks import (
 
 TIMESTAMPED_KINDS = frozenset({"csv", "parquet"})
 CHECKPOINT_KINDS = frozenset({"sqlite", "postgres"})
+_FILES_REMEMBERED = 64
 
 
 def timestamped_path(base: Path, now: datetime) -> Path:
@@ -70,7 +72,9 @@ class Destination:
         self._sink: RecordSink | None = None
         self._opened_at = 0.0
         self.current_path: Path | None = None
-        self.files_written: list[Path] = []
+        self.files_written: deque[Path] = deque(maxlen=_FILES_REMEMBERED)
+        """The most recent files opened (bounded: a Parquet roll every interval, a new
+        CSV file per sink recovery, for months)."""
 
     @property
     def is_open(self) -> bool:

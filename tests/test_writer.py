@@ -307,3 +307,15 @@ async def test_checkpoint_ack_failure_is_retried_not_fatal(tmp_path: Path) -> No
         await until(lambda: rig.spool.stats.batches == 0)
     assert rig.spool.ack_failures == 1
     assert stored(rig.db) == [float(i) for i in range(6)]
+
+
+async def test_destination_memory_does_not_grow_per_reopen(tmp_path: Path) -> None:
+    """Each CSV open (start, every sink recovery, SIGHUP) is a new file: the record of
+    the files written must stay bounded over months of reopens."""
+    dest = Destination(SinkSettings(type="csv", path=tmp_path / "out.csv"))
+    for _ in range(100):
+        await dest.open()
+        await dest.close()
+    assert len(await asyncio.to_thread(lambda: list(tmp_path.glob("out-*.csv")))) == 100
+    assert 0 < len(dest.files_written) <= 64
+    assert dest.files_written[-1] == dest.current_path
