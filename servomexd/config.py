@@ -46,7 +46,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from servomexd.errors import ServomexConfigError
+from servomexd.errors import ServomexConfigError, ServomexValidationError
 
 DEFAULT_CONFIG_PATH = "/etc/servomexd/servomexd.toml"
 CONFIG_ENV = "SERVOMEXD_CONFIG"
@@ -250,7 +250,40 @@ class SinkSettings(_Section):
                     "type = 'postgres' needs exactly one of sink.postgres.dsn or "
                     "sink.postgres.host"
                 )
+            _check_postgres_target(pg)
         return self
+
+
+def _check_postgres_target(pg: PostgresSettings) -> None:
+    """Reject here what ``PostgresConfig`` would reject when the sink opens.
+
+    Otherwise a DSN the sink cannot parse (``host=... password=...`` or a bad port)
+    passes check-config and crashes the running daemon. The sink's messages never
+    contain the DSN or the password.
+    """
+    # Imported here: check-config need not load the sinks package otherwise.
+    from servomexd.sinks.postgres_config import PostgresConfig
+
+    try:
+        PostgresConfig(
+            dsn=None if pg.dsn is None else pg.dsn.get_secret_value(),
+            host=pg.host,
+            port=pg.port,
+            user=pg.user,
+            database=pg.database,
+            schema=pg.schema_,
+            table=pg.table,
+            pool_min_size=pg.pool_min_size,
+            pool_max_size=pg.pool_max_size,
+            statement_timeout_ms=pg.statement_timeout_ms,
+            command_timeout_s=pg.command_timeout_s,
+            create_table=pg.create_table,
+            use_copy=pg.use_copy,
+        )
+    except ServomexValidationError as exc:
+        field = exc.context.get("field", "dsn")
+        reason = exc.message.split(": ", 1)[-1]
+        raise ValueError(f"sink.postgres.{field}: {reason}") from None
 
 
 class SpoolSettings(_Section):
@@ -409,7 +442,22 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except ValidationError as exc:
         raise ConfigInvalid(resolved, describe_errors(exc)) from None
     _check_password_source(resolved, settings)
+    _register_secrets(settings)
     return settings
+
+
+def _register_secrets(settings: Settings) -> None:
+    """Tell the log redactor the configured secrets, so no log line can carry them."""
+    from servomexd.logs import register_secret
+    from servomexd.sinks.postgres_config import dsn_password
+
+    pg = settings.sink.postgres
+    if pg.password is not None:
+        register_secret(pg.password.get_secret_value())
+    if pg.dsn is not None:
+        register_secret(dsn_password(pg.dsn.get_secret_value()))
+    if settings.sink.type == "postgres":
+        register_secret(pg.resolve_password())  # readable: _check_password_source ran
 
 
 def _check_password_source(path: Path, settings: Settings) -> None:

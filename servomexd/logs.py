@@ -55,8 +55,25 @@ _KV_PASSWORD = re.compile(
 _QUIET_LIBRARIES = ("pymodbus", "asyncpg", "asyncio", "serial", "serial_asyncio_fast")
 
 
+_KNOWN_SECRETS: set[str] = set()
+_MIN_SECRET_LENGTH = 4  # a 1-3 character "password" would mask ordinary words
+
+
+def register_secret(secret: str | None) -> None:
+    """Mask this exact value wherever it appears in a log line (the configured password).
+
+    The patterns below catch secrets by their shape; this catches the known ones in any
+    shape, for instance quoted in a driver's error message.
+    """
+    if secret and len(secret) >= _MIN_SECRET_LENGTH:
+        _KNOWN_SECRETS.add(secret)
+
+
 def redact_text(text: str) -> str:
-    """Mask ``scheme://user:PASSWORD@`` and ``password=...`` inside free text."""
+    """Mask known secrets, ``scheme://user:PASSWORD@`` and ``password=...`` in free text."""
+    for secret in _KNOWN_SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
     if "://" in text:
         text = _URL_PASSWORD.sub(r"\1***\3", text)
     lowered = text.lower()

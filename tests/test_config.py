@@ -360,3 +360,38 @@ def test_device_list_env_override_explained(
     monkeypatch.delenv("SERVOMEXD_DEVICES__0__PORT")
     monkeypatch.setenv("SERVOMEXD_DEVICES", '[{"name": "env", "port": "/dev/ttyZ"}]')
     assert load_settings(write(tmp_path, MINIMAL)).devices[0].name == "env"
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        ('dsn = "host=h user=u password=hunter2 dbname=d"', "expected postgresql://"),
+        ('dsn = "postgresql://u:hunter2@h:notaport/db"', "expected postgresql://"),
+        ('dsn = "mysql://u:hunter2@h/db"', "expected postgresql://"),
+        ('dsn = "postgresql://u:hunter2@h/db"\nuser = "x"', "put user and database in the dsn"),
+    ],
+)
+def test_dsn_the_sink_cannot_use_is_a_config_error(
+    tmp_path: Path, keys: str, reason: str
+) -> None:
+    """The sink's own rules apply at load time, not when the running daemon opens it."""
+    text = MINIMAL + f'[sink]\ntype = "postgres"\n[sink.postgres]\n{keys}\n'
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, text))
+    ((loc, shown, message),) = info.value.problems
+    assert loc == "sink" and message.startswith("sink.postgres.") and reason in message
+    assert "hunter2" not in shown + message
+
+
+def test_loaded_secrets_registered_for_log_redaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from servomexd import logs
+
+    monkeypatch.setattr(logs, "_KNOWN_SECRETS", set())
+    pw = tmp_path / "pw"
+    pw.write_text("from-file-pw\n")
+    load_settings(write(tmp_path, PG + f'password_file = "{pw}"\n'))
+    dsn = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\ndsn = "postgresql://u:in-dsn-pw@h/d"\n'
+    load_settings(write(tmp_path, dsn, "d.toml"))
+    assert logs.redact_text("x from-file-pw in-dsn-pw y") == "x *** *** y"

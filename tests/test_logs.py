@@ -145,3 +145,25 @@ def test_stdlib_loggers_rendered_and_redacted() -> None:
 )
 def test_redact_text(text: str, hidden: str) -> None:
     assert hidden not in redact_text(text)
+
+
+@pytest.mark.parametrize("fmt", ["journald", "json", "console"])
+def test_registered_secret_masked_in_any_shape(fmt: str) -> None:
+    """A known password quoted bare in an exception (no URL, no key=) is masked too."""
+    from servomexd import logs
+
+    logs.register_secret("Bare-Pw-4417")
+    logs.register_secret("abc")  # too short to mask safely: ignored
+    try:
+        out = io.StringIO()
+        configure_logging("info", fmt, out)
+        try:
+            raise ConnectionError("server said: bad credential 'Bare-Pw-4417' for abc")
+        except ConnectionError:
+            structlog.get_logger("t").exception("sink.down", note="Bare-Pw-4417 again")
+        logging.getLogger("asyncpg").error("retrying with Bare-Pw-4417")
+        text = out.getvalue()
+        assert "Bare-Pw-4417" not in text
+        assert text.count("***") >= 3 and "abc" in text  # masked, and only the secret
+    finally:
+        logs._KNOWN_SECRETS.clear()
