@@ -55,8 +55,8 @@ EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the unit file sets RestartPreventExitStatus=78."""
 
 DEFAULT_METRICS_PORT = 9723
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always fullmatch: "$" allows "\n"
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 STANDARD_BAUDRATES: tuple[int, ...] = (
     300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
@@ -97,7 +97,7 @@ class DeviceConfig(_Section):
     @classmethod
     def _name_is_a_label(cls, value: str) -> str:
         # The name becomes Sample.device and a Prometheus label value: keep it tame.
-        if not _DEVICE_NAME.match(value):
+        if not _DEVICE_NAME.fullmatch(value):
             raise ValueError(
                 "must be 1-64 characters: letters, digits, '_', '.', ':' or '-', "
                 "starting with a letter or digit"
@@ -164,7 +164,7 @@ class PostgresSettings(_Section):
     @field_validator("schema_", "table")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        if not _IDENTIFIER.fullmatch(value):
             raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
         return value
 
@@ -227,7 +227,7 @@ class SinkSettings(_Section):
     @field_validator("table")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        if not _IDENTIFIER.fullmatch(value):
             raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
         return value
 

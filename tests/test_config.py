@@ -154,6 +154,12 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
         (MINIMAL + "address = 248\n", "devices[0].address", "less than or equal to 247"),
         (MINIMAL + '[sink]\ntype = "mongo"\n', "sink.type", "sqlite"),
         (MINIMAL + '[sink]\ntable = "x; drop"\n', "sink.table", "identifier"),
+        # "$" in a regex matches before a final newline: the sink then refused the table
+        # at every open while the daemon ran on, spooling forever.
+        (MINIMAL + '[sink]\ntable = "samples\\n"\n', "sink.table", "identifier"),
+        (MINIMAL + '[sink.postgres]\ntable = "samples\\n"\n', "sink.postgres.table",
+         "identifier"),
+        ('[[devices]]\nname = "a\\n"\nport = "/dev/ttyX"\n', "devices[0].name", ""),
         (MINIMAL + '[metrics]\nlisten = "9723"\n', "metrics.listen", "host:port"),
         (MINIMAL + '[spool]\nmax_bytes = 10\n', "spool.max_bytes", "greater than"),
         (MINIMAL + '[lgo]\nlevel = "info"\n', "lgo", "unknown key"),
