@@ -25,6 +25,7 @@ from pathlib import Path
 
 from servomexd.config import Settings, load_settings, split_listen
 from servomexd.daemon import Daemon
+from servomexd.errors import ServomexConfigError
 from servomexd.logs import configure_logging
 
 _SUMMARY_EVERY = 2.0
@@ -188,15 +189,21 @@ def _row_count(db: Path) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     directory = Path(args.dir).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
     protocol: str = args.protocol
     period: float = args.period
     link = directory / "analyser"
-    listen, why = _free_listen(args.metrics_listen)
-    config = write_config(
-        directory, link=link, protocol=protocol, period=period, metrics_listen=listen
-    )
-    settings = load_settings(config)
+    try:
+        listen, why = _free_listen(args.metrics_listen)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = write_config(
+            directory, link=link, protocol=protocol, period=period, metrics_listen=listen
+        )
+        settings = load_settings(config)
+    except (OSError, ValueError, ServomexConfigError) as exc:
+        # A bad --dir or --metrics-listen: one line, like the other sub-commands.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"servomexd demo: {reason} ({directory}, {args.metrics_listen})", file=sys.stderr)
+        return 2
     configure_logging("info", "console" if sys.stderr.isatty() else "journald", sys.stderr)
     print(f"servomexd demo in {directory}", flush=True)
     if why:
