@@ -35,6 +35,7 @@ from servomexd.sinks import (
     RecordSink,
     SqliteSink,
 )
+from servomexd.sinks.base import Checkpoint
 
 TIMESTAMPED_KINDS = frozenset({"csv", "parquet"})
 CHECKPOINT_KINDS = frozenset({"sqlite", "postgres"})
@@ -149,7 +150,7 @@ class Destination:
             await sink.close()
 
     async def write_records(
-        self, records: Sequence[Record], *, checkpoint: tuple[str, int] | None
+        self, records: Sequence[Record], *, checkpoint: Checkpoint | None
     ) -> None:
         if self._sink is None:
             await self.open()

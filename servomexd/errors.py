@@ -192,6 +192,13 @@ class ServomexSinkWriteError(ServomexSinkError):
     reason = "sink_write"
 
 
+class ServomexSinkCheckpointConflict(ServomexSinkWriteError):
+    """The sink already holds (part of) this write: its checkpoint is at or past the
+    write's first batch. Nothing was written; re-read the checkpoint and go on."""
+
+    reason = "sink_checkpoint_conflict"
+
+
 class ServomexSinkDependencyError(ServomexSinkError):
     """An optional dependency (an extra such as ``servomexd[postgres]``) is missing."""
 

@@ -30,6 +30,7 @@ import structlog
 
 from servomexd.acquisition.backoff import Backoff
 from servomexd.destination import Destination
+from servomexd.errors import ServomexSinkCheckpointConflict
 from servomexd.metrics import Metrics
 from servomexd.model import Sample
 from servomexd.rows import Record, sample_to_record
@@ -292,8 +293,20 @@ class Writer:
         try:
             async with asyncio.timeout(self.write_timeout):
                 await self.destination.write_records(
-                    records, checkpoint=(self.spool.stream_id, last)
+                    records, checkpoint=(self.spool.stream_id, last, batches[0].seq)
                 )
+        except ServomexSinkCheckpointConflict as exc:
+            # An earlier attempt of this write committed after all (its COMMIT landed
+            # after we re-read the checkpoint): nothing was written now. Re-read the
+            # checkpoint, ack what the sink holds and go on; the sink is healthy.
+            log.warning(
+                "sink.checkpoint_conflict",
+                sink=self.sink_name,
+                first_seq=batches[0].seq,
+                last_seq=last,
+                error=str(exc),
+            )
+            return False
         except Exception as exc:
             await self._sink_failed(exc, "write", rows=len(records))
             return False

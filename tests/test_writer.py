@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from servomexd.acquisition.backoff import Backoff
 from servomexd.config import SinkSettings
 from servomexd.destination import Destination
-from servomexd.errors import ServomexSinkWriteError
+from servomexd.errors import ServomexSinkCheckpointConflict, ServomexSinkWriteError
 from servomexd.metrics import Metrics
 from servomexd.rows import Record
 from servomexd.spool import Spool
@@ -140,6 +141,62 @@ async def test_ambiguous_failure_after_commit_is_not_duplicated(tmp_path: Path) 
     values = stored(rig.db)
     assert sorted(values) == [float(i) for i in range(50)]  # nothing lost, nothing twice
     assert values == sorted(values)  # in order
+
+
+class LateCommitDestination(FlakyDestination):
+    """Write ``late`` times out, and its COMMIT lands only after the writer has re-read the
+    checkpoint (a COMMIT still in flight on the old connection): the stale checkpoint
+    must not make the retry store the rows twice."""
+
+    def __init__(self, settings: SinkSettings, late: int) -> None:
+        super().__init__(settings)
+        self.late = late
+        self.pending: tuple[list[Record], tuple[str, int, int]] | None = None
+        self.conflicts = 0
+        self.on_resync: Callable[[], Any] = lambda: None
+
+    async def write_records(self, records: Sequence[Record], *, checkpoint: Any) -> None:
+        if len(self.writes) == self.late and self.pending is None:
+            self.writes.append(len(records))
+            self.pending = (list(records), checkpoint)
+            raise TimeoutError("injected: no reply; the COMMIT is still on its way")
+        self.writes.append(len(records))
+        try:
+            await Destination.write_records(self, records, checkpoint=checkpoint)
+        except ServomexSinkCheckpointConflict:
+            self.conflicts += 1
+            raise
+
+    async def read_checkpoint(self, stream: str) -> int:
+        stale = await super().read_checkpoint(stream)
+        if self.pending is not None:
+            records, checkpoint = self.pending
+            self.pending = None
+            await Destination.write_records(self, records, checkpoint=checkpoint)
+            await self.on_resync()
+        return stale
+
+
+async def test_late_commit_after_checkpoint_read_is_not_duplicated(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.dest = LateCommitDestination(rig.settings, late=1)
+    rig.writer.destination = rig.dest
+
+    async def more_while_retrying() -> None:
+        # More batches spooled meanwhile: the retry merges them with the late one.
+        for i in range(3, 5):
+            rig.writer.add_records([rec(10 * i + j) for j in range(10)])
+            await rig.writer.flush()
+
+    rig.dest.on_resync = more_while_retrying
+    async with rig:
+        for i in range(3):
+            rig.writer.add_records([rec(10 * i + j) for j in range(10)])
+            await asyncio.sleep(0.03)
+        await until(lambda: rig.spool.stats.batches == 0 and rig.writer.buffered == 0)
+        assert rig.dest.conflicts == 1  # the retry was refused inside its transaction
+    # nothing lost, nothing twice (the hook's own flush may spool 30-49 before 20-29)
+    assert sorted(stored(rig.db)) == [float(i) for i in range(50)]
 
 
 async def test_outage_spools_then_drains_in_large_chunks(tmp_path: Path) -> None:

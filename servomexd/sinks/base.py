@@ -50,7 +50,12 @@ SOURCE_KINDS: Mapping[str, str] = {
 }
 """The Python type of each ``ROW_COLUMNS`` entry in a native record."""
 
-Checkpoint = tuple[str, int]
+Checkpoint = tuple[str, int] | tuple[str, int, int]
+"""``(stream, seq)`` or ``(stream, seq, first_seq)``: the write carries the spool batches
+``first_seq..seq``. The sink refuses the write (``ServomexSinkCheckpointConflict``) when
+its stored checkpoint is already ``>= first_seq``, checked inside the same transaction:
+a write whose first attempt committed late (a COMMIT still in flight when the client
+gave up) can then never be stored twice."""
 Converter = Callable[[Any], Any]
 
 
@@ -107,11 +112,23 @@ def validate_identifier(name: object, what: str) -> str:
 def validate_checkpoint(checkpoint: Checkpoint | None) -> None:
     if checkpoint is None:
         return
-    stream, seq = checkpoint
+    if len(checkpoint) not in (2, 3):
+        raise ServomexValidationError("checkpoint is (stream, seq) or (stream, seq, first_seq)")
+    stream, seq = checkpoint[0], checkpoint[1]
     if not isinstance(stream, str) or not stream:
         raise ServomexValidationError("checkpoint stream must be a non-empty string")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ServomexValidationError(f"checkpoint seq must be an int >= 0, got {seq!r}")
+    first = checkpoint_first_seq(checkpoint)
+    if not isinstance(first, int) or isinstance(first, bool) or not 0 <= first <= seq:
+        raise ServomexValidationError(
+            f"checkpoint first_seq must be an int in 0..seq, got {first!r}"
+        )
+
+
+def checkpoint_first_seq(checkpoint: Checkpoint) -> int:
+    """The first batch of the write: ``(stream, seq)`` is the one batch ``seq``."""
+    return checkpoint[2] if len(checkpoint) == 3 else checkpoint[1]
 
 
 @dataclass(frozen=True)

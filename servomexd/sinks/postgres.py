@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from servomexd.errors import (
+    ServomexSinkCheckpointConflict,
     ServomexSinkDependencyError,
     ServomexSinkError,
     ServomexSinkSchemaError,
@@ -48,6 +49,7 @@ from servomexd.sinks.base import (
     ColumnPlan,
     Converter,
     build_plan,
+    checkpoint_first_seq,
     log,
     validate_checkpoint,
 )
@@ -176,7 +178,9 @@ class PostgresSink(BaseSink):
         self._upsert_sql = (
             f"INSERT INTO {self._checkpoints} (stream, seq, updated_at) "  # noqa: S608 - identifiers validated
             "VALUES ($1, $2, now()) "
-            "ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()"
+            "ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now() "
+            f"WHERE {self._checkpoints}.seq < $3 "
+            "RETURNING seq"
         )
 
     @property
@@ -390,15 +394,33 @@ class PostgresSink(BaseSink):
             await self._copy(conn, rows, timeout)
             return
         async with conn.transaction():
+            if checkpoint is not None:
+                if not self._checkpoint_ready:
+                    await self._create_checkpoint_table(conn)
+                # First, and row-locking: a write whose earlier attempt is still being
+                # committed on another connection waits for it here, then sees its
+                # checkpoint (READ COMMITTED re-checks ON CONFLICT) and is refused.
+                first = checkpoint_first_seq(checkpoint)
+                stored = await conn.fetchval(
+                    self._upsert_sql, checkpoint[0], checkpoint[1], first, timeout=timeout
+                )
+                if stored is None:
+                    current = await conn.fetchval(
+                        f"SELECT seq FROM {self._checkpoints} WHERE stream = $1",  # noqa: S608 - validated
+                        checkpoint[0],
+                        timeout=timeout,
+                    )
+                    raise ServomexSinkCheckpointConflict(
+                        "postgres already holds this write: its checkpoint is past the "
+                        "write's first batch",
+                        context={"target": self.config.target(), "stored_seq": current,
+                                 "first_seq": first},
+                    )
             if rows:
                 if config.use_copy:
                     await self._copy(conn, rows, timeout)
                 else:
                     await conn.executemany(self._insert_sql, rows, timeout=timeout)
-            if checkpoint is not None:
-                if not self._checkpoint_ready:
-                    await self._create_checkpoint_table(conn)
-                await conn.execute(self._upsert_sql, checkpoint[0], checkpoint[1])
 
     async def _guarded(self, conn: Any, work: Coroutine[Any, Any, None], rows: int) -> None:
         """Run ``work``, failing at once if the server drops the connection.

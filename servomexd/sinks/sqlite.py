@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from servomexd.errors import (
+    ServomexSinkCheckpointConflict,
     ServomexSinkSchemaError,
     ServomexSinkWriteError,
     ServomexValidationError,
@@ -46,6 +47,7 @@ from servomexd.sinks.base import (
     ColumnPlan,
     Converter,
     build_plan,
+    checkpoint_first_seq,
     validate_checkpoint,
     validate_identifier,
 )
@@ -132,7 +134,9 @@ class SqliteSink(BaseSink):
             f'INSERT INTO "{CHECKPOINT_TABLE}" (stream, seq, updated_at) '  # noqa: S608 - constant
             "VALUES (?, ?, ?) "
             "ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq, "
-            "updated_at = excluded.updated_at"
+            "updated_at = excluded.updated_at "
+            f'WHERE "{CHECKPOINT_TABLE}".seq < ? '
+            "RETURNING seq"
         )
 
     @property
@@ -259,12 +263,20 @@ class SqliteSink(BaseSink):
                 f"sqlite write failed: {exc}", context=self._context()
             ) from exc
         try:
-            conn.executemany(self._insert_sql, plan.apply(rows))
             if checkpoint is not None:
-                conn.execute(
+                # First, under the write lock: refuse a write the sink already holds.
+                stored = conn.execute(
                     self._upsert_sql,
-                    (checkpoint[0], checkpoint[1], datetime.now(UTC).isoformat()),
-                )
+                    (
+                        checkpoint[0],
+                        checkpoint[1],
+                        datetime.now(UTC).isoformat(),
+                        checkpoint_first_seq(checkpoint),
+                    ),
+                ).fetchall()
+                if not stored:
+                    raise self._conflict(conn, checkpoint)
+            conn.executemany(self._insert_sql, plan.apply(rows))
             conn.execute("COMMIT")
         except BaseException as exc:
             try:
@@ -278,6 +290,22 @@ class SqliteSink(BaseSink):
                     f"sqlite write failed: {exc}", context=self._context()
                 ) from exc
             raise
+
+    def _conflict(
+        self, conn: sqlite3.Connection, checkpoint: Checkpoint
+    ) -> ServomexSinkCheckpointConflict:
+        row = conn.execute(
+            f'SELECT seq FROM "{CHECKPOINT_TABLE}" WHERE stream = ?',  # noqa: S608 - constant
+            (checkpoint[0],),
+        ).fetchone()
+        return ServomexSinkCheckpointConflict(
+            "sqlite already holds this write: its checkpoint is past the write's first batch",
+            context={
+                **self._context(),
+                "stored_seq": None if row is None else row[0],
+                "first_seq": checkpoint_first_seq(checkpoint),
+            },
+        )
 
     def _read_checkpoint_sync(self, stream: str) -> int:
         conn = self._check_file_sync()
