@@ -124,7 +124,6 @@ async def _collect_writes(device: PtyDevice, into: bytearray, stop: asyncio.Even
 
 
 async def test_auto_finds_continuous(buses: ModbusBusRegistry, tmp_path: Path) -> None:
-    pytest.importorskip("servomexd.acquisition.continuous")
     from servomexd.simulator.continuous import ContinuousSimulator
 
     link = tmp_path / "ttyAUTO"
@@ -169,7 +168,6 @@ def _split_probes(data: bytes) -> set[bytes]:
 
 
 async def test_auto_reports_what_it_tried(buses: ModbusBusRegistry, tmp_path: Path) -> None:
-    pytest.importorskip("servomexd.acquisition.continuous")
     link = tmp_path / "ttyQUIET"
     with PtyDevice(link) as device:
         written = bytearray()

@@ -187,3 +187,45 @@ def test_unparseable_dsn_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
     assert result.returncode == 78, output
     assert "sink.postgres.dsn" in output and "Traceback" not in output
     assert _leaks(output) == []
+
+
+def _non_loopback_ipv4() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: picks the outbound address
+            address: str = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_metrics_default_listen_is_localhost_only(tmp_path: Path) -> None:
+    """No [metrics] table: the daemon serves 127.0.0.1:9723 and nothing on other addresses."""
+    import socket
+
+    from servomexd.config import DEFAULT_METRICS_PORT
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", DEFAULT_METRICS_PORT)) == 0:
+            pytest.skip(f"port {DEFAULT_METRICS_PORT} is in use here (a running servomexd?)")
+    config = write_config(tmp_path, [{"name": "a", "port": str(tmp_path / "nodev")}])
+    text = config.read_text().replace('[metrics]\nlisten = "127.0.0.1:0"\n', "")
+    assert "[metrics]" not in text
+    config.write_text(text)
+    daemon = DaemonProc(config)
+    try:
+        daemon.wait_ready()
+        listening = next(line for line in daemon.text().splitlines() if "metrics_listening" in line)
+        assert "host=127.0.0.1" in listening and f"port={DEFAULT_METRICS_PORT}" in listening
+        assert "servomexd_build_info" in _get(DEFAULT_METRICS_PORT, "/metrics")
+        other = _non_loopback_ipv4()
+        if other is not None:
+            with socket.socket() as probe:
+                probe.settimeout(2)
+                assert probe.connect_ex((other, DEFAULT_METRICS_PORT)) != 0
+        code, _ = daemon.terminate()
+        assert code == 0
+    finally:
+        daemon.cleanup()
