@@ -279,7 +279,10 @@ class Writer:
                 )
         self._delivered = 0
         self._update_spool_metrics()
-        self._sink_recovered()
+        if self._down_since is None or self.spool.stats.batches == 0:
+            self._sink_recovered()
+        # else: after an outage, only a committed write proves recovery (a full disk
+        # lets the file reopen but refuses every write: no recovered/down flapping).
         return True
 
     async def _deliver(self, batches: list[SpoolBatch]) -> bool:
@@ -311,6 +314,8 @@ class Writer:
             await self._sink_failed(exc, "write", rows=len(records))
             return False
         elapsed = time.perf_counter() - started
+        if self._down_since is not None:
+            self._sink_recovered()
         self.metrics.sink_write_seconds.labels(self.sink_name).observe(elapsed)
         self.metrics.samples_written.labels(self.sink_name).inc(len(records))
         self.samples_written += len(records)

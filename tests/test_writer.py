@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from servomexd.acquisition.backoff import Backoff
 from servomexd.config import SinkSettings
@@ -220,6 +221,24 @@ async def test_outage_spools_then_drains_in_large_chunks(tmp_path: Path) -> None
         assert len(rig.dest.writes) - writes_before <= 3
         assert max(rig.dest.writes) > rig.writer.batch_size
     assert stored(rig.db) == [float(i) for i in range(400)]
+
+
+async def test_sink_that_opens_but_refuses_writes_does_not_flap(tmp_path: Path) -> None:
+    """A full disk: the sink reopens fine but every write fails. One sink.down, no
+    sink.recovered until a write commits, then exactly one."""
+    with capture_logs() as logs:
+        async with Rig(tmp_path) as rig:
+            rig.dest.fail = lambda n: "before" if 1 <= n <= 4 else None
+            for i in range(3):
+                rig.writer.add_records([rec(10 * i + j) for j in range(10)])
+                await asyncio.sleep(0.03)
+            await until(lambda: rig.spool.stats.batches == 0 and rig.writer.buffered == 0)
+            assert rig.writer.sink_up
+    events = [entry["event"] for entry in logs if entry["event"].startswith("sink.")]
+    assert events.count("sink.down") == 1, events
+    assert events.count("sink.recovered") == 1, events
+    assert events.index("sink.recovered") > events.index("sink.down")
+    assert sorted(stored(rig.db)) == [float(i) for i in range(30)]
 
 
 async def test_failure_before_commit_is_retried(tmp_path: Path) -> None:
