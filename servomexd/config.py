@@ -28,7 +28,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -47,6 +47,9 @@ from pydantic_settings import (
 )
 
 from servomexd.errors import ServomexConfigError, ServomexValidationError
+
+if TYPE_CHECKING:
+    from servomexd.sinks.postgres_config import PostgresConfig
 
 DEFAULT_CONFIG_PATH = "/etc/servomexd/servomexd.toml"
 CONFIG_ENV = "SERVOMEXD_CONFIG"
@@ -176,6 +179,28 @@ class PostgresSettings(_Section):
             raise ValueError("give either password or password_file, not both")
         return self
 
+    def to_sink_config(self, password: str | None) -> PostgresConfig:
+        """The sink's ``PostgresConfig`` for these settings (it validates the DSN too)."""
+        # Imported here: check-config need not load the sinks package otherwise.
+        from servomexd.sinks.postgres_config import PostgresConfig
+
+        return PostgresConfig(
+            dsn=None if self.dsn is None else self.dsn.get_secret_value(),
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=password,
+            database=self.database,
+            schema=self.schema_,
+            table=self.table,
+            pool_min_size=self.pool_min_size,
+            pool_max_size=self.pool_max_size,
+            statement_timeout_ms=self.statement_timeout_ms,
+            command_timeout_s=self.command_timeout_s,
+            create_table=self.create_table,
+            use_copy=self.use_copy,
+        )
+
     def resolve_password(self) -> str | None:
         """``password``, else ``password_file``, else ``$CREDENTIALS_DIRECTORY/pg-password``."""
         if self.password is not None:
@@ -261,25 +286,8 @@ def _check_postgres_target(pg: PostgresSettings) -> None:
     passes check-config and crashes the running daemon. The sink's messages never
     contain the DSN or the password.
     """
-    # Imported here: check-config need not load the sinks package otherwise.
-    from servomexd.sinks.postgres_config import PostgresConfig
-
     try:
-        PostgresConfig(
-            dsn=None if pg.dsn is None else pg.dsn.get_secret_value(),
-            host=pg.host,
-            port=pg.port,
-            user=pg.user,
-            database=pg.database,
-            schema=pg.schema_,
-            table=pg.table,
-            pool_min_size=pg.pool_min_size,
-            pool_max_size=pg.pool_max_size,
-            statement_timeout_ms=pg.statement_timeout_ms,
-            command_timeout_s=pg.command_timeout_s,
-            create_table=pg.create_table,
-            use_copy=pg.use_copy,
-        )
+        pg.to_sink_config(password=None)
     except ServomexValidationError as exc:
         field = exc.context.get("field", "dsn")
         reason = exc.message.split(": ", 1)[-1]

@@ -90,23 +90,7 @@ class Destination:
         return f"{self.kind}:{path}"
 
     def _postgres_config(self) -> PostgresConfig:
-        pg = self.settings.postgres
-        return PostgresConfig(
-            dsn=None if pg.dsn is None else pg.dsn.get_secret_value(),
-            host=pg.host,
-            port=pg.port,
-            user=pg.user,
-            password=self._password,
-            database=pg.database,
-            schema=pg.schema_,
-            table=pg.table,
-            pool_min_size=pg.pool_min_size,
-            pool_max_size=pg.pool_max_size,
-            statement_timeout_ms=pg.statement_timeout_ms,
-            command_timeout_s=pg.command_timeout_s,
-            create_table=pg.create_table,
-            use_copy=pg.use_copy,
-        )
+        return self.settings.postgres.to_sink_config(password=self._password)
 
     def _build(self) -> RecordSink:
         s = self.settings
