@@ -394,33 +394,43 @@ class PostgresSink(BaseSink):
             await self._copy(conn, rows, timeout)
             return
         async with conn.transaction():
-            if checkpoint is not None:
-                if not self._checkpoint_ready:
-                    await self._create_checkpoint_table(conn)
-                # First, and row-locking: a write whose earlier attempt is still being
-                # committed on another connection waits for it here, then sees its
-                # checkpoint (READ COMMITTED re-checks ON CONFLICT) and is refused.
-                first = checkpoint_first_seq(checkpoint)
-                stored = await conn.fetchval(
-                    self._upsert_sql, checkpoint[0], checkpoint[1], first, timeout=timeout
-                )
-                if stored is None:
-                    current = await conn.fetchval(
-                        f"SELECT seq FROM {self._checkpoints} WHERE stream = $1",  # noqa: S608 - validated
-                        checkpoint[0],
-                        timeout=timeout,
-                    )
-                    raise ServomexSinkCheckpointConflict(
-                        "postgres already holds this write: its checkpoint is past the "
-                        "write's first batch",
-                        context={"target": self.config.target(), "stored_seq": current,
-                                 "first_seq": first},
-                    )
             if rows:
                 if config.use_copy:
                     await self._copy(conn, rows, timeout)
                 else:
                     await conn.executemany(self._insert_sql, rows, timeout=timeout)
+            if checkpoint is not None:
+                await self._advance_checkpoint(conn, checkpoint, timeout)
+
+    async def _advance_checkpoint(
+        self, conn: Any, checkpoint: Checkpoint, timeout: float  # noqa: ASYNC109 - per statement
+    ) -> None:
+        """Move the checkpoint forward in the write's transaction, or refuse the write.
+
+        The upsert only updates when the stored seq is below the write's first batch. It
+        takes the row lock: if an earlier attempt of this write is still committing on
+        another connection, it waits for that COMMIT, then (READ COMMITTED re-checks ON
+        CONFLICT against the new row) finds the batches already there and updates
+        nothing. The conflict then rolls the whole write back. It runs after the COPY
+        because taking the lock first cost about 10 % of the backlog drain rate.
+        """
+        if not self._checkpoint_ready:
+            await self._create_checkpoint_table(conn)
+        first = checkpoint_first_seq(checkpoint)
+        stored = await conn.fetchval(
+            self._upsert_sql, checkpoint[0], checkpoint[1], first, timeout=timeout
+        )
+        if stored is None:
+            current = await conn.fetchval(
+                f"SELECT seq FROM {self._checkpoints} WHERE stream = $1",  # noqa: S608 - validated
+                checkpoint[0],
+                timeout=timeout,
+            )
+            raise ServomexSinkCheckpointConflict(
+                "postgres already holds this write: its checkpoint is past the write's first "
+                "batch",
+                context={"target": self.config.target(), "stored_seq": current, "first_seq": first},
+            )
 
     async def _guarded(self, conn: Any, work: Coroutine[Any, Any, None], rows: int) -> None:
         """Run ``work``, failing at once if the server drops the connection.
