@@ -10,14 +10,24 @@ first because a probe costs about a second and the listen may cost a broadcast
 period. Only read-only requests are ever sent: nothing on the wire can switch
 the analyser's mode, and we would not if it could.
 
-Detection runs on every ``open()`` (every reconnect), so a unit switched at the
-front panel is picked up after the next link failure.
+The factory remembers what it found. Running the ladder on every reconnect cost a
+continuous analyser about 4 s of unanswered Modbus probes after each unplug/replug
+or silence timeout, and sent it probes it has no use for; so the next ``open()``
+goes straight to the remembered mode's session (same port, same line settings).
+The memory is dropped, and the full ladder runs again, only when the previous
+session in the remembered mode produced no valid frame at all (the operator
+switched the mode at the front panel, say): a wrong memory costs at most one
+``silence_timeout``. A Modbus slave that no longer identifies is re-detected in
+the same ``open()``, since its failed identify already proved the memory wrong.
+A port that cannot be opened (adapter unplugged) keeps the memory: the unit did
+not change, only the cable.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from time import monotonic
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -32,6 +42,9 @@ from servomexd.errors import (
 )
 from servomexd.model import Frame, ProtocolKind
 from servomexd.protocol import modbus as mb
+
+if TYPE_CHECKING:
+    from servomexd.link.serial import SerialSettings
 
 log = structlog.get_logger("servomexd.auto")
 
@@ -48,18 +61,35 @@ def listen_window(expected_frame_period: float) -> float:
 
 
 class AutoSessionFactory:
-    """A ``SessionFactory`` whose ``open()`` runs the AUTO ladder."""
+    """A ``SessionFactory`` whose ``open()`` runs the AUTO ladder, then reuses its answer.
+
+    ``detected`` is the mode the last ladder found; ``remembered`` is the mode the
+    next ``open()`` will go straight to (``None``: run the ladder).
+    """
 
     def __init__(self, device: ModbusDeviceSettings, buses: ModbusBusRegistry) -> None:
         self.device = device
         self.buses = buses
         self.detected: ProtocolKind | None = None
+        self.remembered: ProtocolKind | None = None
+        self._last: AutoSession | None = None
 
     @property
     def description(self) -> str:
         return describe_target(self.device, "auto")
 
-    async def open(self) -> DeviceSession:
+    async def open(self) -> AutoSession:
+        if self.remembered is not None:
+            reused = await self._reuse(self.remembered)
+            if reused is not None:
+                return self._track(reused)
+        return self._track(await self._detect())
+
+    def _track(self, session: DeviceSession) -> AutoSession:
+        self._last = AutoSession(session)
+        return self._last
+
+    async def _detect(self) -> DeviceSession:
         tried: list[str] = []
         for protocol in MODBUS_ORDER:
             session = await self._probe_modbus(protocol, tried)
@@ -82,6 +112,7 @@ class AutoSessionFactory:
         self, protocol: ProtocolKind, session: DeviceSession, tried: list[str]
     ) -> DeviceSession:
         self.detected = protocol
+        self.remembered = protocol
         log.info(
             "auto.detected",
             device=self.device.name,
@@ -91,6 +122,73 @@ class AutoSessionFactory:
             tried="; ".join(tried),
         )
         return session
+
+    # --- remembered mode ---------------------------------------------------------------
+
+    async def _reuse(self, protocol: ProtocolKind) -> DeviceSession | None:
+        """The remembered mode's session without probing; ``None`` after forgetting it."""
+        last = self._last
+        if last is not None and last.frames == 0:
+            self._forget(protocol, "the last session in this mode produced no valid frame")
+            return None
+        log.info(
+            "auto.reusing_mode",
+            device=self.device.name,
+            protocol=protocol.value,
+            port=self.device.port,
+            address=self.device.address,
+            previous_frames=0 if last is None else last.frames,
+        )
+        if protocol is ProtocolKind.CONTINUOUS:
+            if self.buses.users_on(self.device.port):
+                self._forget(protocol, "port now shared with Modbus devices")
+                return None
+            from servomexd.acquisition.continuous import ContinuousSessionFactory
+
+            # A port that cannot be opened raises here and keeps the memory.
+            return await ContinuousSessionFactory(self._serial_settings()).open()
+        try:
+            bus = self.buses.bus(BusSettings.of(self.device, protocol))
+        except ServomexConfigError as exc:
+            self._forget(protocol, exc.message)
+            return None
+        session = ModbusSession(self.device, bus, metrics=self.buses.metrics)
+        await session.attach()  # the port cannot be opened: raise, keep the memory
+        try:
+            await session.identify()
+        except ServomexError as exc:
+            await session.aclose()
+            if isinstance(exc, ServomexConnectionError) and not bus.is_open:
+                raise
+            self._forget(protocol, f"identify failed ({exc.reason})")
+            return None
+        except BaseException:
+            await session.aclose()
+            raise
+        return session
+
+    def _forget(self, protocol: ProtocolKind, why: str) -> None:
+        log.info(
+            "auto.forgetting_mode",
+            device=self.device.name,
+            protocol=protocol.value,
+            port=self.device.port,
+            address=self.device.address,
+            why=why,
+            action="re-detecting",
+        )
+        self.remembered = None
+
+    def _serial_settings(self) -> SerialSettings:
+        from servomexd.link.serial import SerialSettings
+
+        return SerialSettings(
+            self.device.port,
+            self.device.baudrate,
+            self.device.bytesize,
+            self.device.parity,
+            self.device.stopbits,
+        )
 
     # --- Modbus ------------------------------------------------------------------------
 
@@ -168,16 +266,10 @@ class AutoSessionFactory:
             tried.append("continuous: skipped, port shared with Modbus devices")
             return None
         # Imported here: the continuous stack is only needed when AUTO gets this far.
-        from servomexd.link.serial import SerialLink, SerialSettings
+        from servomexd.link.serial import SerialLink
         from servomexd.protocol.continuous import ContinuousFramer
 
-        settings = SerialSettings(
-            self.device.port,
-            self.device.baudrate,
-            self.device.bytesize,
-            self.device.parity,
-            self.device.stopbits,
-        )
+        settings = self._serial_settings()
         window = listen_window(self.device.expected_frame_period)
         framer = ContinuousFramer()
         frame: Frame | None = None
@@ -230,4 +322,35 @@ class PrimedSession:
         await self._session.aclose()
 
 
-__all__ = ["AutoSessionFactory", "PrimedSession", "listen_window"]
+class AutoSession:
+    """The session AUTO hands over, counting its valid frames.
+
+    The count decides whether the next ``open()`` may trust the remembered mode:
+    a session that never produced a frame means the unit no longer speaks it.
+    """
+
+    def __init__(self, inner: DeviceSession) -> None:
+        self.inner = inner
+        self.frames = 0
+
+    @property
+    def protocol(self) -> ProtocolKind:
+        return self.inner.protocol
+
+    async def events(self) -> AsyncIterator[AcquisitionEvent]:
+        events = self.inner.events()
+        try:
+            async for event in events:
+                if isinstance(event, Frame):
+                    self.frames += 1
+                yield event
+        finally:
+            closer = getattr(events, "aclose", None)  # end the inner generator now, not at GC
+            if closer is not None:
+                await closer()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+__all__ = ["AutoSession", "AutoSessionFactory", "PrimedSession", "listen_window"]

@@ -6,11 +6,20 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from servomexd.acquisition.auto import AutoSessionFactory, PrimedSession, listen_window
+import servomexd.acquisition.auto as auto
+from servomexd.acquisition.auto import (
+    AutoSession,
+    AutoSessionFactory,
+    PrimedSession,
+    listen_window,
+)
+from servomexd.acquisition.continuous import ContinuousSession as ContinuousSessionType
 from servomexd.acquisition.modbus import ModbusBusRegistry, ModbusSession, build_modbus_factory
 from servomexd.config import DeviceConfig
 from servomexd.errors import ServomexConnectionError
@@ -66,10 +75,11 @@ async def test_auto_finds_modbus(protocol: ProtocolKind, buses: ModbusBusRegistr
         assert isinstance(factory, AutoSessionFactory)
         session = await factory.open()
         try:
-            assert isinstance(session, ModbusSession)
+            assert isinstance(session, AutoSession)
+            assert isinstance(session.inner, ModbusSession)
             assert session.protocol is protocol
             assert factory.detected is protocol
-            assert session.channels == (
+            assert session.inner.channels == (
                 ChannelId.I1, ChannelId.I2, ChannelId.I3, ChannelId.E1, ChannelId.E2
             )
             events = session.events()
@@ -134,7 +144,7 @@ async def test_auto_finds_continuous(buses: ModbusBusRegistry, tmp_path: Path) -
         factory = AutoSessionFactory(auto_device(str(link)), buses)
         session = await factory.open()
         try:
-            assert isinstance(session, PrimedSession)
+            assert isinstance(session.inner, PrimedSession)
             assert session.protocol is ProtocolKind.CONTINUOUS
             events = session.events()
             first = await anext(events)
@@ -187,3 +197,147 @@ async def test_auto_reports_what_it_tried(buses: ModbusBusRegistry, tmp_path: Pa
     assert raised.value.context["address"] == 30
     assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
     assert buses.users_on(str(link)) == 0
+
+
+# --- the remembered mode ---------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unanswered probes cost 0.1 s a try instead of 0.5 s: same ladder, shorter test."""
+    monkeypatch.setattr(auto, "PROBE_TIMEOUT", 0.1)
+
+
+async def _first_frame(session: AutoSession, within: float) -> Frame:
+    events = session.events()
+    try:
+        async with asyncio.timeout(within):
+            while not isinstance(event := await anext(events), Frame):
+                pass
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    return event
+
+
+@pytest.mark.usefixtures("quick_probes")
+async def test_auto_reopens_a_continuous_unit_without_probing(
+    buses: ModbusBusRegistry, tmp_path: Path
+) -> None:
+    from servomexd.simulator.continuous import ContinuousSimulator
+
+    link = tmp_path / "ttyAUTO"
+    async with ContinuousSimulator(link, period=0.3) as sim:
+        written = bytearray()
+        stop = asyncio.Event()
+        collector = asyncio.create_task(_collect_writes(sim.device, written, stop))
+        factory = AutoSessionFactory(auto_device(str(link)), buses)
+        try:
+            session = await factory.open()
+            try:
+                await _first_frame(session, 2.0)
+            finally:
+                await session.aclose()
+            assert factory.remembered is ProtocolKind.CONTINUOUS
+            await asyncio.sleep(0.05)  # let the collector drain what the ladder sent
+            assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
+            written.clear()
+
+            started = monotonic()
+            with capture_logs() as logs:
+                again = await factory.open()
+            opened_in = monotonic() - started
+            try:
+                assert isinstance(again.inner, ContinuousSessionType)
+                frame = await _first_frame(again, 1.0)  # one 0.3 s period, not a ladder
+            finally:
+                await again.aclose()
+            await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await collector
+    assert opened_in < 0.5
+    assert frame.protocol is ProtocolKind.CONTINUOUS
+    assert bytes(written) == b"", "no Modbus probe on the reopen"
+    assert [entry["event"] for entry in logs] == ["auto.reusing_mode"]
+    assert logs[0]["protocol"] == "continuous" and logs[0]["previous_frames"] >= 1
+
+
+@pytest.mark.usefixtures("quick_probes")
+@pytest.mark.parametrize("protocol", [ProtocolKind.MODBUS_RTU, ProtocolKind.MODBUS_ASCII])
+async def test_auto_reopens_a_modbus_slave_without_probing(
+    protocol: ProtocolKind, buses: ModbusBusRegistry
+) -> None:
+    async with ModbusSimulator(protocol=protocol, addresses=[30]) as sim:
+        factory = AutoSessionFactory(auto_device(sim.link_path), buses)
+        session = await factory.open()
+        try:
+            await _first_frame(session, 2.0)
+        finally:
+            await session.aclose()
+        assert factory.remembered is protocol
+        sent_before = len(_sent(sim))
+
+        started = monotonic()
+        again = await factory.open()
+        opened_in = monotonic() - started
+        try:
+            assert isinstance(again.inner, ModbusSession)
+            assert again.protocol is protocol
+            frame = await _first_frame(again, 1.0)
+        finally:
+            await again.aclose()
+        reopen = _split_requests(_sent(sim)[sent_before:])
+    # Straight to identify + polls: no probe, no other framing, no listen window.
+    assert opened_in < 0.5
+    assert frame.protocol is protocol
+    assert reopen, "the reopen identified and polled"
+    assert not set(reopen) & (RTU_PROBES | ASCII_PROBES)
+    assert all(r.startswith(b":") == (protocol is ProtocolKind.MODBUS_ASCII) for r in reopen)
+
+
+@pytest.mark.usefixtures("quick_probes")
+async def test_auto_redetects_after_a_remembered_session_without_frames(
+    buses: ModbusBusRegistry, tmp_path: Path
+) -> None:
+    from servomexd.simulator.continuous import ContinuousSimulator
+
+    link = tmp_path / "ttySWITCH"
+    factory = AutoSessionFactory(auto_device(str(link)), buses)
+    async with ContinuousSimulator(link, period=0.3):
+        session = await factory.open()
+        try:
+            await _first_frame(session, 2.0)
+        finally:
+            await session.aclose()
+    assert factory.remembered is ProtocolKind.CONTINUOUS
+
+    # The operator switches the unit to Modbus RTU at the front panel.
+    async with ModbusSimulator(addresses=[30], link=link) as sim:
+        with capture_logs() as logs:
+            silent = await factory.open()  # the memory is trusted once ...
+        try:
+            assert silent.protocol is ProtocolKind.CONTINUOUS
+            with pytest.raises(TimeoutError):  # ... and costs one silence_timeout
+                await _first_frame(silent, 1.0)
+        finally:
+            await silent.aclose()
+        assert silent.frames == 0
+        assert not sim.wire_transactions(), "the remembered session sent nothing"
+
+        with capture_logs() as relogs:
+            session = await factory.open()  # ... then the ladder runs again
+        try:
+            assert session.protocol is ProtocolKind.MODBUS_RTU
+            frame = await _first_frame(session, 2.0)
+        finally:
+            await session.aclose()
+    assert frame.protocol is ProtocolKind.MODBUS_RTU
+    assert factory.detected is factory.remembered is ProtocolKind.MODBUS_RTU
+    assert [entry["event"] for entry in logs] == ["auto.reusing_mode"]
+    events = [entry["event"] for entry in relogs if entry["log_level"] == "info"]
+    assert events[0] == "auto.forgetting_mode" and "auto.detected" in events
+    assert "no valid frame" in relogs[0]["why"]
+
+
+def _sent(sim: ModbusSimulator) -> bytes:
+    return b"".join(chunk.data for chunk in sim.relay.chunks if chunk.to_slave)
