@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from time import monotonic
 from typing import Any
 
 import pytest
@@ -242,10 +241,8 @@ async def test_auto_reopens_a_continuous_unit_without_probing(
             assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
             written.clear()
 
-            started = monotonic()
             with capture_logs() as logs:
                 again = await factory.open()
-            opened_in = monotonic() - started
             try:
                 assert isinstance(again.inner, ContinuousSessionType)
                 frame = await _first_frame(again, 1.0)  # one 0.3 s period, not a ladder
@@ -255,7 +252,6 @@ async def test_auto_reopens_a_continuous_unit_without_probing(
         finally:
             stop.set()
             await collector
-    assert opened_in < 0.5
     assert frame.protocol is ProtocolKind.CONTINUOUS
     assert bytes(written) == b"", "no Modbus probe on the reopen"
     assert [entry["event"] for entry in logs] == ["auto.reusing_mode"]
@@ -277,9 +273,7 @@ async def test_auto_reopens_a_modbus_slave_without_probing(
         assert factory.remembered is protocol
         sent_before = len(_sent(sim))
 
-        started = monotonic()
         again = await factory.open()
-        opened_in = monotonic() - started
         try:
             assert isinstance(again.inner, ModbusSession)
             assert again.protocol is protocol
@@ -288,7 +282,6 @@ async def test_auto_reopens_a_modbus_slave_without_probing(
             await again.aclose()
         reopen = _split_requests(_sent(sim)[sent_before:])
     # Straight to identify + polls: no probe, no other framing, no listen window.
-    assert opened_in < 0.5
     assert frame.protocol is protocol
     assert reopen, "the reopen identified and polled"
     assert not set(reopen) & (RTU_PROBES | ASCII_PROBES)
