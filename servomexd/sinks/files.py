@@ -12,27 +12,21 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 from servomexd.errors import ServomexSinkWriteError
-from servomexd.model import Sample
 from servomexd.rows import ROW_COLUMNS, Record
-from servomexd.sinks.base import BaseSink, Checkpoint, validate_checkpoint
-from servomexd.sinks.encoding import RowEncoder
-from servomexd.sinks.worker import SinkWorker
+from servomexd.sinks.threaded import ThreadedTextSink
 
 
-class _FileSink(BaseSink):
+class _FileSink(ThreadedTextSink):
     _mode = "wb"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
         self.path = Path(path)
         self._file: IO[bytes] | None = None
-        self._encoder = RowEncoder()
-        self._worker = SinkWorker(f"servomexd-{self.kind}-sink")
 
     def _error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
         return ServomexSinkWriteError(
@@ -58,7 +52,7 @@ class _FileSink(BaseSink):
     def _encode(self, rows: list[Record]) -> bytes:
         raise NotImplementedError
 
-    def _append_sync(self, rows: list[Record]) -> None:
+    def _store_sync(self, rows: list[Record]) -> None:
         file = self._file
         if file is None:
             raise ServomexSinkWriteError(f"{self.kind} sink is closed")
@@ -75,36 +69,10 @@ class _FileSink(BaseSink):
                 pass
             raise self._error("write", exc) from exc
 
-    async def write_many(self, samples: Sequence[Sample]) -> None:
-        self._require_open()
-        if not samples:
-            return
-        await self._worker.run(self._append_sync, self._encoder.text_rows(samples))
-
-    async def write_records(
-        self, records: Sequence[Record], *, checkpoint: Checkpoint | None = None
-    ) -> None:
-        self._require_open()
-        validate_checkpoint(checkpoint)
-        if not records:
-            return
-        await self._worker.run(self._append_sync, self._encoder.records_to_text(records))
-
     def _close_sync(self) -> None:
         file, self._file = self._file, None
         if file is not None:
             file.close()
-
-    async def close(self) -> None:
-        if not self._is_open:
-            return
-        self._is_open = False
-        try:
-            await self._worker.run(self._close_sync)
-        except OSError as exc:
-            raise self._error("close", exc) from exc
-        finally:
-            self._worker.stop()
 
 
 class CsvSink(_FileSink):
@@ -133,8 +101,8 @@ class CsvSink(_FileSink):
         writer.writerows(rows)
         return buffer.getvalue().encode("utf-8")
 
-    def _append_sync(self, rows: list[Record]) -> None:
-        super()._append_sync(rows)
+    def _store_sync(self, rows: list[Record]) -> None:
+        super()._store_sync(rows)
         self._header_written = True
 
 

@@ -10,7 +10,6 @@ value and latency_s float64, monotonic_ns int64, everything else string (boolean
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,14 @@ from servomexd.errors import (
     ServomexSinkWriteError,
     ServomexValidationError,
 )
-from servomexd.model import Sample
 from servomexd.rows import ROW_COLUMNS, Record
-from servomexd.sinks.base import BaseSink, Checkpoint, validate_checkpoint
-from servomexd.sinks.encoding import RowEncoder
-from servomexd.sinks.worker import SinkWorker
+from servomexd.sinks.threaded import ThreadedTextSink
 
 COMPRESSIONS = frozenset({"zstd", "snappy", "gzip", "brotli", "lz4", "none"})
 _ARROW_TYPES = {"value": "float64", "latency_s": "float64", "monotonic_ns": "int64"}
 
 
-class ParquetSink(BaseSink):
+class ParquetSink(ThreadedTextSink):
     kind = "parquet"
 
     def __init__(
@@ -54,11 +50,12 @@ class ParquetSink(BaseSink):
         self._pq: Any = None
         self._schema: Any = None
         self._writer: Any = None
-        self._encoder = RowEncoder()
-        self._worker = SinkWorker("servomexd-parquet-sink")
 
     def _context(self) -> dict[str, str]:
         return {"path": str(self.path)}
+
+    def _error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+        return ServomexSinkWriteError(f"parquet {action} failed: {exc}", context=self._context())
 
     async def open(self) -> None:
         if self._is_open:
@@ -83,12 +80,10 @@ class ParquetSink(BaseSink):
             await self._worker.run(self.path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             self._worker.stop()
-            raise ServomexSinkWriteError(
-                f"parquet open failed: {exc}", context=self._context()
-            ) from exc
+            raise self._error("open", exc) from exc
         self._is_open = True
 
-    def _write_sync(self, rows: list[Record]) -> None:
+    def _store_sync(self, rows: list[Record]) -> None:
         pa = self._pa
         schema = self._schema
         columns = list(zip(*rows, strict=True))
@@ -107,39 +102,9 @@ class ParquetSink(BaseSink):
                 )
             self._writer.write_table(table, row_group_size=self.row_group_size or len(rows))
         except OSError as exc:
-            raise ServomexSinkWriteError(
-                f"parquet write failed: {exc}", context=self._context()
-            ) from exc
-
-    async def write_many(self, samples: Sequence[Sample]) -> None:
-        self._require_open()
-        if not samples:
-            return
-        await self._worker.run(self._write_sync, self._encoder.text_rows(samples))
-
-    async def write_records(
-        self, records: Sequence[Record], *, checkpoint: Checkpoint | None = None
-    ) -> None:
-        self._require_open()
-        validate_checkpoint(checkpoint)
-        if not records:
-            return
-        await self._worker.run(self._write_sync, self._encoder.records_to_text(records))
+            raise self._error("write", exc) from exc
 
     def _close_sync(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
-
-    async def close(self) -> None:
-        if not self._is_open:
-            return
-        self._is_open = False
-        try:
-            await self._worker.run(self._close_sync)
-        except OSError as exc:
-            raise ServomexSinkWriteError(
-                f"parquet close failed: {exc}", context=self._context()
-            ) from exc
-        finally:
-            self._worker.stop()
