@@ -36,6 +36,7 @@ from servomexd.acquisition.modbus_bus import (
     ModbusBusRegistry,
     Request,
     SendStamp,
+    SerialLineSettings,
 )
 from servomexd.errors import (
     ServomexConfigError,
@@ -55,23 +56,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger("servomexd.modbus")
 
 
-class ModbusDeviceSettings(Protocol):
-    """The ``DeviceConfig`` fields this module reads (structural, read-only)."""
+class ModbusDeviceSettings(SerialLineSettings, Protocol):
+    """The ``DeviceConfig`` fields this module reads (structural, read-only): the line
+    settings plus these."""
 
     @property
     def name(self) -> str: ...
     @property
-    def port(self) -> str: ...
-    @property
     def protocol(self) -> str: ...
-    @property
-    def baudrate(self) -> int: ...
-    @property
-    def bytesize(self) -> int: ...
-    @property
-    def parity(self) -> str: ...
-    @property
-    def stopbits(self) -> int: ...
     @property
     def address(self) -> int: ...
     @property
