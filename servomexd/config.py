@@ -232,7 +232,7 @@ class ParquetSettings(_Section):
 
 
 SinkType = Literal["sqlite", "postgres", "csv", "jsonl", "parquet"]
-_SINK_SUFFIXES = {"sqlite": "sqlite", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
+_DATA_DIRECTORY = Path("/var/lib/servomexd")
 
 
 class SinkSettings(_Section):
@@ -261,9 +261,12 @@ class SinkSettings(_Section):
     def _default_path_per_type(cls, data: Any) -> Any:
         # type = "csv" without a path writes samples-<time>.csv, not a ".sqlite" CSV.
         if isinstance(data, dict) and "path" not in data:
-            suffix = _SINK_SUFFIXES.get(str(data.get("type", "sqlite")))
-            if suffix is not None:
-                data = {**data, "path": f"/var/lib/servomexd/samples.{suffix}"}
+            # Imported here: the table imports this module's settings for its builders.
+            from servomexd.sinks.registry import default_path
+
+            path = default_path(str(data.get("type", "sqlite")), _DATA_DIRECTORY)
+            if path is not None:
+                data = {**data, "path": str(path)}
         return data
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -41,6 +41,17 @@ class SampleBuffer(Protocol):
     """Where acquired samples go (the writer's in-memory buffer); must never block."""
 
     def add_samples(self, samples: Sequence[Sample]) -> None: ...
+
+
+class LinkHealth(NamedTuple):
+    """One device's link as readiness, the status line and the summary see it."""
+
+    name: str
+    up: bool
+    error: str | None
+    frames: int
+    rejections: int
+    reconnects: int
 
 
 class _Silence(Exception):
@@ -81,6 +92,12 @@ class DeviceSupervisor:
         self._last_reason: str | None = None
         self._log = log.bind(device=name)
         metrics.register_device(name)
+
+    def health(self) -> LinkHealth:
+        return LinkHealth(
+            self.name, self.link_up, self.last_error, self.frames, self.rejections,
+            self.reconnects,
+        )
 
     async def run(self) -> None:
         """Supervise until cancelled. Never raises anything but ``CancelledError``."""

@@ -222,7 +222,19 @@ class BaseSink:
     """Lifecycle shared by the built-in sinks: ``async with``, idempotent close."""
 
     kind: ClassVar[str] = "sink"
+    # What the sink can do, read by the daemon instead of switching on its type name.
     supports_checkpoint: bool = False
+    """Rows and the delivery checkpoint commit in one transaction (exactly-once)."""
+    file_suffix: ClassVar[str | None] = None
+    """Writes a local file, named ``samples.<suffix>`` by default; None: a server."""
+    new_file_per_open: ClassVar[bool] = False
+    """Opening truncates or starts a file: every open gets a new timestamped name."""
+    reopens_on_hup: ClassVar[bool] = False
+    """SIGHUP reopens its file (logrotate moved it)."""
+    rolls_periodically: ClassVar[bool] = False
+    """A file is complete only once closed: the daemon rolls to a new one periodically."""
+    needs_credentials: ClassVar[bool] = False
+    """A secret (a password) is read at startup and handed to its builder."""
 
     def __init__(self) -> None:
         self._is_open = False

@@ -159,6 +159,7 @@ async def _no_session_reset(connection: Any) -> None:
 class PostgresSink(BaseSink):
     kind = "postgres"
     supports_checkpoint = True
+    needs_credentials = True
 
     def __init__(self, config: PostgresConfig) -> None:
         super().__init__()
