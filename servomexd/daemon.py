@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
-from servomexd import __version__
+from servomexd import __version__, status
 from servomexd.acquisition.backoff import Backoff
 from servomexd.acquisition.factory import build_session_factory
 from servomexd.acquisition.supervisor import DeviceSupervisor, LinkHealth
@@ -87,7 +87,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
-        self._stop_deadline: float | None = None
+        self._budget = StopBudget()
         self.ready = asyncio.Event()
 
     # --- control ---------------------------------------------------------------------------
@@ -122,52 +122,10 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """For /readyz: every link up, and the sink up or the spool accepting."""
-        problems: list[str] = []
-        devices: dict[str, object] = {}
-        for link in self._links():
-            devices[link.name] = "up" if link.up else f"down: {link.error or 'unknown'}"
-            if not link.up:
-                problems.append(f"device {link.name} link down")
-        delivery = self._delivery()
-        sink: dict[str, object] = {"type": self.settings.sink.type, "up": False}
-        spool_info: dict[str, object] = {}
-        if delivery is None:
-            problems.append("starting")
-        else:
-            stats = delivery.spool
-            sink = {
-                "type": delivery.sink_type,
-                "up": delivery.sink_up,
-                "error": delivery.sink_error,
-            }
-            spool_info = {
-                "accepting": delivery.spool_accepting,
-                "pending_samples": stats.samples,
-                "bytes": stats.bytes,
-                "oldest_age_s": round(stats.oldest_age(), 1),
-            }
-            if not delivery.sink_up and not delivery.spool_accepting:
-                problems.append("sink down and spool not accepting")
-        ready = not problems
-        return ready, {
-            "ready": ready,
-            "problems": problems,
-            "devices": devices,
-            "sink": sink,
-            "spool": spool_info,
-        }
+        return status.readiness(self._links(), self._delivery(), self.settings.sink.type)
 
     def status_line(self) -> str:
-        delivery = self._delivery()
-        if delivery is None:
-            return "starting"
-        links = self._links()
-        up = sum(1 for link in links if link.up)
-        sink = "up" if delivery.sink_up else "DOWN"
-        return (
-            f"devices up {up}/{len(links)}, samples written {delivery.samples_written}, "
-            f"backlog {delivery.backlog}, sink {sink}"
-        )
+        return status.status_line(self._links(), self._delivery())
 
     def alive(self) -> bool:
         """Watchdog: the loop runs this, and every supervisor and the writer still run."""
@@ -201,18 +159,6 @@ class Daemon:
         self._log_summary()
         return 0
 
-    def _closes(
-        self, stack: contextlib.AsyncExitStack, close: Callable[[], Awaitable[Any]], cap: float
-    ) -> None:
-        """Register ``close`` on the stack, bounded by ``cap`` and the stop budget; a
-        failing close does not keep the others from running."""
-
-        async def bounded() -> None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(close(), self._remaining(cap))
-
-        stack.push_async_callback(bounded)
-
     async def _startup(self, stack: contextlib.AsyncExitStack) -> Writer:
         s = self.settings
         log.info(
@@ -232,7 +178,7 @@ class Daemon:
             on_drop=lambda _batches, samples: self.metrics.spool_dropped_samples.inc(samples),
         )
         await spool.open()
-        self._closes(stack, spool.close, 1.0)
+        self._budget.closes(stack, spool.close, 1.0)
         writer = Writer(
             spool,
             Destination(s.sink, password=resolve_credentials(s.sink)),
@@ -244,37 +190,10 @@ class Daemon:
             retry_max_delay=s.sink.retry_max_delay,
             spool_limit=s.spool.max_bytes,
         )
-        self._closes(stack, writer.aclose, 1.0)
-        self.supervisors = await self._supervisors(stack, writer)
+        self._budget.closes(stack, writer.aclose, 1.0)
+        self.supervisors = _supervisors(self.settings, writer, self.metrics, stack, self._budget)
         self.writer = writer
         return writer
-
-    async def _supervisors(
-        self, stack: contextlib.AsyncExitStack, writer: Writer
-    ) -> list[DeviceSupervisor]:
-        buses = None
-        if any(d.is_modbus for d in self.settings.devices):
-            from servomexd.acquisition.modbus import ModbusBusRegistry
-
-            buses = ModbusBusRegistry(self.metrics)
-            self._closes(stack, buses.aclose, 0.5)
-        supervisors = []
-        for device in self.settings.devices:
-            try:
-                factory = build_session_factory(device, buses)
-            except ValueError as exc:  # ServomexValidationError is a ValueError
-                raise ServomexConfigError(f"device {device.name}: {exc}") from exc
-            supervisors.append(
-                DeviceSupervisor(
-                    device.name,
-                    factory,
-                    writer.flusher,
-                    self.metrics,
-                    silence_timeout=device.silence_timeout,
-                    backoff=Backoff(initial=0.5, cap=30.0, healthy_after=30.0),
-                )
-            )
-        return supervisors
 
     async def _start_http(self, stack: contextlib.AsyncExitStack) -> None:
         try:
@@ -291,7 +210,7 @@ class Daemon:
                 f"cannot listen for metrics on {m.listen}: {exc.strerror or exc}",
                 context={"key": "metrics.listen"},
             ) from exc
-        self._closes(stack, http.stop, 0.5)
+        self._budget.closes(stack, http.stop, 0.5)
         self.metrics_port = http.bound_port
 
     async def _main(self, tg: asyncio.TaskGroup, writer: Writer) -> None:
@@ -318,16 +237,10 @@ class Daemon:
         await self._stop.wait()
         await self._shutdown(writer, self._writer_task, notify_task)
 
-    def _remaining(self, cap: float) -> float:
-        """Time a shutdown step may take: its own cap, within the overall budget."""
-        if self._stop_deadline is None:
-            return cap
-        return max(0.1, min(cap, self._stop_deadline - time.monotonic()))
-
     async def _shutdown(
         self, writer: Writer, writer_task: asyncio.Task[None], notify_task: asyncio.Task[None]
     ) -> None:
-        self._stop_deadline = time.monotonic() + _STOP_BUDGET
+        self._budget.start(_STOP_BUDGET)
         log.info("daemon.stopping", reason=self._stop_reason)
         self.notifier.stopping("stopping: flushing samples")
         # 1. stop acquisition: supervisors close their ports
@@ -339,7 +252,7 @@ class Daemon:
         writer.request_stop()
         # the closing steps after this one need about 2 s of the budget
         deadline = min(
-            self.settings.sink.shutdown_timeout + 1.0, self._remaining(_STOP_BUDGET) - 2.0
+            self.settings.sink.shutdown_timeout + 1.0, self._budget.remaining(_STOP_BUDGET) - 2.0
         )
         done, _ = await asyncio.wait({writer_task}, timeout=max(0.5, deadline))
         if not done:
@@ -354,7 +267,7 @@ class Daemon:
                 await writer_task
             # the final flush may have been cut short: make sure the buffer is spooled
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.flusher.flush(), self._remaining(1.0))
+                await asyncio.wait_for(writer.flusher.flush(), self._budget.remaining(1.0))
         notify_task.cancel()
 
     def _log_summary(self) -> None:
@@ -371,6 +284,67 @@ class Daemon:
             rejected=sum(link.rejections for link in links),
             reconnects=sum(link.reconnects for link in links),
         )
+
+
+class StopBudget:
+    """The time left for shutdown steps: each has its own cap, all fit in one budget."""
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+
+    def start(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+
+    def remaining(self, cap: float) -> float:
+        """Time a shutdown step may take: its own cap, within the overall budget."""
+        if self._deadline is None:
+            return cap
+        return max(0.1, min(cap, self._deadline - time.monotonic()))
+
+    def closes(
+        self, stack: contextlib.AsyncExitStack, close: Callable[[], Awaitable[Any]], cap: float
+    ) -> None:
+        """Register ``close`` on the stack, bounded by ``cap`` and the budget; a failing
+        close does not keep the others from running."""
+
+        async def bounded() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(close(), self.remaining(cap))
+
+        stack.push_async_callback(bounded)
+
+
+def _supervisors(
+    settings: Settings,
+    writer: Writer,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+    budget: StopBudget,
+) -> list[DeviceSupervisor]:
+    """One supervisor per device, each feeding the writer's flusher."""
+    buses = None
+    if any(d.is_modbus for d in settings.devices):
+        from servomexd.acquisition.modbus import ModbusBusRegistry
+
+        buses = ModbusBusRegistry(metrics)
+        budget.closes(stack, buses.aclose, 0.5)
+    supervisors = []
+    for device in settings.devices:
+        try:
+            factory = build_session_factory(device, buses)
+        except ValueError as exc:  # ServomexValidationError is a ValueError
+            raise ServomexConfigError(f"device {device.name}: {exc}") from exc
+        supervisors.append(
+            DeviceSupervisor(
+                device.name,
+                factory,
+                writer.flusher,
+                metrics,
+                silence_timeout=device.silence_timeout,
+                backoff=Backoff(initial=0.5, cap=30.0, healthy_after=30.0),
+            )
+        )
+    return supervisors
 
 
 def run_daemon(config: str | None) -> int:
