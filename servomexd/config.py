@@ -47,6 +47,7 @@ from pydantic_settings import (
 )
 
 from servomexd.errors import ServomexConfigError, ServomexValidationError
+from servomexd.sinks.registry import default_path
 
 if TYPE_CHECKING:
     from servomexd.sinks.postgres_config import PostgresConfig
@@ -261,9 +262,6 @@ class SinkSettings(_Section):
     def _default_path_per_type(cls, data: Any) -> Any:
         # type = "csv" without a path writes samples-<time>.csv, not a ".sqlite" CSV.
         if isinstance(data, dict) and "path" not in data:
-            # Imported here: the table imports this module's settings for its builders.
-            from servomexd.sinks.registry import default_path
-
             path = default_path(str(data.get("type", "sqlite")), _DATA_DIRECTORY)
             if path is not None:
                 data = {**data, "path": str(path)}
