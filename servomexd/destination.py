@@ -64,6 +64,7 @@ class Destination:
         capabilities = self._type.sink
         self.supports_checkpoint = capabilities.supports_checkpoint
         self.reopens_on_hup = capabilities.reopens_on_hup
+        self.supports_probe = capabilities.supports_probe
         self._writes_files = capabilities.file_suffix is not None
         self._new_file_per_open = capabilities.new_file_per_open
         roll = self._type.roll_interval
@@ -134,6 +135,11 @@ class Destination:
         await sink.write_records(
             records, checkpoint=checkpoint if self.supports_checkpoint else None
         )
+
+    async def probe_records(self, records: Sequence[Record]) -> None:
+        """Try ``records`` without committing (a sink that ``supports_probe``)."""
+        sink = await self._opened()
+        await sink.probe_records(records)
 
     async def read_checkpoint(self, stream: str) -> int:
         if not self.supports_checkpoint:

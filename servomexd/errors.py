@@ -8,6 +8,7 @@ renders both in ``str()``. ``reason`` is the short machine label used for the
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from typing import Any
 
@@ -174,16 +175,100 @@ class ServomexValidationError(ServomexError, ValueError):
 # --- sinks -----------------------------------------------------------------------------
 
 
+class SinkFailure(enum.Enum):
+    """What the delivery loop does about a sink error: the sink error classification.
+
+    * ``TRANSIENT``: the store or the path to it is briefly unavailable (connection
+      refused or reset, timeout, server restarting, disk full, lock contention): back
+      off and retry; no operator needed.
+    * ``OPERATOR``: it will not work until someone changes something (credentials,
+      privileges, a missing database/schema/table, a read-only path, a missing driver, a
+      certificate that fails verification): not ready, an error log with the fix at most
+      every 5 minutes, ``servomexd_sink_fault{reason}``, keep spooling, retry slowly.
+    * ``DATA``: the rows themselves are refused (a CHECK constraint, a value out of
+      range for the column, a trigger that raises): isolate them, quarantine what fails
+      alone.
+    """
+
+    TRANSIENT = "transient"
+    OPERATOR = "operator"
+    DATA = "data"
+
+
+SINK_FAULT_REASONS = frozenset(
+    {
+        "authentication",
+        "authorization",
+        "missing_database",
+        "missing_schema",
+        "schema_mismatch",
+        "read_only_path",
+        "read_only_database",
+        "missing_driver",
+        "tls",
+        "rejects_every_row",
+        "other",
+    }
+)
+"""The bounded ``reason`` label of ``servomexd_sink_fault`` (operator-needed faults)."""
+
+
 class ServomexSinkError(ServomexError):
-    """A sink could not store samples."""
+    """A sink could not store samples.
+
+    ``failure`` (a ``SinkFailure``) decides what delivery does; ``fault`` is the bounded
+    reason label of an operator-needed failure and ``fix`` the sentence telling the
+    operator what to do. ``retryable`` is true only for a transient failure.
+    """
 
     reason = "sink"
+    failure: SinkFailure = SinkFailure.TRANSIENT
+    fault: str | None = None
+    fix: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: bytes | None = None,
+        context: Mapping[str, Any] | None = None,
+        reason: str | None = None,
+        failure: SinkFailure | None = None,
+        fault: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(message, raw=raw, context=context, reason=reason)
+        if failure is not None:
+            self.failure = failure
+        if fault is not None:
+            if fault not in SINK_FAULT_REASONS:
+                raise ValueError(f"unknown sink fault reason {fault!r}")
+            self.fault = fault
+        if fix is not None:
+            self.fix = fix
+        if self.failure is SinkFailure.OPERATOR and self.fault is None:
+            self.fault = "other"
+
+    @property
+    def retryable(self) -> bool:
+        """A retry soon may succeed (the failure is transient)."""
+        return self.failure is SinkFailure.TRANSIENT
+
+
+def sink_failure(exc: BaseException) -> SinkFailure:
+    """The classification of any exception a sink raised; unknown ones are transient
+    (retried with backoff: an unclassified error must not lose or quarantine data)."""
+    if isinstance(exc, ServomexSinkError):
+        return exc.failure
+    return SinkFailure.TRANSIENT
 
 
 class ServomexSinkSchemaError(ServomexSinkError):
     """The destination table or file does not match, or does not exist."""
 
     reason = "sink_schema"
+    failure = SinkFailure.OPERATOR
+    fault = "schema_mismatch"
 
 
 class ServomexSinkWriteError(ServomexSinkError):
@@ -199,7 +284,27 @@ class ServomexSinkCheckpointConflict(ServomexSinkWriteError):
     reason = "sink_checkpoint_conflict"
 
 
+class ServomexSinkFault(ServomexSinkWriteError):
+    """The sink cannot work until an operator fixes something (credentials, privileges,
+    a missing database, a read-only path, a certificate that fails verification).
+    Retrying soon will not help: the daemon reports not ready and retries slowly."""
+
+    reason = "sink_fault"
+    failure = SinkFailure.OPERATOR
+
+
+class ServomexSinkDataError(ServomexSinkWriteError):
+    """The store refused the rows themselves (a constraint, a value out of range, a
+    trigger that raises): the same rows will fail again; they are isolated and the
+    ones that fail alone are quarantined."""
+
+    reason = "sink_data"
+    failure = SinkFailure.DATA
+
+
 class ServomexSinkDependencyError(ServomexSinkError):
     """An optional dependency (an extra such as ``servomexd[postgres]``) is missing."""
 
     reason = "sink_dependency"
+    failure = SinkFailure.OPERATOR
+    fault = "missing_driver"

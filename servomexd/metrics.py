@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 
 from servomexd import __version__
+from servomexd.errors import SINK_FAULT_REASONS
 from servomexd.model import STATUS_FLAGS, ChannelStatus, Frame
 
 REJECTION_REASONS: tuple[str, ...] = (
@@ -133,6 +134,15 @@ class Metrics:
             ),
             registry=r,
         )
+        self.sink_fault = Gauge(
+            "servomexd_sink_fault",
+            "1 while the sink fails for a reason only an operator can fix (reason: "
+            "authentication, authorization, missing_database, missing_schema, "
+            "schema_mismatch, read_only_path, read_only_database, missing_driver, tls, "
+            "rejects_every_row, other); 0 otherwise.",
+            ["sink", "reason"],
+            registry=r,
+        )
         self.sink_errors = Counter(
             "servomexd_sink_errors",
             "Batch writes to the sink that failed (each is retried from the spool).",
@@ -143,7 +153,26 @@ class Metrics:
         # --- spool ---------------------------------------------------------------------
         self.spool_pending_samples = Gauge(
             "servomexd_spool_pending_samples",
-            "Samples held in the spool, not yet committed to the sink.",
+            "Samples held in the spool file (durable), not yet committed to the sink. "
+            "Samples still in memory are servomexd_buffered_samples.",
+            registry=r,
+        )
+        self.buffered_samples = Gauge(
+            "servomexd_buffered_samples",
+            "Samples held in memory, not yet in the spool file (normally under one "
+            "flush_interval; grows while the spool cannot be written, e.g. its disk is full).",
+            registry=r,
+        )
+        self.quarantined_samples = Counter(
+            "servomexd_quarantined_samples",
+            "Samples the sink refused alone, repeatedly, with a data error, moved to the "
+            "spool's quarantine table (not delivered; see servomexd spool export --quarantine).",
+            registry=r,
+        )
+        self.quarantine_pending_samples = Gauge(
+            "servomexd_quarantine_pending_samples",
+            "Samples in the spool's quarantine table, waiting for an operator "
+            "(servomexd spool retry-quarantine or drop-quarantine).",
             registry=r,
         )
         self.spool_bytes = Gauge(
@@ -214,6 +243,8 @@ class Metrics:
         self.samples_written.labels(sink)
         self.sink_errors.labels(sink)
         self.sink_up.labels(sink).set(0)
+        for reason in SINK_FAULT_REASONS:
+            self.sink_fault.labels(sink, reason).set(0)
 
     def observe_frame(self, device: str, frame: Frame) -> None:
         """Count a decoded frame and publish its latest values and status flags."""

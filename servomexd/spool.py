@@ -150,6 +150,9 @@ class SpoolStats(NamedTuple):
     """Wall-clock time (epoch seconds) of the oldest pending batch."""
     last_seq: int
     """Highest seq ever appended (0 for a new spool)."""
+    quarantined: int = 0
+    """Samples in the quarantine table (refused by the sink; never delivered by itself)."""
+    quarantine_bytes: int = 0
 
     def oldest_age(self, now: float | None = None) -> float:
         if self.oldest_created_at is None:
@@ -169,6 +172,15 @@ class AppendResult(NamedTuple):
     dropped_samples: int
 
 
+class QuarantineResult(NamedTuple):
+    quarantined: int
+    """Rows moved into the quarantine table."""
+    overflowed: int
+    """Rows refused by the sink but lost: the quarantine was at ``quarantine_max_bytes``."""
+    remaining: int
+    """Rows left in the batch for delivery."""
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
@@ -177,17 +189,39 @@ CREATE TABLE IF NOT EXISTS batches (
     samples INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    quarantined_at REAL NOT NULL,
+    error TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retry INTEGER NOT NULL DEFAULT 0
+);
 """
+QUARANTINE_DOC = """The quarantine table holds one row per refused record: the batch ``seq`` it came
+from, when (epoch seconds), the sink's error text, the record (the batch payload format,
+one record) and ``retry`` (set by ``servomexd spool retry-quarantine``: the daemon moves
+such rows back into a new batch for delivery). Nothing deletes a quarantined row except
+``servomexd spool drop-quarantine --yes``."""
 
 
 class _SpoolStore:
     """The thread-confined part: the connection, the index, the fast-path cache."""
 
     def __init__(
-        self, path: Path, *, max_bytes: int, synchronous: str, cache_rows: int
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        synchronous: str,
+        cache_rows: int,
+        quarantine_max_bytes: int = 64 << 20,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.quarantine_max_bytes = quarantine_max_bytes
+        self.q_samples = 0
+        self.q_bytes = 0
         self.synchronous = synchronous
         self.cache_rows = cache_rows
         self.conn: sqlite3.Connection | None = None
@@ -254,6 +288,13 @@ class _SpoolStore:
             self.bytes += nbytes
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         self.last_seq = int(row[0]) if row else 0
+        self._count_quarantine()
+
+    def _count_quarantine(self) -> None:
+        count, nbytes = self._db().execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM quarantine"
+        ).fetchone()
+        self.q_samples, self.q_bytes = int(count), int(nbytes)
 
     def _close_db(self) -> None:
         if self.conn is not None:
@@ -389,6 +430,104 @@ class _SpoolStore:
                 out.append((seq, item))
         return out
 
+    def records_of(self, seq: int) -> list[Record]:
+        """The records of one pending batch (from the cache or decoded)."""
+        cached = self.cache.get(seq)
+        if cached is not None:
+            return list(cached)
+        row = self._db().execute("SELECT payload FROM batches WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise ServomexSpoolError(f"no pending batch {seq}", context={"path": str(self.path)})
+        return decode_records(row[0])
+
+    def quarantine(self, seq: int, bad: Sequence[int], error: str) -> QuarantineResult:
+        """Move the records at indexes ``bad`` of batch ``seq`` to the quarantine table,
+        in one transaction with the rewrite of the batch (the rest keeps its seq and its
+        place in the order; an emptied batch is deleted)."""
+        records = self.records_of(seq)
+        doomed = set(bad)
+        kept = [r for i, r in enumerate(records) if i not in doomed]
+        refused = [r for i, r in enumerate(records) if i in doomed]
+        now = time.time()
+        rows: list[tuple[int, float, str, bytes]] = []
+        room = self.quarantine_max_bytes - self.q_bytes
+        overflowed = 0
+        for record in refused:
+            payload = encode_records([record])
+            if len(payload) > room:
+                overflowed += 1
+                continue
+            room -= len(payload)
+            rows.append((seq, now, error, payload))
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO quarantine (seq, quarantined_at, error, payload) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+            if kept:
+                conn.execute(
+                    "UPDATE batches SET samples = ?, payload = ? WHERE seq = ?",
+                    (len(kept), encode_records(kept), seq),
+                )
+            else:
+                conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        entry = self.index.get(seq)
+        if kept and entry is not None:
+            nbytes = conn.execute(
+                "SELECT length(payload) FROM batches WHERE seq = ?", (seq,)
+            ).fetchone()[0]
+            self.samples += len(kept) - entry.samples
+            self.bytes += nbytes - entry.nbytes
+            self.index[seq] = _Entry(entry.created_at, len(kept), nbytes)
+            if seq in self.cache:
+                self.cache_count += len(kept) - len(self.cache[seq])
+                self.cache[seq] = kept
+        else:
+            self._forget(seq)
+        self._count_quarantine()
+        return QuarantineResult(len(rows), overflowed, len(kept))
+
+    def requeue_quarantine(self) -> int:
+        """Move quarantined rows marked for retry into a new batch at the end (one
+        transaction); returns the samples moved. Run by the daemon periodically, so a
+        ``servomexd spool retry-quarantine`` takes effect while it runs."""
+        conn = self._db()
+        marked = conn.execute(
+            "SELECT id, payload FROM quarantine WHERE retry = 1 ORDER BY id"
+        ).fetchall()
+        if not marked:
+            self._count_quarantine()  # drop-quarantine may have emptied it
+            return 0
+        records = [record for _, payload in marked for record in decode_records(payload)]
+        payload = encode_records(records)
+        created_at = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM quarantine WHERE retry = 1 AND id <= ?", (marked[-1][0],))
+            cursor = conn.execute(
+                "INSERT INTO batches (created_at, samples, payload) VALUES (?, ?, ?)",
+                (created_at, len(records), payload),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        seq = int(cursor.lastrowid or 0)
+        self.index[seq] = _Entry(created_at, len(records), len(payload))
+        self.samples += len(records)
+        self.bytes += len(payload)
+        self.last_seq = seq
+        self._count_quarantine()
+        return len(records)
+
     def drop(self, seqs: Sequence[int]) -> int:
         """Delete batches that cannot be decoded; returns the samples they held."""
         dropped = 0
@@ -401,7 +540,15 @@ class _SpoolStore:
 
     def stats(self) -> SpoolStats:
         oldest = next(iter(self.index.values())).created_at if self.index else None
-        return SpoolStats(len(self.index), self.samples, self.bytes, oldest, self.last_seq)
+        return SpoolStats(
+            len(self.index),
+            self.samples,
+            self.bytes,
+            oldest,
+            self.last_seq,
+            self.q_samples,
+            self.q_bytes,
+        )
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -420,12 +567,17 @@ class Spool:
         synchronous: str = "FULL",
         cache_rows: int = 10_000,
         on_drop: Callable[[int, int], None] | None = None,
+        quarantine_max_bytes: int = 64 << 20,
     ) -> None:
         if synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"synchronous must be OFF/NORMAL/FULL/EXTRA, not {synchronous!r}")
         self.path = Path(directory) / SPOOL_FILENAME
         self._store = _SpoolStore(
-            self.path, max_bytes=max_bytes, synchronous=synchronous.upper(), cache_rows=cache_rows
+            self.path,
+            max_bytes=max_bytes,
+            synchronous=synchronous.upper(),
+            cache_rows=cache_rows,
+            quarantine_max_bytes=quarantine_max_bytes,
         )
         self._executor: ThreadPoolExecutor | None = None
         self._on_drop = on_drop
@@ -556,6 +708,42 @@ class Spool:
             dropped = await self._call(self._store.drop, bad)
             self._dropped(0, dropped, "undecodable batch")
         return batches
+
+    async def records_of(self, seq: int) -> list[Record]:
+        """The records of one pending batch."""
+        return await self._call(self._store.records_of, seq)
+
+    async def quarantine(self, seq: int, bad: Sequence[int], error: str) -> QuarantineResult:
+        """Move rows of batch ``seq`` to the quarantine table (see ``QUARANTINE_DOC``).
+        Rows that do not fit under ``quarantine_max_bytes`` are lost: counted as dropped
+        and logged at error."""
+        try:
+            result = await self._call(self._store.quarantine, seq, list(bad), error)
+        except sqlite3.Error as exc:
+            raise ServomexSpoolError(
+                f"cannot quarantine: {exc}", context={"path": str(self.path)}
+            ) from exc
+        if result.overflowed:
+            log.error(
+                "spool.quarantine_full",
+                seq=seq,
+                dropped_samples=result.overflowed,
+                quarantine_bytes=self._stats.quarantine_bytes,
+                quarantine_max_bytes=self._store.quarantine_max_bytes,
+                hint="export and drop the quarantine (servomexd spool export --quarantine; "
+                "servomexd spool drop-quarantine --yes) or raise [spool] quarantine_max_bytes",
+            )
+            self._dropped(0, result.overflowed, "quarantine full")
+        return result
+
+    async def requeue_quarantine(self) -> int:
+        """Rows an operator marked for retry go back into delivery (a new batch)."""
+        try:
+            return await self._call(self._store.requeue_quarantine)
+        except sqlite3.Error as exc:
+            raise ServomexSpoolError(
+                f"cannot requeue the quarantine: {exc}", context={"path": str(self.path)}
+            ) from exc
 
     async def peek(self, limit_rows: int = 1 << 62) -> list[SpoolBatch]:
         """Every pending batch from the oldest, up to ``limit_rows`` rows."""

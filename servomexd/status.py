@@ -16,7 +16,8 @@ from servomexd.delivery import DeliveryHealth
 def readiness(
     links: Sequence[LinkHealth], delivery: DeliveryHealth | None, sink_type: str
 ) -> tuple[bool, dict[str, object]]:
-    """Ready: every link up, and the sink up or the spool accepting."""
+    """Ready: every link up, the sink up or the spool accepting, and no sink fault that
+    only an operator can fix (the spool would only fill until someone fixes it)."""
     problems: list[str] = []
     devices: dict[str, object] = {}
     for link in links:
@@ -30,11 +31,18 @@ def readiness(
     else:
         stats = delivery.spool
         sink = {"type": delivery.sink_type, "up": delivery.sink_up, "error": delivery.sink_error}
+        fault = delivery.sink_fault
+        if fault is not None:
+            sink["fault"] = fault.reason
+            sink["fix"] = fault.fix
+            problems.append(f"sink needs an operator: {fault.reason}: {fault.fix or fault.error}")
         spool = {
             "accepting": delivery.spool_accepting,
             "pending_samples": stats.samples,
             "bytes": stats.bytes,
             "oldest_age_s": round(stats.oldest_age(), 1),
+            "buffered_samples": delivery.buffered,
+            "quarantined_samples": stats.quarantined,
         }
         if not delivery.sink_up and not delivery.spool_accepting:
             problems.append("sink down and spool not accepting")
@@ -54,6 +62,8 @@ def status_line(links: Sequence[LinkHealth], delivery: DeliveryHealth | None) ->
         return "starting"
     up = sum(1 for link in links if link.up)
     sink = "up" if delivery.sink_up else "DOWN"
+    if delivery.sink_fault is not None:
+        sink = f"FAULT {delivery.sink_fault.reason}"
     return (
         f"devices up {up}/{len(links)}, samples written {delivery.samples_written}, "
         f"backlog {delivery.backlog}, sink {sink}"

@@ -17,6 +17,7 @@ def delivery(*, sink_up: bool, accepting: bool, samples: int = 0) -> DeliveryHea
     stats = SpoolStats(1 if samples else 0, samples, 4096 * bool(samples), time.time(), 7)
     return DeliveryHealth(
         sink_type="sqlite", sink_up=sink_up, sink_error=None if sink_up else "OSError: x",
+        sink_fault=None,
         spool_accepting=accepting, spool=stats, buffered=2, samples_accepted=50,
         samples_written=40,
     )

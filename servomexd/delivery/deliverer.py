@@ -23,6 +23,16 @@ Why no sample is lost and none is stored twice (each step names the code that do
 6. Reading ahead (``_prefetch``) reads only after the batch being written and is
    discarded on any failure, so it can neither skip nor repeat a batch.
 
+7. Poison rows (``_isolate``): a write refused for its data (``SinkFailure.DATA``) is
+   retried batch by batch; the batch that still fails is searched by ``probe_records``
+   (a write the sink always rolls back, so nothing commits), halving it down to single
+   rows. Rows that fail alone, ``_CONFIRM`` times, move from the batch to the spool's
+   quarantine table in ONE spool transaction that rewrites the batch under its seq;
+   the rest of the batch is then written by step 2 like any other. Order and the
+   checkpoint argument are untouched: only the spool's content of that batch changed,
+   before it was ever committed. A transient or operator failure during the search
+   ends it without quarantining anything (steps 4-5 then apply).
+
 The one loss the spool allows is explicit: over ``max_bytes`` it drops the oldest
 batches and counts them. Sinks without a checkpoint (files) read ``c = 0`` in step 4,
 so an unknown outcome is written again: at-least-once, as documented.
@@ -46,7 +56,12 @@ from servomexd.delivery.flusher import Flusher
 from servomexd.delivery.health import SinkHealth, update_spool_gauges
 from servomexd.delivery.waiting import wait_or_timeout
 from servomexd.destination import Destination
-from servomexd.errors import ServomexSinkCheckpointConflict
+from servomexd.errors import (
+    ServomexSinkCheckpointConflict,
+    ServomexSinkFault,
+    SinkFailure,
+    sink_failure,
+)
 from servomexd.metrics import Metrics
 from servomexd.rows import Record
 from servomexd.spool import Spool, SpoolBatch
@@ -57,6 +72,14 @@ _CLOSE_TIMEOUT = 5.0
 _IDLE_WAIT = 5.0
 """Longest sleep with nothing to deliver (a roll or a reopen is checked at least this often)."""
 _READ_RETRY = 1.0
+_CONFIRM = 3
+"""Times a row must be refused alone, with a data error, before it is quarantined."""
+_ACCEPTS_ROWS_WINDOW = 600.0
+"""A batch whose every row is refused is quarantined only if the sink committed a write
+this recently: a sink refusing everything (a trigger raising for every row) is a fault
+for an operator, not poison."""
+_QUARANTINE_POLL = 5.0
+"""Seconds between checks for quarantined rows an operator marked for retry."""
 
 Chunk = tuple[list[SpoolBatch], bool]
 """Batches read from the spool, and whether the flusher had finished before the read."""
@@ -94,6 +117,7 @@ class Deliverer:
         """Seq of the last batch written since the last sync (0: read from the oldest)."""
         self._prefetched: asyncio.Task[Chunk] | None = None
         self._reopen = False
+        self._polled_at = 0.0
         self.first_sync = asyncio.Event()
         """Set once the sink has been tried at start (opened or failed)."""
         roll = destination.roll_interval
@@ -118,10 +142,11 @@ class Deliverer:
         """One step: reopen if asked, sync if needed, deliver one chunk. False: done."""
         if self._reopen or self.destination.roll_due():
             await self._reopen_destination()
+        await self._poll_quarantine()
         if not self._synced:
             self._synced = await self._sync_checkpoint()
             self.first_sync.set()
-            return self._synced or await self._pause(self.backoff.next_delay())
+            return self._synced or await self._pause(self._retry_delay())
         try:
             batches, flusher_was_done = await self._next_chunk()
         except Exception as exc:
@@ -139,7 +164,30 @@ class Deliverer:
             return True
         await self._drop_prefetch()
         self._synced = False
-        return await self._pause(self.backoff.next_delay())
+        return await self._pause(self._retry_delay())
+
+    def _retry_delay(self) -> float:
+        """Backoff; an operator-needed fault is retried slowly (every ``cap`` seconds),
+        so fixing it needs no restart and the server is not hammered meanwhile."""
+        delay = self.backoff.next_delay()
+        return max(delay, self.backoff.cap) if self.health.fault is not None else delay
+
+    async def _poll_quarantine(self) -> None:
+        """Every few seconds: rows marked for retry (``servomexd spool retry-quarantine``)
+        go back into delivery, and the quarantine gauge follows a drop-quarantine."""
+        now = time.monotonic()
+        if now - self._polled_at < _QUARANTINE_POLL:
+            return
+        self._polled_at = now
+        try:
+            moved = await self.spool.requeue_quarantine()
+        except Exception as exc:
+            log.error("spool.requeue_failed", error=str(exc))
+            return
+        if moved:
+            log.warning("spool.quarantine_requeued", samples=moved)
+            self.feed.spooled.set()
+        update_spool_gauges(self.spool, self.metrics)
 
     async def _pause(self, delay: float) -> bool:
         """Wait before a retry, waking at once on stop; False when stopping."""
@@ -239,6 +287,9 @@ class Deliverer:
             )
             return False
         except Exception as exc:
+            if sink_failure(exc) is SinkFailure.DATA and self.destination.supports_probe:
+                self.health.refused(exc, first_seq=first, last_seq=last, rows=len(records))
+                return await self._isolate(batches)
             await self._failed(exc, "write", rows=len(records))
             return False
         if self.health.in_outage:
@@ -254,6 +305,144 @@ class Deliverer:
         if self.spool.stats.batches == 0:
             self.health.spool_emptied()
         return True
+
+    # --- poison rows (step 7) ------------------------------------------------------------
+
+    async def _isolate(self, batches: list[SpoolBatch]) -> bool:
+        """A write was refused for its data: write the batches one by one, and clean
+        the one that fails alone. True when every batch was delivered."""
+        for batch in batches:
+            if len(batches) > 1:
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await self.destination.write_records(
+                            batch.records,
+                            checkpoint=(self.spool.stream_id, batch.seq, batch.seq),
+                        )
+                except Exception as exc:
+                    if sink_failure(exc) is not SinkFailure.DATA:
+                        await self._failed(exc, "write", rows=len(batch.records))
+                        return False
+                else:
+                    self._written(batch.seq, len(batch.records), 0.0)
+                    continue
+            if not await self._clean(batch):
+                return False
+        await self._acked()
+        return True
+
+    async def _clean(self, batch: SpoolBatch) -> bool:
+        """Find the rows of ``batch`` the sink refuses alone, quarantine them, write the
+        rest under the batch's seq."""
+        try:
+            bad, error = await self._refused_rows(batch.records)
+        except Exception as exc:
+            await self._failed(exc, "probe", rows=len(batch.records))
+            return False
+        if not bad:
+            # Refused together, accepted alone (a constraint across rows): no row to blame.
+            log.error(
+                "sink.refusal_not_isolated",
+                sink=self.health.sink,
+                seq=batch.seq,
+                rows=len(batch.records),
+                hint="every row passes alone; retried with backoff",
+            )
+            await self._failed(ServomexSinkFault(error or "refused", fault="other"), "write")
+            return False
+        if len(bad) == len(batch.records) and not self._sink_accepts_rows():
+            await self._failed(
+                ServomexSinkFault(
+                    f"the sink refuses every row: {error}",
+                    fault="rejects_every_row",
+                    fix="a constraint or trigger on the table refuses all of servomexd's rows; "
+                    "fix it (nothing is quarantined while no row gets through)",
+                ),
+                "write",
+                rows=len(batch.records),
+            )
+            return False
+        result = await self.spool.quarantine(batch.seq, bad, error)
+        self.metrics.quarantined_samples.inc(result.quarantined)
+        log.error(
+            "spool.quarantined",
+            sink=self.health.sink,
+            seq=batch.seq,
+            samples=result.quarantined,
+            lost=result.overflowed,
+            delivered=result.remaining,
+            error=error,
+            hint="the sink refuses these rows; inspect with servomexd spool export "
+            "--quarantine, then retry-quarantine after fixing the cause, or drop-quarantine",
+        )
+        update_spool_gauges(self.spool, self.metrics)
+        if not result.remaining:
+            self._delivered = batch.seq
+            return True
+        records = await self.spool.records_of(batch.seq)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.destination.write_records(
+                    records, checkpoint=(self.spool.stream_id, batch.seq, batch.seq)
+                )
+        except Exception as exc:
+            await self._failed(exc, "write", rows=len(records))
+            return False
+        self._written(batch.seq, len(records), time.perf_counter() - started)
+        return True
+
+    async def _refused_rows(self, records: list[Record]) -> tuple[list[int], str]:
+        """Indexes of the rows refused alone ``_CONFIRM`` times, and the error text.
+        Halving search with probes (never committed); any failure other than a data
+        error is raised: systemic faults never quarantine."""
+        bad: list[int] = []
+        error = ""
+
+        async def refused(lo: int, hi: int) -> bool:
+            nonlocal error
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    await self.destination.probe_records(records[lo:hi])
+            except Exception as exc:
+                if sink_failure(exc) is not SinkFailure.DATA:
+                    raise
+                error = error or str(exc)
+                return True
+            return False
+
+        async def search(lo: int, hi: int) -> None:
+            if hi - lo == 1:
+                if all([await refused(lo, hi) for _ in range(_CONFIRM - 1)]):
+                    bad.append(lo)
+                return
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                if await refused(a, b):
+                    await search(a, b)
+
+        if await refused(0, len(records)):
+            await search(0, len(records))
+        return bad, error
+
+    def _sink_accepts_rows(self) -> bool:
+        last = self.health.last_write_at
+        return last is not None and time.monotonic() - last < _ACCEPTS_ROWS_WINDOW
+
+    def _written(self, seq: int, rows: int, seconds: float) -> None:
+        if self.health.in_outage:
+            self._recovered()
+        self.health.wrote(rows, seconds)
+        self._delivered = seq
+
+    async def _acked(self) -> None:
+        try:
+            await self.spool.ack(self._delivered)
+        except Exception as exc:
+            log.error("spool.ack_failed", seq=self._delivered, error=str(exc))
+        update_spool_gauges(self.spool, self.metrics)
+        if self.spool.stats.batches == 0:
+            self.health.spool_emptied()
 
     # --- sink state -----------------------------------------------------------------------
 

@@ -106,6 +106,7 @@ class Flusher:
     async def flush(self) -> bool:
         """Move the memory buffer into the spool; False when the spool refused it."""
         update_spool_gauges(self.spool, self.metrics)
+        self.metrics.buffered_samples.set(len(self._buffer))
         if not self._buffer:
             return True
         records, self._buffer = self._buffer, []
@@ -121,6 +122,7 @@ class Flusher:
         except Exception as exc:
             # Put them back in front; add_records bounds the memory if this persists.
             self._buffer[:0] = records
+            self.metrics.buffered_samples.set(len(self._buffer))
             if self.spool_ok:
                 log.error("spool.append_failed", error=str(exc), buffered=len(self._buffer))
             self.spool_ok = False
@@ -129,6 +131,7 @@ class Flusher:
             log.warning("spool.append_recovered", buffered=len(self._buffer))
         self.spool_ok = True
         update_spool_gauges(self.spool, self.metrics)
+        self.metrics.buffered_samples.set(len(self._buffer))
         self.spooled.set()
         return True
 

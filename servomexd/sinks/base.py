@@ -235,6 +235,9 @@ class BaseSink:
     """A file is complete only once closed: the daemon rolls to a new one periodically."""
     needs_credentials: ClassVar[bool] = False
     """A secret (a password) is read at startup and handed to its builder."""
+    supports_probe: ClassVar[bool] = False
+    """``probe_records`` tries rows in a transaction it rolls back: delivery finds the
+    rows the store refuses (poison rows) without committing anything."""
 
     def __init__(self) -> None:
         self._is_open = False
@@ -261,6 +264,10 @@ class BaseSink:
         """At-least-once sinks keep no checkpoint: always 0."""
         self._require_open()
         return 0
+
+    async def probe_records(self, records: Sequence[Record]) -> None:
+        """Write ``records`` and roll back: raises what a real write would raise."""
+        raise NotImplementedError
 
     def _require_open(self) -> None:
         if not self._is_open:

@@ -16,11 +16,13 @@ with an index on (device, channel, received_at), so Grafana can query a time
 range per channel directly. ``write_records(..., checkpoint=(stream, seq))``
 commits the rows and the ``servomexd_checkpoints`` row in one transaction.
 
-Failures raise ``ServomexSinkWriteError`` with the driver error chained and
-``context["retryable"]`` telling a transient failure (connection lost, server
-restarting, timeout, disk full) from one that a retry will not fix (a value the
-column rejects, a missing privilege). After a server restart the pool reconnects
-on the next write.
+Failures raise ``ServomexSinkWriteError`` with the driver error chained, typed by
+``postgres_errors.classify``: a transient failure (connection lost, server
+restarting, timeout, disk full) stays a ``ServomexSinkWriteError``, one only an
+operator can fix (authentication, privilege, missing database or schema) is a
+``ServomexSinkFault`` carrying the fix, and rows the table refuses (a CHECK, a value
+out of range, a trigger that raises) a ``ServomexSinkDataError``. After a server
+restart the pool reconnects on the next write.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ from typing import Any, NoReturn
 
 from servomexd.errors import (
     ServomexSinkCheckpointConflict,
+    ServomexSinkDataError,
     ServomexSinkDependencyError,
     ServomexSinkError,
+    ServomexSinkFault,
     ServomexSinkSchemaError,
     ServomexSinkWriteError,
+    SinkFailure,
 )
 from servomexd.model import Sample
 from servomexd.rows import ROW_COLUMNS, Record
@@ -55,6 +60,7 @@ from servomexd.sinks.base import (
 )
 from servomexd.sinks.encoding import RowEncoder
 from servomexd.sinks.postgres_config import PostgresConfig
+from servomexd.sinks.postgres_errors import PgTarget, classify, route_driver_logs
 
 _CREATE_TYPES = {
     "value": "double precision",
@@ -72,8 +78,6 @@ _CREATE_TYPES = {
 _TEXT_TYPES = frozenset({"text", "character varying", "character", "name", "citext", "bpchar"})
 _FLOAT_TYPES = frozenset({"double precision", "real"})
 _INT_TYPES = frozenset({"bigint", "integer", "smallint"})
-_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_TRANSIENT_SQLSTATES = frozenset({"55P03", "55006"})
 # Below asyncpg's 512 KiB COPY buffer (rows are ~150-250 bytes) a COPY never waits
 # on flow control, so it cannot hang on a dead connection (see _guarded).
 _GUARD_MIN_ROWS = 1000
@@ -132,13 +136,6 @@ def _converter(column: str, source: str, pg_type: str) -> Converter | None:
     return options[family]
 
 
-def _is_transient(exc: BaseException, asyncpg: Any) -> bool:
-    if isinstance(exc, asyncpg.PostgresError):
-        state = getattr(exc, "sqlstate", None) or ""
-        return state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state in _TRANSIENT_SQLSTATES
-    return True  # OSError, TimeoutError, InterfaceError (connection closed...)
-
-
 async def _reap(task: asyncio.Future[None]) -> None:
     """Cancel ``task``, wait for it, and consume its outcome (no "never retrieved")."""
     task.cancel()
@@ -156,9 +153,14 @@ async def _no_session_reset(connection: Any) -> None:
     """
 
 
+class _RolledBack(Exception):
+    """Ends a probe's transaction: asyncpg rolls back on any exception."""
+
+
 class PostgresSink(BaseSink):
     kind = "postgres"
     supports_checkpoint = True
+    supports_probe = True
     needs_credentials = True
 
     def __init__(self, config: PostgresConfig) -> None:
@@ -194,11 +196,20 @@ class PostgresSink(BaseSink):
     # --- errors -------------------------------------------------------------------------
 
     def _write_error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
-        transient = _is_transient(exc, self._asyncpg)
-        text = self.config.scrub(f"{type(exc).__name__}: {exc}")
-        return ServomexSinkWriteError(
+        config = self.config
+        where = PgTarget.of(config)
+        decided = classify(exc, self._asyncpg, where)
+        text = config.scrub(f"{type(exc).__name__}: {exc}")
+        cls = {
+            SinkFailure.OPERATOR: ServomexSinkFault,
+            SinkFailure.DATA: ServomexSinkDataError,
+        }.get(decided.failure, ServomexSinkWriteError)
+        return cls(
             f"postgres {action} failed: {text}",
-            context={"target": self.config.target(), "retryable": transient},
+            context={"target": config.target()},
+            failure=decided.failure,
+            fault=decided.fault,
+            fix=decided.fix,
         )
 
     def _raise(self, action: str, exc: BaseException) -> NoReturn:
@@ -209,7 +220,13 @@ class PostgresSink(BaseSink):
 
     def _driver_errors(self) -> tuple[type[BaseException], ...]:
         asyncpg = self._asyncpg
-        return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+        return (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # 'cannot switch to state N': not an InterfaceError
+            OSError,
+            TimeoutError,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -224,6 +241,7 @@ class PostgresSink(BaseSink):
                 context={"extra": "servomexd[postgres]"},
             ) from exc
         self._asyncpg = asyncpg
+        route_driver_logs()
         config = self.config
         connect: dict[str, Any] = {
             "min_size": config.pool_min_size,
@@ -324,20 +342,35 @@ class PostgresSink(BaseSink):
         bounded by the pool's connect timeout (``command_timeout_s``).
         """
         conn = self._conn
-        if conn is not None and not conn.is_closed():
+        if conn is not None and self._usable(conn):
             return conn
         await self._drop_connection()
         self._conn = await self._pool.acquire()
         return self._conn
+
+    def _usable(self, conn: Any) -> bool:
+        """The kept connection is still ours and open.
+
+        When the server drops a connection we hold (a restart, a crash), asyncpg cleans
+        it up and hands its holder back to the pool by itself, detaching our proxy:
+        every call on the proxy then raises ``InterfaceError: connection has been
+        released back to the pool``. Such a proxy is as gone as a closed one.
+        """
+        try:
+            return not conn.is_closed()
+        except self._asyncpg.InterfaceError:
+            return False
 
     async def _drop_connection(self) -> None:
         """Give the connection back (the pool rolls back, or discards a dead one)."""
         conn, self._conn = self._conn, None
         if conn is not None and self._pool is not None:
             try:
+                # A proxy the pool already took back is a no-op here.
                 await self._pool.release(conn, timeout=self.config.command_timeout_s)
             except (Exception, asyncio.CancelledError):
-                conn.terminate()
+                with contextlib.suppress(Exception):  # detached meanwhile: nothing to end
+                    conn.terminate()
 
     async def close(self) -> None:
         if not self._is_open:
@@ -402,6 +435,32 @@ class PostgresSink(BaseSink):
                     await conn.executemany(self._insert_sql, rows, timeout=timeout)
             if checkpoint is not None:
                 await self._advance_checkpoint(conn, checkpoint, timeout)
+
+    async def probe_records(self, records: Sequence[Record]) -> None:
+        """Insert ``records`` in a transaction that is always rolled back (isolating
+        the rows the table refuses; nothing is ever committed here)."""
+        self._require_open()
+        plan = self._plan
+        assert plan is not None
+        rows = plan.apply(records if isinstance(records, list) else list(records))
+        timeout = self.config.command_timeout_s
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                try:
+                    async with conn.transaction():
+                        if self.config.use_copy:
+                            await self._copy(conn, rows, timeout)
+                        else:
+                            await conn.executemany(self._insert_sql, rows, timeout=timeout)
+                        raise _RolledBack
+                except _RolledBack:
+                    return
+            except BaseException as exc:
+                await self._drop_connection()
+                if isinstance(exc, self._driver_errors()):
+                    self._raise("probe", exc)
+                raise
 
     async def _advance_checkpoint(
         self, conn: Any, checkpoint: Checkpoint, timeout: float  # noqa: ASYNC109 - per statement

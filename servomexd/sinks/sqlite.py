@@ -26,6 +26,7 @@ unlinked inode, so the write fails and the next one reopens the path.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -34,9 +35,12 @@ from pathlib import Path
 
 from servomexd.errors import (
     ServomexSinkCheckpointConflict,
+    ServomexSinkDataError,
+    ServomexSinkFault,
     ServomexSinkSchemaError,
     ServomexSinkWriteError,
     ServomexValidationError,
+    SinkFailure,
 )
 from servomexd.model import Sample
 from servomexd.rows import ROW_COLUMNS, Record
@@ -64,6 +68,44 @@ _SQLITE_TYPES = {
 }
 
 
+_READ_ONLY_FIX = (
+    "make the database's directory writable by the service user: add it to "
+    "ReadWritePaths= in the unit, or fix its owner (chown servomexd:servomexd)"
+)
+
+
+def classify_sqlite(
+    exc: BaseException, database: str, table: str
+) -> tuple[SinkFailure, str | None, str | None]:
+    """(failure, fault reason, fix) for an error from sqlite3 or the file system.
+
+    IntegrityError (CHECK, NOT NULL, UNIQUE, a trigger's ``RAISE(ABORT, ...)``) and
+    DataError (a value too big) are the rows' fault. A read-only file or directory, a
+    missing table or column, a file that is not a database need an operator. Lock
+    contention, I/O errors and a full disk pass.
+    """
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return SinkFailure.DATA, None, None
+    if isinstance(exc, OSError):
+        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+            return SinkFailure.OPERATOR, "read_only_path", _READ_ONLY_FIX
+        return SinkFailure.TRANSIENT, None, None
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text or "unable to open database" in text:
+        return SinkFailure.OPERATOR, "read_only_path", _READ_ONLY_FIX
+    if "no such table" in text or "no such column" in text or "has no column" in text:
+        return SinkFailure.OPERATOR, "schema_mismatch", (
+            f"create table {table} in {database} with the servomexd columns, or set "
+            "[sink] create_table = true"
+        )
+    if "not a database" in text or "malformed" in text:
+        return SinkFailure.OPERATOR, "other", (
+            f"{database} is not a usable SQLite database: move it aside (servomexd "
+            "creates a new one)"
+        )
+    return SinkFailure.TRANSIENT, None, None  # locked, busy, disk I/O error, disk full
+
+
 def _type_class(declared: str) -> str:
     """SQLite affinity as the spec maps it: INT -> int; REAL/FLOA/DOUB -> float; else str."""
     upper = declared.upper()
@@ -88,6 +130,7 @@ def _converter(column: str, source: str, declared: str) -> Converter | None:
 class SqliteSink(BaseSink):
     kind = "sqlite"
     supports_checkpoint = True
+    supports_probe = True
     file_suffix = "sqlite"
 
     def __init__(
@@ -147,6 +190,21 @@ class SqliteSink(BaseSink):
 
     def _context(self) -> dict[str, str]:
         return {"path": self._database, "table": self.table}
+
+    def _error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+        """The typed error for a failed sqlite call (see ``classify_sqlite``)."""
+        failure, fault, fix = classify_sqlite(exc, self._database, self.table)
+        cls = {
+            SinkFailure.OPERATOR: ServomexSinkFault,
+            SinkFailure.DATA: ServomexSinkDataError,
+        }.get(failure, ServomexSinkWriteError)
+        return cls(
+            f"sqlite {action} failed: {exc}",
+            context=self._context(),
+            failure=failure,
+            fault=fault,
+            fix=fix,
+        )
 
     # --- worker-thread side -------------------------------------------------------------
 
@@ -252,17 +310,13 @@ class SqliteSink(BaseSink):
         except ServomexSinkWriteError:
             raise
         except (sqlite3.Error, OSError) as exc:
-            raise ServomexSinkWriteError(
-                f"sqlite reopen failed: {exc}", context=self._context()
-            ) from exc
+            raise self._error("reopen", exc) from exc
         plan = self._plan
         assert plan is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise ServomexSinkWriteError(
-                f"sqlite write failed: {exc}", context=self._context()
-            ) from exc
+            raise self._error("write", exc) from exc
         try:
             if checkpoint is not None:
                 # First, under the write lock: refuse a write the sink already holds.
@@ -287,10 +341,23 @@ class SqliteSink(BaseSink):
                 # The connection is unusable; start afresh on the next write.
                 self._close_conn_sync()
             if isinstance(exc, (sqlite3.Error, OSError)):
-                raise ServomexSinkWriteError(
-                    f"sqlite write failed: {exc}", context=self._context()
-                ) from exc
+                raise self._error("write", exc) from exc
             raise
+
+    def _probe_sync(self, rows: list[Record]) -> None:
+        """Insert ``rows`` in a transaction that is always rolled back."""
+        try:
+            conn = self._check_file_sync()
+            plan = self._plan
+            assert plan is not None
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(self._insert_sql, plan.apply(rows))
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as exc:
+            raise self._error("probe", exc) from exc
 
     def _conflict(
         self, conn: sqlite3.Connection, checkpoint: Checkpoint
@@ -326,9 +393,7 @@ class SqliteSink(BaseSink):
             await self._worker.run(self._connect_sync)
         except (sqlite3.Error, OSError) as exc:
             self._worker.stop()
-            raise ServomexSinkWriteError(
-                f"sqlite open failed: {exc}", context=self._context()
-            ) from exc
+            raise self._error("open", exc) from exc
         except BaseException:
             self._worker.stop()
             raise
@@ -351,14 +416,16 @@ class SqliteSink(BaseSink):
             self._write_sync, self._encoder.records_to_text(records), checkpoint
         )
 
+    async def probe_records(self, records: Sequence[Record]) -> None:
+        self._require_open()
+        await self._worker.run(self._probe_sync, self._encoder.records_to_text(records))
+
     async def read_checkpoint(self, stream: str) -> int:
         self._require_open()
         try:
             return await self._worker.run(self._read_checkpoint_sync, stream)
         except (sqlite3.Error, OSError) as exc:
-            raise ServomexSinkWriteError(
-                f"sqlite checkpoint read failed: {exc}", context=self._context()
-            ) from exc
+            raise self._error("checkpoint read", exc) from exc
 
     async def close(self) -> None:
         if not self._is_open:

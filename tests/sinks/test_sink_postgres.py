@@ -12,7 +12,12 @@ import pytest
 from sinkdata import steady_samples, varied_samples
 from structlog.testing import capture_logs
 
-from servomexd.errors import ServomexSinkError, ServomexSinkSchemaError, ServomexSinkWriteError
+from servomexd.errors import (
+    ServomexSinkError,
+    ServomexSinkSchemaError,
+    ServomexSinkWriteError,
+    SinkFailure,
+)
 from servomexd.model import Sample
 from servomexd.rows import ROW_COLUMNS, sample_to_record, sample_to_row
 from servomexd.sinks import PostgresConfig, PostgresSink
@@ -198,7 +203,8 @@ async def test_checkpoint_and_atomic_failure(pg_dsn: str, conn: asyncpg.Connecti
             with pytest.raises(ServomexSinkWriteError) as caught:
                 await sink.write_records(bad, checkpoint=("stream", 2))
             assert isinstance(caught.value.__cause__, asyncpg.CheckViolationError)
-            assert caught.value.context["retryable"] is False
+            assert caught.value.failure is SinkFailure.DATA
+            assert caught.value.retryable is False
             assert await sink.read_checkpoint("stream") == 1
             assert await conn.fetchval("SELECT count(*) FROM guarded") == 5
         await sink.write_records(records[5:], checkpoint=("stream", 2))
@@ -237,7 +243,9 @@ async def test_table_dropped_mid_run(pg_dsn: str, conn: asyncpg.Connection) -> N
             await sink.write_records([sample_to_record(s) for s in samples[5:10]],
                                      checkpoint=("s", 1))
         assert isinstance(caught.value.__cause__, asyncpg.UndefinedTableError)
-        assert caught.value.context["retryable"] is False
+        assert caught.value.failure is SinkFailure.OPERATOR
+        assert caught.value.fault == "schema_mismatch"
+        assert caught.value.retryable is False
         assert await sink.read_checkpoint("s") == 0
         async with PostgresSink(config):  # recreates the table
             pass

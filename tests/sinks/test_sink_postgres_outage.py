@@ -11,7 +11,7 @@ import pytest
 from pg import PgCluster, PgUnavailable, pg_required
 from sinkdata import steady_samples
 
-from servomexd.errors import ServomexSinkWriteError
+from servomexd.errors import ServomexSinkWriteError, SinkFailure
 from servomexd.rows import sample_to_record
 from servomexd.sinks import PostgresConfig, PostgresSink
 
@@ -58,7 +58,8 @@ async def test_server_restart_write_error_then_recovery(running: PgCluster) -> N
             await sink.write_many(samples[10:20])
         assert time.monotonic() - started < 5, "a write during the outage must fail fast"
         assert caught.value.__cause__ is not None
-        assert caught.value.context["retryable"] is True
+        assert caught.value.failure is SinkFailure.TRANSIENT
+        assert caught.value.retryable is True
         assert "127.0.0.1" in str(caught.value)  # the log-safe target
 
         await asyncio.to_thread(running.start)
