@@ -299,6 +299,9 @@ class SpoolSettings(_Section):
     path: Path = Path("/var/lib/servomexd/spool")
     max_bytes: Annotated[int, Field(ge=1_048_576)] = 1_073_741_824
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    quarantine_max_bytes: Annotated[int, Field(ge=65_536)] = 67_108_864
+    """Bound of the quarantine table (rows the sink refused); beyond it refused rows are
+    dropped, counted and logged at error. Nothing in it is ever deleted automatically."""
 
 
 class MetricsSettings(_Section):

@@ -46,12 +46,12 @@ from servomexd.config import (
 )
 from servomexd.delivery import DeliveryHealth, Writer
 from servomexd.destination import Destination
-from servomexd.errors import ServomexConfigError, ServomexError
+from servomexd.errors import ServomexConfigError, ServomexError, ServomexSinkDependencyError
 from servomexd.logs import configure_logging
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
 from servomexd.signals import capture_signals
-from servomexd.sinks.registry import resolve_credentials
+from servomexd.sinks.registry import resolve_credentials, sink_type
 from servomexd.spool import Spool
 
 log = structlog.get_logger("servomexd.daemon")
@@ -169,12 +169,17 @@ class Daemon:
             sink=s.sink.type,
             spool=str(s.spool.path),
         )
+        try:
+            sink_type(s.sink.type).sink.check_dependencies()
+        except ServomexSinkDependencyError as exc:
+            raise ServomexConfigError(f"[sink] type = {s.sink.type!r}: {exc.message}") from exc
         if s.metrics.enabled:
             await self._start_http(stack)
         spool = Spool(
             s.spool.path,
             max_bytes=s.spool.max_bytes,
             synchronous=s.spool.synchronous,
+            quarantine_max_bytes=s.spool.quarantine_max_bytes,
             on_drop=lambda _batches, samples: self.metrics.spool_dropped_samples.inc(samples),
         )
         await spool.open()

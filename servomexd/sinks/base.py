@@ -242,6 +242,11 @@ class BaseSink:
     def __init__(self) -> None:
         self._is_open = False
 
+    @classmethod
+    def check_dependencies(cls) -> None:
+        """Raise ``ServomexSinkDependencyError`` naming the extra to install when the
+        sink's driver is missing (checked at startup: exit 78, not an endless retry)."""
+
     @property
     def is_open(self) -> bool:
         return self._is_open

@@ -61,6 +61,17 @@ class ParquetSink(ThreadedTextSink):
     def _error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
         return ServomexSinkWriteError(f"parquet {action} failed: {exc}", context=self._context())
 
+    @classmethod
+    def check_dependencies(cls) -> None:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise ServomexSinkDependencyError(
+                "the Parquet sink needs pyarrow: pip install 'servomexd[parquet]'",
+                context={"extra": "servomexd[parquet]"},
+                fix="install the parquet extra: pip install 'servomexd[parquet]'",
+            ) from exc
+
     async def open(self) -> None:
         if self._is_open:
             return

@@ -153,6 +153,14 @@ async def _no_session_reset(connection: Any) -> None:
     """
 
 
+def _missing_asyncpg() -> ServomexSinkDependencyError:
+    return ServomexSinkDependencyError(
+        "the Postgres sink needs asyncpg: pip install 'servomexd[postgres]'",
+        context={"extra": "servomexd[postgres]"},
+        fix="install the postgres extra: pip install 'servomexd[postgres]'",
+    )
+
+
 class _RolledBack(Exception):
     """Ends a probe's transaction: asyncpg rolls back on any exception."""
 
@@ -162,6 +170,13 @@ class PostgresSink(BaseSink):
     supports_checkpoint = True
     supports_probe = True
     needs_credentials = True
+
+    @classmethod
+    def check_dependencies(cls) -> None:
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError as exc:
+            raise _missing_asyncpg() from exc
 
     def __init__(self, config: PostgresConfig) -> None:
         super().__init__()
@@ -236,10 +251,7 @@ class PostgresSink(BaseSink):
         try:
             import asyncpg
         except ImportError as exc:
-            raise ServomexSinkDependencyError(
-                "the Postgres sink needs asyncpg: pip install 'servomexd[postgres]'",
-                context={"extra": "servomexd[postgres]"},
-            ) from exc
+            raise _missing_asyncpg() from exc
         self._asyncpg = asyncpg
         route_driver_logs()
         config = self.config
@@ -311,11 +323,7 @@ class PostgresSink(BaseSink):
             config.table,
         )
         if not rows:
-            raise ServomexSinkSchemaError(
-                f"postgres table {config.schema}.{config.table} does not exist "
-                "(or is not visible to this user); create it or set create_table",
-                context={"target": config.target()},
-            )
+            raise await self._why_no_columns(conn)
         target = [
             (row["column_name"], row["udt_name"] if row["data_type"] == "USER-DEFINED"
              else row["data_type"])
@@ -328,6 +336,43 @@ class PostgresSink(BaseSink):
         values = ", ".join(f"${index}" for index in range(1, len(plan.columns) + 1))
         self._insert_sql = f"INSERT INTO {self._qualified} ({names}) VALUES ({values})"  # noqa: S608 - identifiers validated
         self._plan = plan
+
+    async def _why_no_columns(self, conn: Any) -> ServomexSinkError:
+        """No visible column: the table is missing, or exists but this user may not use
+        it (information_schema only shows what the user holds a privilege on)."""
+        config = self.config
+        where = PgTarget.of(config)
+        schema_exists = await conn.fetchval(
+            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", config.schema
+        )
+        table_exists = await conn.fetchval(
+            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            config.schema,
+            config.table,
+        )
+        context = {"target": config.target()}
+        if table_exists:
+            return ServomexSinkFault(
+                f"postgres table {config.schema}.{config.table} exists but user "
+                f"{where.user or '(configured)'} has no privilege on it",
+                context=context,
+                fault="authorization",
+                fix=where.fix("authorization", LookupError()),
+            )
+        if not schema_exists:
+            return ServomexSinkFault(
+                f"postgres schema {config.schema} does not exist",
+                context=context,
+                fault="missing_schema",
+                fix=where.fix("missing_schema", LookupError()),
+            )
+        return ServomexSinkSchemaError(
+            f"postgres table {config.schema}.{config.table} does not exist "
+            "(or is not visible to this user); create it or set create_table",
+            context=context,
+            fix=where.fix("schema_mismatch", LookupError()),
+        )
 
     async def _terminate_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -541,6 +586,16 @@ class PostgresSink(BaseSink):
         )
 
     async def _create_checkpoint_table(self, conn: Any) -> None:
+        # An existing table needs no CREATE privilege on the schema (a deployment may
+        # create it once and grant INSERT, UPDATE, SELECT only).
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+            self.config.schema,
+            CHECKPOINT_TABLE,
+        )
+        if exists:
+            return
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self._checkpoints} ("
             "stream text PRIMARY KEY, seq bigint NOT NULL, "
