@@ -61,8 +61,9 @@ async def test_sqlite_poison_rows_quarantined_rest_in_order_once(tmp_path: Path)
         for start in range(0, len(values), 10):
             rig.add([valued(v) for v in values[start:start + 10]])
             await asyncio.sleep(0.02)
-        await until(lambda: rig.idle, within=20)
-        assert rig.metric("servomexd_quarantined_samples_total") == 3
+        await until(
+            lambda: rig.idle and rig.metric("servomexd_quarantined_samples_total") == 3, within=20
+        )
         assert rig.metric("servomexd_quarantine_pending_samples") == 3
         assert rig.writer.health.up and rig.writer.health.fault is None
     good = [v for v in values if v not in POISON]
@@ -221,7 +222,7 @@ async def test_quarantine_overflow_is_counted_as_dropped(tmp_path: Path) -> None
     async with Rig(tmp_path, spool=spool) as rig:
         guarded_sqlite(rig.db)
         rig.add([valued(v) for v in (1.0, 555.0, 2.0)])
-        await until(lambda: rig.idle, within=10)
+        await until(lambda: spool.dropped_samples > 0 and rig.idle, within=10)
         assert spool.dropped_samples == 1  # the daemon's on_drop counts it in the metric
         assert rig.metric("servomexd_quarantined_samples_total") == 0
     assert stored(rig.db) == [1.0, 2.0]
