@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from servomexd.config import SinkSettings
+from servomexd.errors import path_error
 from servomexd.rows import Record
 from servomexd.sinks.base import BaseSink, Checkpoint
 from servomexd.sinks.registry import sink_type
@@ -108,7 +109,11 @@ class Destination:
         if self._sink is not None:
             return self._sink
         if self._writes_files:
-            self.settings.path.parent.mkdir(parents=True, exist_ok=True)
+            directory = self.settings.path.parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise path_error("cannot create the sink's directory", directory, exc) from exc
         sink = self._build()
         try:
             await sink.open()

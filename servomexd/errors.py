@@ -302,6 +302,26 @@ class ServomexSinkDataError(ServomexSinkWriteError):
     failure = SinkFailure.DATA
 
 
+READ_ONLY_PATH_FIX = (
+    "make the directory writable by the service user: add it to ReadWritePaths= in the "
+    "unit, or fix its owner (chown servomexd:servomexd)"
+)
+
+
+def path_error(action: str, path: object, exc: OSError) -> ServomexSinkWriteError:
+    """A file sink's directory or file could not be created or written: permission
+    denied or a read-only file system needs an operator; anything else (a full disk, an
+    I/O error) is transient."""
+    import errno
+
+    message = f"{action} {path}: {exc.strerror or exc}"
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return ServomexSinkFault(
+            message, context={"path": str(path)}, fault="read_only_path", fix=READ_ONLY_PATH_FIX
+        )
+    return ServomexSinkWriteError(message, context={"path": str(path)})
+
+
 class ServomexSinkDependencyError(ServomexSinkError):
     """An optional dependency (an extra such as ``servomexd[postgres]``) is missing."""
 

@@ -9,13 +9,14 @@ at-least-once (``supports_checkpoint`` is False).
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 from pathlib import Path
 from typing import IO
 
-from servomexd.errors import ServomexSinkWriteError
+from servomexd.errors import ServomexSinkWriteError, path_error
 from servomexd.rows import ROW_COLUMNS, Record
 from servomexd.sinks.threaded import ThreadedTextSink
 
@@ -29,6 +30,9 @@ class _FileSink(ThreadedTextSink):
         self._file: IO[bytes] | None = None
 
     def _error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EROFS:
+            assert isinstance(exc, OSError)
+            return path_error(f"{self.kind} sink: {action} failed:", self.path, exc)
         return ServomexSinkWriteError(
             f"{self.kind} sink: {action} failed: {exc}",
             context={"path": str(self.path)},

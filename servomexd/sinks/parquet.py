@@ -9,6 +9,7 @@ value and latency_s float64, monotonic_ns int64, everything else string (boolean
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from servomexd.errors import (
     ServomexSinkDependencyError,
     ServomexSinkWriteError,
     ServomexValidationError,
+    path_error,
 )
 from servomexd.rows import ROW_COLUMNS, Record
 from servomexd.sinks.threaded import ThreadedTextSink
@@ -59,6 +61,9 @@ class ParquetSink(ThreadedTextSink):
         return {"path": str(self.path)}
 
     def _error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EROFS:
+            assert isinstance(exc, OSError)
+            return path_error(f"parquet {action} failed:", self.path, exc)
         return ServomexSinkWriteError(f"parquet {action} failed: {exc}", context=self._context())
 
     @classmethod

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from servomexd.errors import (
+    READ_ONLY_PATH_FIX,
     ServomexSinkCheckpointConflict,
     ServomexSinkDataError,
     ServomexSinkFault,
@@ -68,10 +69,7 @@ _SQLITE_TYPES = {
 }
 
 
-_READ_ONLY_FIX = (
-    "make the database's directory writable by the service user: add it to "
-    "ReadWritePaths= in the unit, or fix its owner (chown servomexd:servomexd)"
-)
+_READ_ONLY_FIX = READ_ONLY_PATH_FIX
 
 
 def classify_sqlite(

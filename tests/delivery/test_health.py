@@ -10,6 +10,7 @@ from rig import Rig, rec, stored, until
 from structlog.testing import capture_logs
 
 from servomexd.delivery.health import SinkHealth
+from servomexd.errors import SINK_FAULT_REASONS, ServomexSinkFault
 from servomexd.metrics import Metrics
 
 
@@ -106,3 +107,48 @@ def test_closed_sets_the_gauge_down_without_an_outage() -> None:
     health.closed()
     assert _value(metrics, "servomexd_sink_up") == 0
     assert not health.up and not health.in_outage
+
+
+def _fault_value(metrics: Metrics, reason: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "servomexd_sink_fault", {"sink": "sqlite", "reason": reason}
+    )
+
+
+def test_operator_fault_logs_the_fix_at_most_every_five_minutes() -> None:
+    clock = Clock()
+    health, metrics = _health(clock)
+    password = ServomexSinkFault("password authentication failed", fault="authentication",
+                                 fix="check the password")  # fmt: skip
+    grant = ServomexSinkFault("permission denied", fault="authorization", fix="grant INSERT")
+    assert {_fault_value(metrics, r) for r in SINK_FAULT_REASONS} == {0}
+    with capture_logs() as logs:
+        health.failed(password, "open", rows=0, backlog=1)
+        for _ in range(10):
+            clock.now += 29
+            health.failed(password, "open", rows=0, backlog=1)  # 290 s: quiet
+        clock.now += 10  # 300 s after the first: once more
+        health.failed(password, "open", rows=0, backlog=1)
+        health.failed(grant, "write", rows=3, backlog=4)  # another reason: at once
+    faults = [e for e in logs if e["event"] == "sink.fault"]
+    assert [f["reason"] for f in faults] == ["authentication", "authentication", "authorization"]
+    assert faults[0]["fix"] == "check the password" and faults[0]["log_level"] == "error"
+    assert [e["event"] for e in logs].count("sink.down") == 1
+    assert "an operator must fix" in logs[0]["hint"]
+    assert _fault_value(metrics, "authentication") == 0
+    assert _fault_value(metrics, "authorization") == 1
+    assert health.fault is not None and health.fault.fix == "grant INSERT"
+    with capture_logs() as logs:
+        health.failed(OSError("connection refused"), "open", rows=0, backlog=4)
+    assert [e["event"] for e in logs] == ["sink.still_down", "sink.fault_cleared"]
+    assert health.fault is None and _fault_value(metrics, "authorization") == 0
+
+
+def test_recovery_clears_the_fault() -> None:
+    health, metrics = _health(Clock())
+    health.failed(ServomexSinkFault("ro", fault="read_only_path"), "open", rows=0, backlog=0)
+    assert _fault_value(metrics, "read_only_path") == 1
+    with capture_logs() as logs:
+        health.recovered(backlog=0)
+    assert [e["event"] for e in logs] == ["sink.recovered", "sink.fault_cleared"]
+    assert health.fault is None and _fault_value(metrics, "read_only_path") == 0

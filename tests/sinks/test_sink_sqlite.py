@@ -13,10 +13,13 @@ from sinkdata import steady_samples, varied_samples
 from structlog.testing import capture_logs
 
 from servomexd.errors import (
+    ServomexSinkDataError,
     ServomexSinkError,
+    ServomexSinkFault,
     ServomexSinkSchemaError,
     ServomexSinkWriteError,
     ServomexValidationError,
+    SinkFailure,
 )
 from servomexd.rows import ROW_COLUMNS, sample_to_record
 from servomexd.sinks import SqliteSink, sample_to_row
@@ -136,12 +139,56 @@ async def test_read_only_database_raises_write_error(tmp_path: Path) -> None:
     os.chmod(path, 0o444)
     os.chmod(tmp_path, 0o555)
     try:
-        with pytest.raises(ServomexSinkError):
+        with pytest.raises(ServomexSinkError) as caught:
             async with SqliteSink(path) as sink:
                 await sink.write_many(steady_samples(5))
+        assert caught.value.failure is SinkFailure.OPERATOR
+        assert caught.value.fault == "read_only_path"
     finally:
         os.chmod(tmp_path, 0o755)
         os.chmod(path, 0o644)
+
+
+async def test_unwritable_directory_needs_an_operator() -> None:
+    """A directory the service may not create (as under ProtectSystem=strict without
+    ReadWritePaths=): even root gets EPERM under /sys."""
+    with pytest.raises(ServomexSinkFault) as caught:
+        await SqliteSink("/sys/servomexd-test/samples.sqlite").open()
+    assert caught.value.fault == "read_only_path"
+    assert "ReadWritePaths=" in str(caught.value.fix)
+    assert caught.value.retryable is False
+
+
+async def test_constraint_and_trigger_refusals_are_data(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE samples (device TEXT, value REAL CHECK (value < 50));"
+        "CREATE TRIGGER t BEFORE INSERT ON samples WHEN NEW.value < 0 "
+        "BEGIN SELECT RAISE(ABORT, 'negative'); END;"
+    )
+    conn.close()
+    record = sample_to_record(steady_samples(1)[0])
+    async with SqliteSink(path) as sink:
+        await sink.probe_records([record])  # passes; rolled back
+        for value, text in ((99.0, "CHECK constraint failed"), (-1.0, "negative")):
+            bad = [(*record[:4], value, *record[5:])]
+            with pytest.raises(ServomexSinkDataError, match=text):
+                await sink.probe_records(bad)
+            with pytest.raises(ServomexSinkDataError, match=text) as caught:
+                await sink.write_records(bad, checkpoint=("s", 1))
+            assert caught.value.failure is SinkFailure.DATA
+        await sink.write_records([record], checkpoint=("s", 1))
+    assert read_rows(path) == [(record[0], record[4])]
+
+
+async def test_missing_table_needs_an_operator(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    async with SqliteSink(path) as sink:
+        sqlite3.connect(path).executescript("DROP TABLE samples;")
+        with pytest.raises(ServomexSinkFault) as caught:
+            await sink.write_many(steady_samples(1))
+    assert caught.value.fault == "schema_mismatch"
 
 
 async def test_existing_narrower_and_wider_table(tmp_path: Path) -> None:
