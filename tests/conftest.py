@@ -2,19 +2,29 @@
 
 Postgres tests are skipped only when no server can be found or started AND
 ``$SERVOMEXD_REQUIRE_PG`` is unset; CI sets it, so there they fail loudly instead.
+
+Hypothesis: with ``$CI`` set the "ci" profile runs derandomized (the examples follow
+from the test itself), so a red CI run is reproduced by running the test again;
+elsewhere the default random search keeps looking for new failures.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pg import PgServer, PgUnavailable, fresh_database, pg_required, resolve_server
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev")
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")
