@@ -170,6 +170,8 @@ class AppendResult(NamedTuple):
     seq: int
     dropped_batches: int
     dropped_samples: int
+    dropped: tuple[tuple[int, int], ...] = ()
+    """(seq, samples) of each batch dropped to make room."""
 
 
 class QuarantineResult(NamedTuple):
@@ -319,6 +321,7 @@ class _SpoolStore:
         payload = encode_records(records)
         conn = self._db()
         dropped: list[int] = []
+        sizes: list[int] = []
         dropped_samples = 0
         total = self.bytes
         # Make room by dropping the OLDEST batches: the newest data is the most useful
@@ -328,6 +331,7 @@ class _SpoolStore:
                 break
             dropped.append(seq)
             dropped_samples += entry.samples
+            sizes.append(entry.samples)
             total -= entry.nbytes
         created_at = time.time()
         conn.execute("BEGIN IMMEDIATE")
@@ -357,7 +361,12 @@ class _SpoolStore:
         while self.cache_count > self.cache_rows and self.cache:
             _, evicted = self.cache.popitem(last=False)
             self.cache_count -= len(evicted)
-        return AppendResult(seq, len(dropped), dropped_samples)
+        return AppendResult(
+            seq,
+            len(dropped),
+            dropped_samples,
+            tuple(zip(dropped, sizes, strict=True)),
+        )
 
     def _forget(self, seq: int) -> None:
         entry = self.index.pop(seq, None)
@@ -584,6 +593,11 @@ class Spool:
         self._stats = SpoolStats(0, 0, 0, None, 0)
         self.dropped_samples = 0
         self.dropped_batches = 0
+        self._held_upto = 0
+        """Highest seq the deliverer has read and not yet settled (holds in memory)."""
+        self._unsettled: dict[int, int] = {}
+        """Batches dropped by overflow while the deliverer held them: (seq -> samples).
+        Lost only if the write carrying them fails (``release``); counted then."""
 
     @property
     def stream_id(self) -> str:
@@ -649,9 +663,36 @@ class Spool:
             raise ServomexSpoolError(
                 f"cannot append to the spool: {exc}", context={"path": str(self.path)}
             ) from exc
-        if result.dropped_samples or result.dropped_batches:
-            self._dropped(result.dropped_batches, result.dropped_samples, "max_bytes reached")
+        lost = [(seq, n) for seq, n in result.dropped if seq > self._held_upto]
+        for seq, n in result.dropped:
+            if seq <= self._held_upto:
+                self._unsettled[seq] = n  # in the deliverer's hands: may still arrive
+        if lost:
+            self._dropped(len(lost), sum(n for _, n in lost), "max_bytes reached")
         return result.seq
+
+    def settle(self, written_upto: int) -> None:
+        """The write of every batch up to ``written_upto`` committed: batches dropped by
+        overflow while held in memory did reach the sink, so they are not lost."""
+        arrived = [seq for seq in self._unsettled if seq <= written_upto]
+        if arrived:
+            samples = sum(self._unsettled.pop(seq) for seq in arrived)
+            log.info(
+                "spool.overflow_delivered",
+                batches=len(arrived),
+                samples=samples,
+                hint="dropped from the spool while being delivered; they reached the sink",
+            )
+
+    def release(self) -> None:
+        """The deliverer dropped what it held (a failed write, a resync): held batches
+        that overflow already removed from the spool are lost now, and counted."""
+        self._held_upto = 0
+        if self._unsettled:
+            samples = sum(self._unsettled.values())
+            batches = len(self._unsettled)
+            self._unsettled.clear()
+            self._dropped(batches, samples, "max_bytes reached")
 
     def _dropped(self, batches: int, samples: int, why: str) -> None:
         self.dropped_batches += batches
@@ -707,6 +748,8 @@ class Spool:
         if bad:
             dropped = await self._call(self._store.drop, bad)
             self._dropped(0, dropped, "undecodable batch")
+        if batches:
+            self._held_upto = max(self._held_upto, batches[-1].seq)
         return batches
 
     async def records_of(self, seq: int) -> list[Record]:
@@ -755,6 +798,7 @@ class Spool:
     async def close(self) -> None:
         if self._executor is None:
             return
+        self.release()
         with contextlib.suppress(sqlite3.Error):
             await self._call(self._store.close)
         await self._shutdown_executor()

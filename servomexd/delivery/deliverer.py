@@ -34,8 +34,10 @@ Why no sample is lost and none is stored twice (each step names the code that do
    ends it without quarantining anything (steps 4-5 then apply).
 
 The one loss the spool allows is explicit: over ``max_bytes`` it drops the oldest
-batches and counts them. Sinks without a checkpoint (files) read ``c = 0`` in step 4,
-so an unknown outcome is written again: at-least-once, as documented.
+batches and counts them; a dropped batch the deliverer already holds in memory is
+counted only if the write carrying it fails (``Spool.settle`` / ``Spool.release``).
+Sinks without a checkpoint (files) read ``c = 0`` in step 4, so an unknown outcome
+is written again: at-least-once, as documented.
 
 A failed sink is closed and retried with jittered exponential backoff; meanwhile the
 spool absorbs the data and acquisition never waits. A backlog drains in large chunks
@@ -231,6 +233,8 @@ class Deliverer:
 
     async def _sync_checkpoint(self) -> bool:
         """(Re)open the sink and ack what it already committed (step 4)."""
+        # Whatever was read before is forgotten: overflow losses among it count now.
+        self.spool.release()
         try:
             async with asyncio.timeout(self.write_timeout):
                 await self.destination.open()
@@ -296,6 +300,7 @@ class Deliverer:
             self._recovered()
         self.health.wrote(len(records), time.perf_counter() - started)
         self._delivered = last
+        self.spool.settle(last)
         try:
             await self.spool.ack(last)
         except Exception as exc:
@@ -362,7 +367,12 @@ class Deliverer:
                 rows=len(batch.records),
             )
             return False
-        result = await self.spool.quarantine(batch.seq, bad, error)
+        try:
+            result = await self.spool.quarantine(batch.seq, bad, error)
+            records = await self.spool.records_of(batch.seq) if result.remaining else []
+        except Exception as exc:  # the batch left the spool meanwhile (overflow)
+            log.error("spool.quarantine_failed", seq=batch.seq, error=str(exc))
+            return False
         self.metrics.quarantined_samples.inc(result.quarantined)
         log.error(
             "spool.quarantined",
@@ -379,7 +389,6 @@ class Deliverer:
         if not result.remaining:
             self._delivered = batch.seq
             return True
-        records = await self.spool.records_of(batch.seq)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.write_timeout):
@@ -434,6 +443,7 @@ class Deliverer:
             self._recovered()
         self.health.wrote(rows, seconds)
         self._delivered = seq
+        self.spool.settle(seq)
 
     async def _acked(self) -> None:
         try:

@@ -188,3 +188,56 @@ async def test_checkpoint_ack_failure_is_retried_not_fatal(tmp_path: Path) -> No
         await until(lambda: rig.spool.stats.batches == 0)
     assert failing.ack_failures == 1
     assert stored(rig.db) == [float(i) for i in range(6)]
+
+
+class HeldDestination(FlakyDestination):
+    """The first write waits for ``release``: the batch stays in the deliverer's hands."""
+
+    def __init__(self, settings: SinkSettings) -> None:
+        super().__init__(settings)
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def write_records(self, records: Sequence[Record], *, checkpoint: Any) -> None:
+        if not self.holding.is_set():
+            self.holding.set()
+            await self.release.wait()
+        await super().write_records(records, checkpoint=checkpoint)
+
+
+async def test_overflow_of_a_batch_being_delivered_is_not_counted_when_it_arrives(
+    tmp_path: Path,
+) -> None:
+    """Overflow drops the batch the deliverer is writing; the write then commits: it is
+    stored, so only the batches that really never reached the sink count as dropped."""
+    spool = Spool(tmp_path / "spool", max_bytes=1)  # every append drops every older batch
+    async with Rig(tmp_path, make_dest=HeldDestination, spool=spool) as rig:
+        dest = rig.dest
+        assert isinstance(dest, HeldDestination)
+        rig.add([rec(i) for i in range(10)])
+        await until(dest.holding.is_set)
+        for b in range(1, 4):  # each drops the one before, the held one first
+            await spool.append([rec(10 * b + j) for j in range(10)])
+        assert spool.dropped_samples == 20  # batches 2 and 3; batch 1 is in flight
+        dest.release.set()
+        await until(lambda: rig.idle and spool.stats.batches == 0)
+    values = stored(rig.db)
+    assert values[:10] == [float(i) for i in range(10)]  # the held batch arrived
+    assert len(values) + spool.dropped_samples == 40  # every sample stored or counted
+    assert sorted(set(values)) == sorted(values)
+
+
+async def test_overflow_of_a_batch_whose_write_fails_is_counted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1)
+    async with Rig(tmp_path, make_dest=HeldDestination, spool=spool) as rig:
+        dest = rig.dest
+        assert isinstance(dest, HeldDestination)
+        dest.fail = lambda n: "before" if n == 0 else None
+        rig.add([rec(i) for i in range(10)])
+        await until(dest.holding.is_set)
+        await spool.append([rec(10 + j) for j in range(10)])
+        assert spool.dropped_samples == 0
+        dest.release.set()
+        await until(lambda: spool.dropped_samples == 10)
+        await until(lambda: rig.idle and spool.stats.batches == 0)
+    assert stored(rig.db) == [float(10 + j) for j in range(10)]
