@@ -3,11 +3,19 @@
 The loop (in the spirit of Home Assistant's dsmr reconnect loop and aiomqtt's client):
 
     open a session  --fails-->  link down, back off, retry (a missing port is not fatal)
-    read events, each wait bounded by what is left of ``silence_timeout``
+    read events, each wait bounded by what is left of ``silence_timeout``; when it runs
+        out, look once more (``silence_grace``) before calling the device silent
         frame     -> metrics + samples into the buffer; link up at the first one
         rejection -> counted by reason + an error row into the buffer
     EOF / transport error / OSError / silence  -> close the session AT ONCE, link down,
         back off (jittered, reset after a healthy period), reopen
+
+A device is silent only if nothing arrived, not if the daemon did not look: after a
+stall longer than ``silence_timeout`` (SIGSTOP, a VM pause, heavy swapping) every
+deadline has passed when the process resumes, and the timer fires before the pending
+read has run. The read is therefore never cancelled by the deadline (it is a task kept
+across waits); on expiry the supervisor gives it ``silence_grace`` to deliver what the
+kernel and the transport hold, and only then closes the port, which would discard it.
 
 Closing at once matters: a descriptor held open on an unplugged USB adapter makes the
 kernel give the replugged adapter a new name (ttyUSB1), and the path we reopen would
@@ -33,6 +41,9 @@ from servomexd.model import Frame, Sample
 log = structlog.get_logger("servomexd.supervisor")
 
 _CLOSE_TIMEOUT = 2.0
+_SILENCE_GRACE = 0.5
+"""Seconds the pending read gets, once the silence deadline has passed, to deliver what
+is already waiting (at most ``silence_timeout``)."""
 _OPEN_WARN_AFTER = 10.0
 """An open() still pending after this is reported (an open normally takes milliseconds)."""
 
@@ -54,10 +65,6 @@ class LinkHealth(NamedTuple):
     reconnects: int
 
 
-class _Silence(Exception):
-    """No valid frame within ``silence_timeout``."""
-
-
 class DeviceSupervisor:
     """Keeps one analyser's link alive for as long as ``run()`` runs."""
 
@@ -72,6 +79,7 @@ class DeviceSupervisor:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         open_warn_after: float = _OPEN_WARN_AFTER,
+        silence_grace: float = _SILENCE_GRACE,
     ) -> None:
         self.name = name
         self.factory = factory
@@ -81,6 +89,7 @@ class DeviceSupervisor:
         self.backoff = backoff if backoff is not None else Backoff()
         self._clock = clock
         self.open_warn_after = open_warn_after
+        self.silence_grace = min(silence_grace, silence_timeout)
         self.link_up = False
         self.running = False
         self.sessions_opened = 0
@@ -152,29 +161,47 @@ class DeviceSupervisor:
         iterator: AsyncIterator[AcquisitionEvent] = aiter(events)
         deadline = self._clock() + self.silence_timeout
         first = True
+        grace_until: float | None = None
+        """Set when the deadline is found passed: until then, what is already waiting
+        is read (rejections consumed, a frame proves the device alive)."""
+        pending: asyncio.Future[AcquisitionEvent] | None = None
         try:
             while True:
-                remaining = deadline - self._clock()
+                if pending is None:
+                    pending = asyncio.ensure_future(_next_event(iterator))
+                now = self._clock()
+                if now >= deadline and grace_until is None:
+                    grace_until = now + self.silence_grace
+                if not pending.done():
+                    limit = deadline if grace_until is None else grace_until
+                    if limit > now:
+                        await asyncio.wait({pending}, timeout=limit - now)
+                    if not pending.done():
+                        if grace_until is None:
+                            continue  # the deadline passed just now: the grace starts
+                        return f"no valid frame for {self.silence_timeout:g} s (silence_timeout)"
+                done, pending = pending, None
                 try:
-                    if remaining <= 0:
-                        raise _Silence
-                    async with asyncio.timeout(remaining):
-                        event = await anext(iterator)
-                except (TimeoutError, _Silence):
-                    return f"no valid frame for {self.silence_timeout:g} s (silence_timeout)"
+                    event = done.result()
                 except StopAsyncIteration:
                     return "end of stream (EOF)"
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:
                     return _describe(exc)
                 if isinstance(event, Frame):
                     deadline = self._clock() + self.silence_timeout
+                    grace_until = None
                     self._on_frame(event, first)
                     first = False
                 elif isinstance(event, Rejection):
                     self._on_rejection(event)
         finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait({pending})
+                if not pending.cancelled():
+                    with contextlib.suppress(BaseException):
+                        pending.exception()
             closer = getattr(iterator, "aclose", None)
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -222,6 +249,10 @@ class DeviceSupervisor:
             retry_in_s=round(delay, 2),
             target=self.factory.description,
         )
+
+
+async def _next_event(iterator: AsyncIterator[AcquisitionEvent]) -> AcquisitionEvent:
+    return await anext(iterator)
 
 
 def _describe(exc: BaseException) -> str:
