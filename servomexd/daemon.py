@@ -346,7 +346,11 @@ def _supervisors(
                 writer.flusher,
                 metrics,
                 silence_timeout=device.silence_timeout,
-                backoff=Backoff(initial=0.5, cap=30.0, healthy_after=30.0),
+                # After valid frames, retry within 1 s for 30 s (a replug, a resumed
+                # process), then back off as usual.
+                backoff=Backoff(
+                    initial=0.5, cap=30.0, healthy_after=30.0, quick_for=30.0, quick_cap=1.0
+                ),
             )
         )
     return supervisors

@@ -47,3 +47,30 @@ def test_invalid_parameters() -> None:
         Backoff(initial=0)
     with pytest.raises(ValueError):
         Backoff(initial=5, cap=1)
+
+
+def test_a_link_that_delivered_is_retried_quickly_first_then_backs_off() -> None:
+    """An unplugged adapter that worked (valid frames for 5 s, not the 30 s healthy
+    period): retries stay under quick_cap for quick_for seconds, then grow again."""
+    now = [0.0]
+    backoff = Backoff(initial=0.5, cap=30, healthy_after=30, quick_for=20, quick_cap=1.0,
+                      rng=lambda: 1.0, clock=lambda: now[0])  # fmt: skip
+    for _ in range(6):
+        backoff.next_delay()  # a long outage before: the ceiling is at 30
+    assert backoff.ceiling() == 30
+    backoff.mark_healthy()
+    now[0] += 5  # delivered frames for 5 s, then the adapter was pulled
+    delays = []
+    while now[0] < 40:
+        delay = backoff.next_delay()
+        delays.append(delay)
+        now[0] += delay
+    assert all(d <= 1.0 for d in delays[:15])  # the first 20 s: within a second
+    assert delays[-1] == 30  # then the usual growth, from where it was
+
+
+def test_without_valid_data_there_is_no_quick_retry() -> None:
+    now = [0.0]
+    backoff = Backoff(initial=0.5, cap=30, quick_for=20, quick_cap=1.0,
+                      rng=lambda: 1.0, clock=lambda: now[0])  # fmt: skip
+    assert [backoff.next_delay() for _ in range(5)] == [0.5, 1, 2, 4, 8]
