@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--replug-after", type=_positive_float, help="bring it back S seconds after unplugging"
     )
     simulate.add_argument("--seed", type=int, default=0, help="seed for the simulated values")
+
+    from servomexd.spool_cli import add_spool_parser  # argparse only: cheap to import
+
+    add_spool_parser(
+        commands, f"TOML configuration (default: $SERVOMEXD_CONFIG or {DEFAULT_CONFIG_PATH})"
+    )
     return parser
 
 
@@ -135,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from servomexd.config import check_config
 
         return check_config(args.config)
+    if command == "spool":
+        from servomexd.spool_cli import run_spool
+
+        return run_spool(args)
     if command == "demo":
         from servomexd.demo import run_demo
 
