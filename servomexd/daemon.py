@@ -12,9 +12,14 @@ shutdown  SIGTERM/SIGINT only set an event; then: stop acquisition (ports closed
           the stack closes everything in reverse order, STOPPING=1, exit 0 well
           within 10 s
 
-SIGHUP reopens the sink's output file (CSV starts a new timestamped file, JSONL reopens
-its path after logrotate, Parquet closes the current file and starts the next). It does
-NOT reload the configuration: configuration changes need ``systemctl restart``.
+SIGHUP (``systemctl reload``) reopens the sink's output file (CSV starts a new
+timestamped file, JSONL reopens its path after logrotate, Parquet closes the current
+file and starts the next) and reloads the configuration (``reload.py`` says what
+changed): devices added, removed or changed start, stop or restart alone; a changed sink
+is swapped between two writes (the spool keeps everything in between); logging and the
+metrics listener change in place. An invalid new configuration is logged with every bad
+field and the running one stays (``/readyz`` says the last reload failed). ``[spool]``
+changes need a restart.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from servomexd.errors import ServomexConfigError, ServomexError, ServomexSinkDep
 from servomexd.logs import configure_logging
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
+from servomexd.reload import ReloadPlan, plan_reload
 from servomexd.signals import capture_signals
 from servomexd.sinks.registry import resolve_credentials, sink_type
 from servomexd.spool import Spool
@@ -62,6 +68,7 @@ _STOP_BUDGET = 9.0
 """Seconds from the stop signal to exit, all steps included: systemd's TimeoutStopSec
 is 30 s, the promise to operators is "well within 10 s"."""
 _READY_SINK_WAIT = 5.0
+_CLOSE_GRACE = 10.0
 _THREAD_EXIT_GRACE = 0.5
 
 
@@ -74,8 +81,21 @@ class Daemon:
         *,
         registry: CollectorRegistry | None = None,
         notifier: Notifier | None = None,
+        config: str | None = None,
+        reloadable: bool = False,
     ) -> None:
         self.settings = settings
+        self._config = config
+        self._reloadable = reloadable
+        """SIGHUP re-reads ``config`` (``servomexd run``); embedders keep their settings."""
+        self.reload_error: str | None = None
+        """Why the last reload was refused (None: it worked, or none happened)."""
+        self._reload_lock = asyncio.Lock()
+        self._reloads: list[asyncio.Task[None]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._http: Any = None
+        self._buses: Any = None
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.notifier = notifier if notifier is not None else Notifier()
         self.supervisors: list[DeviceSupervisor] = []
@@ -103,14 +123,119 @@ class Daemon:
         self._stop.set()
 
     def reopen_outputs(self) -> None:
-        """SIGHUP: reopen sink files (logrotate); configuration is not reloaded."""
+        """SIGHUP: reopen sink files (logrotate), then reload the configuration."""
         log.info(
             "daemon.sighup",
-            action="reopening sink output",
-            note="configuration changes need a restart (systemctl restart servomexd)",
+            action="reopening sink output" + (", reloading the configuration"
+                                              if self._reloadable else ""),
         )
         if self.writer is not None:
             self.writer.request_reopen()
+        if self._reloadable and self._tg is not None and not self._stop.is_set():
+            self._reloads.append(self._tg.create_task(self.reload(), name="reload"))
+            self._reloads = [task for task in self._reloads if not task.done()]
+
+    async def reload(self) -> None:
+        """Re-read the configuration and apply what changed (one reload at a time)."""
+        async with self._reload_lock:
+            self.notifier.reloading("reloading the configuration")
+            try:
+                summary = await self._reload()
+            except Exception as exc:  # a bug or an unexpected failure: keep running
+                summary = f"reload failed: {type(exc).__name__}: {exc}"
+                self.reload_error = summary
+                log.error("daemon.reload_failed", error=summary, exc_info=True)
+            self.notifier.ready(f"{summary}; {self.status_line()}")
+
+    async def _reload(self) -> str:
+        try:
+            new = load_settings(self._config)
+            password = resolve_credentials(new.sink)
+        except ConfigInvalid as exc:
+            return self._reload_refused(exc.lines())
+        except ServomexConfigError as exc:
+            return self._reload_refused([exc.message])
+        plan = plan_reload(self.settings, new)
+        old, self.settings = self.settings, new
+        if plan.log:
+            configure_logging(new.log.level, new.log.format)
+        if plan.metrics:
+            await self._restart_http()
+        writer = self.writer
+        if writer is not None:
+            _tune_writer(writer, new)
+        if plan.sink and writer is not None:
+            destination = Destination(new.sink, password=password)
+            try:
+                async with asyncio.timeout(new.sink.write_timeout + _CLOSE_GRACE):
+                    await writer.replace_destination(destination)
+            except TimeoutError:
+                log.warning("daemon.sink_switch_pending",
+                            hint="the switch happens after the write in progress")  # fmt: skip
+        await self._restart_devices(plan, old)
+        self.reload_error = None
+        summary = f"reloaded: {plan.describe()}"
+        log.info("daemon.reloaded", changes=plan.describe())
+        if plan.spool:
+            log.warning("daemon.reload_spool_unchanged",
+                        hint="[spool] changes take effect at the next restart")  # fmt: skip
+        return summary
+
+    def _reload_refused(self, problems: list[str]) -> str:
+        self.reload_error = "; ".join(problems)
+        log.error(
+            "daemon.reload_failed",
+            problems=problems,
+            config=str(config_path(self._config)),
+            hint="the previous configuration keeps running; fix the file and reload again",
+        )
+        return f"reload failed ({len(problems)} invalid setting(s)), previous configuration kept"
+
+    async def _restart_devices(self, plan: ReloadPlan, old: Settings) -> None:
+        """Stop removed and changed devices (their ports close), start added and changed
+        ones; the others keep running untouched."""
+        going = set(plan.removed) | set(plan.changed)
+        stopping = [(sup, task) for sup, task in zip(self.supervisors, self._tasks, strict=True)
+                    if sup.name in going]  # fmt: skip
+        for _, task in stopping:
+            task.cancel()
+        if stopping:
+            await asyncio.wait([task for _, task in stopping], timeout=_SUPERVISOR_STOP_TIMEOUT)
+        kept = [(sup, task) for sup, task in zip(self.supervisors, self._tasks, strict=True)
+                if sup.name not in going]  # fmt: skip
+        for sup, _ in stopping:
+            if sup.name in plan.removed:
+                self.metrics.unregister_device(sup.name)
+        starting = set(plan.added) | set(plan.changed)
+        writer, tg = self.writer, self._tg
+        assert writer is not None and tg is not None
+        if any(d.is_modbus for d in self.settings.devices) and self._buses is None:
+            from servomexd.acquisition.modbus import ModbusBusRegistry
+
+            self._buses = ModbusBusRegistry(self.metrics)
+        new = [
+            _supervisor(device, writer, self.metrics, self._buses)
+            for device in self.settings.devices
+            if device.name in starting
+        ]
+        for sup in new:
+            kept.append((sup, tg.create_task(sup.run(), name=f"device:{sup.name}")))
+        order = {device.name: i for i, device in enumerate(self.settings.devices)}
+        kept.sort(key=lambda pair: order[pair[0].name])
+        self.supervisors = [sup for sup, _ in kept]
+        self._tasks = [task for _, task in kept]
+
+    async def _restart_http(self) -> None:
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
+            self.metrics_port = None
+        if self.settings.metrics.enabled and self._stack is not None:
+            try:
+                await self._start_http(self._stack)
+            except ServomexError as exc:
+                log.error("metrics.listen_failed", error=str(exc),
+                          hint="metrics stay off until the next successful reload")  # fmt: skip
 
     # --- health, status, liveness ----------------------------------------------------------
 
@@ -122,7 +247,15 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """For /readyz: every link up, and the sink up or the spool accepting."""
-        return status.readiness(self._links(), self._delivery(), self.settings.sink.type)
+        ready, details = status.readiness(
+            self._links(), self._delivery(), self.settings.sink.type
+        )
+        if self.reload_error is not None:
+            problems = details["problems"]
+            assert isinstance(problems, list)
+            problems.append(f"last reload failed: {self.reload_error}")
+            details["ready"] = ready = False
+        return ready, details
 
     def status_line(self) -> str:
         return status.status_line(self._links(), self._delivery())
@@ -145,6 +278,7 @@ class Daemon:
             signal.SIGHUP: self.reopen_outputs,
         }
         async with contextlib.AsyncExitStack() as stack:
+            self._stack = stack
             stack.enter_context(capture_signals(loop, signals))
             try:
                 writer = await self._startup(stack)
@@ -196,7 +330,9 @@ class Daemon:
             spool_limit=s.spool.max_bytes,
         )
         self._budget.closes(stack, writer.aclose, 1.0)
-        self.supervisors = _supervisors(self.settings, writer, self.metrics, stack, self._budget)
+        self.supervisors, self._buses = _supervisors(
+            self.settings, writer, self.metrics, stack, self._budget
+        )
         self.writer = writer
         return writer
 
@@ -216,9 +352,11 @@ class Daemon:
                 context={"key": "metrics.listen"},
             ) from exc
         self._budget.closes(stack, http.stop, 0.5)
+        self._http = http
         self.metrics_port = http.bound_port
 
     async def _main(self, tg: asyncio.TaskGroup, writer: Writer) -> None:
+        self._tg = tg
         self._writer_task = tg.create_task(writer.run(), name="writer")
         self._tasks = [
             tg.create_task(sup.run(), name=f"device:{sup.name}") for sup in self.supervisors
@@ -248,6 +386,8 @@ class Daemon:
         self._budget.start(_STOP_BUDGET)
         log.info("daemon.stopping", reason=self._stop_reason)
         self.notifier.stopping("stopping: flushing samples")
+        for reload in self._reloads:  # a reload must not outlive the parts it changes
+            reload.cancel()
         # 1. stop acquisition: supervisors close their ports
         for task in self._tasks:
             task.cancel()
@@ -325,35 +465,45 @@ def _supervisors(
     metrics: Metrics,
     stack: contextlib.AsyncExitStack,
     budget: StopBudget,
-) -> list[DeviceSupervisor]:
-    """One supervisor per device, each feeding the writer's flusher."""
+) -> tuple[list[DeviceSupervisor], Any]:
+    """One supervisor per device, each feeding the writer's flusher; and the Modbus bus
+    registry they share (None without Modbus devices)."""
     buses = None
     if any(d.is_modbus for d in settings.devices):
         from servomexd.acquisition.modbus import ModbusBusRegistry
 
         buses = ModbusBusRegistry(metrics)
         budget.closes(stack, buses.aclose, 0.5)
-    supervisors = []
-    for device in settings.devices:
-        try:
-            factory = build_session_factory(device, buses)
-        except ValueError as exc:  # ServomexValidationError is a ValueError
-            raise ServomexConfigError(f"device {device.name}: {exc}") from exc
-        supervisors.append(
-            DeviceSupervisor(
-                device.name,
-                factory,
-                writer.flusher,
-                metrics,
-                silence_timeout=device.silence_timeout,
-                # After valid frames, retry within 1 s for 30 s (a replug, a resumed
-                # process), then back off as usual.
-                backoff=Backoff(
-                    initial=0.5, cap=30.0, healthy_after=30.0, quick_for=30.0, quick_cap=1.0
-                ),
-            )
-        )
-    return supervisors
+    return [_supervisor(device, writer, metrics, buses) for device in settings.devices], buses
+
+
+def _supervisor(device: Any, writer: Writer, metrics: Metrics, buses: Any) -> DeviceSupervisor:
+    try:
+        factory = build_session_factory(device, buses)
+    except ValueError as exc:  # ServomexValidationError is a ValueError
+        raise ServomexConfigError(f"device {device.name}: {exc}") from exc
+    return DeviceSupervisor(
+        device.name,
+        factory,
+        writer.flusher,
+        metrics,
+        silence_timeout=device.silence_timeout,
+        # After valid frames, retry within 1 s for 30 s (a replug, a resumed
+        # process), then back off as usual.
+        backoff=Backoff(
+            initial=0.5, cap=30.0, healthy_after=30.0, quick_for=30.0, quick_cap=1.0
+        ),
+    )
+
+
+def _tune_writer(writer: Writer, settings: Settings) -> None:
+    """The delivery knobs a reload changes in place (the sink itself is swapped apart)."""
+    sink = settings.sink
+    writer.flusher.batch_size = sink.batch_size
+    writer.flusher.flush_interval = sink.flush_interval
+    writer.deliverer.max_write_rows = sink.max_write_rows
+    writer.deliverer.write_timeout = sink.write_timeout
+    writer.deliverer.backoff.cap = max(sink.retry_max_delay, writer.deliverer.backoff.initial)
 
 
 def run_daemon(config: str | None) -> int:
@@ -370,7 +520,7 @@ def run_daemon(config: str | None) -> int:
     configure_logging(settings.log.level, settings.log.format)
     log.debug("daemon.config_loaded", path=str(config_path(config)))
     try:
-        code = _run(Daemon(settings).serve())
+        code = _run(Daemon(settings, config=config, reloadable=True).serve())
     except KeyboardInterrupt:  # a signal before the handlers were installed
         code = 130
     except Exception:

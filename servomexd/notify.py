@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Mapping
 
 import structlog
@@ -48,6 +49,12 @@ class Notifier:
 
     def status(self, text: str) -> None:
         self._send(f"STATUS={_one_line(text)}")
+
+    def reloading(self, status: str | None = None) -> None:
+        """A reload begins (``READY=1`` ends it); MONOTONIC_USEC as Type=notify-reload
+        wants it."""
+        message = f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}"
+        self._send(message if status is None else f"{message}\nSTATUS={_one_line(status)}")
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")

@@ -120,6 +120,9 @@ class Deliverer:
         self._prefetched: asyncio.Task[Chunk] | None = None
         self._reopen = False
         self._polled_at = 0.0
+        self._switch: tuple[Destination, SinkHealth, asyncio.Future[None]] | None = None
+        self._interrupt = asyncio.Event()
+        """Wakes a retry pause early (a sink switch is waiting)."""
         self.first_sync = asyncio.Event()
         """Set once the sink has been tried at start (opened or failed)."""
         roll = destination.roll_interval
@@ -129,6 +132,18 @@ class Deliverer:
         """SIGHUP: reopen the sink's file between two writes."""
         self._reopen = True
         self.feed.spooled.set()
+
+    def switch(self, destination: Destination, health: SinkHealth) -> asyncio.Future[None]:
+        """Deliver to ``destination`` from the next round on (a reload changed the sink).
+
+        Between two writes the old sink is closed and the new one synced like after a
+        failure (step 4): batches the old sink committed were acked and left the spool;
+        every other batch goes to the new sink. The future completes once switched."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._switch = (destination, health, done)
+        self._interrupt.set()
+        self.feed.spooled.set()
+        return done
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -142,6 +157,8 @@ class Deliverer:
 
     async def _round(self) -> bool:
         """One step: reopen if asked, sync if needed, deliver one chunk. False: done."""
+        if self._switch is not None:
+            await self._switch_destination()
         if self._reopen or self.destination.roll_due():
             await self._reopen_destination()
         await self._poll_quarantine()
@@ -192,11 +209,48 @@ class Deliverer:
         update_spool_gauges(self.spool, self.metrics)
 
     async def _pause(self, delay: float) -> bool:
-        """Wait before a retry, waking at once on stop; False when stopping."""
+        """Wait before a retry, waking at once on stop or a sink switch; False when
+        stopping."""
         if self._stop.is_set():
             return False
-        await wait_or_timeout(self._stop, delay)
+        if self._switch is not None:
+            return True
+        self._interrupt.clear()
+        waits = [
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._interrupt.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
         return True
+
+    async def _switch_destination(self) -> None:
+        assert self._switch is not None
+        destination, health, done = self._switch
+        self._switch = None
+        await self._drop_prefetch()
+        old, previous = self.destination, self.health
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await old.close()
+        except Exception as exc:
+            error = str(exc) or type(exc).__name__
+            log.warning("sink.close_failed", sink=previous.sink, error=error)
+        previous.closed()
+        self.destination, self.health = destination, health
+        self._synced = False
+        self.backoff.reset()
+        log.info(
+            "sink.switched",
+            closed=old.description,
+            target=destination.description,
+            hint="pending batches go to the new sink; committed ones were acked",
+        )
+        if not done.done():
+            done.set_result(None)
 
     # --- reading ahead ------------------------------------------------------------------
 

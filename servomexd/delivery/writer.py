@@ -37,19 +37,18 @@ class Writer:
         spool_limit: int | None = None,
     ) -> None:
         self.spool = spool
-        self.destination = destination
         self.spool_limit = spool_limit
         """Readiness counts the spool as full from this many bytes (None: no limit)."""
         self._stop = asyncio.Event()
+        self._metrics = metrics
         self.flusher = Flusher(
             spool, metrics, batch_size=batch_size, flush_interval=flush_interval
         )
-        self.health = SinkHealth(destination.kind, lambda: destination.description, metrics)
         self.deliverer = Deliverer(
             spool,
             destination,
             self.flusher,
-            self.health,
+            SinkHealth(destination.kind, lambda: destination.description, metrics),
             metrics,
             stop=self._stop,
             backlog=self.backlog,
@@ -81,6 +80,24 @@ class Writer:
             samples_accepted=self.flusher.samples_accepted,
             samples_written=self.health.samples_written,
         )
+
+    @property
+    def destination(self) -> Destination:
+        """The sink being delivered to (a reload may replace it)."""
+        return self.deliverer.destination
+
+    @property
+    def health(self) -> SinkHealth:
+        return self.deliverer.health
+
+    async def replace_destination(self, destination: Destination) -> None:
+        """A reload changed the sink: flush the memory buffer to the spool, then let the
+        deliverer close the old sink and open ``destination`` between two writes.
+        Nothing is lost or sent twice: the spool holds everything not yet acked.
+        Returns once switched (a caller's timeout does not undo the switch)."""
+        await self.flusher.flush()
+        health = SinkHealth(destination.kind, lambda: destination.description, self._metrics)
+        await asyncio.shield(self.deliverer.switch(destination, health))
 
     def request_reopen(self) -> None:
         """SIGHUP: reopen the sink's file between two writes."""
