@@ -192,3 +192,35 @@ def test_sink_sqlite_to_postgres_mid_stream_exactly_once(
     assert max(in_sqlite.stored_indexes) < min(in_pg.stored_indexes)  # in order
     combined = compare(frames, sqlite_rows(db) + run_async(pg_rows), "an-1")
     assert missing_between(combined, frames, combined.first, combined.last) == []
+
+
+def test_metrics_listener_and_log_format_change_in_place(
+    tmp_path: Path, procs: list[Any]
+) -> None:
+    from pg import free_port
+
+    sim = Simulator(tmp_path, period=0.05)
+    procs.append(sim)
+    config = write_config(tmp_path, [device(sim, "an-1")])
+    daemon = DaemonProc(config)
+    procs.append(daemon)
+    daemon.wait_ready()
+    old_port = daemon.metrics_port
+    new_port = free_port()
+    config.write_text(
+        config.read_text()
+        .replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{new_port}"')
+        .replace('format = "journald"', 'format = "json"')
+    )
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    wait_for(lambda: '"event": "daemon.reloaded"' in daemon.text(), 15, "reloaded (as JSON)")
+    import urllib.error
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{new_port}/metrics", timeout=5) as answer:
+        assert answer.status == 200 and b"servomexd_frames_total" in answer.read()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{old_port}/metrics", timeout=2)
+    reloaded = next(line for line in daemon.text().splitlines() if "daemon.reloaded" in line)
+    assert "metrics listener moved" in reloaded and "logging changed" in reloaded
+    assert daemon.terminate()[0] == 0
