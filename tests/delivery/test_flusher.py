@@ -47,6 +47,23 @@ async def test_add_never_blocks_and_memory_is_bounded_when_spool_fails(tmp_path:
         await asyncio.wait_for(rig.task, 5)
 
 
+async def test_samples_held_in_memory_have_their_own_gauge(tmp_path: Path) -> None:
+    """The spool cannot be written (its disk full): the samples wait in memory, and
+    servomexd_buffered_samples says so while servomexd_spool_pending_samples reads 0."""
+    rig = Rig(tmp_path)
+    async with rig:
+        await rig.spool.close()  # appends now fail
+        rig.add([rec(i) for i in range(300)])
+        await until(lambda: not rig.writer.flusher.spool_ok)
+        await until(lambda: rig.metric("servomexd_buffered_samples") == 300)
+        assert rig.metric("servomexd_spool_pending_samples") == 0
+        await rig.spool.open()  # space is back: the buffer goes to the spool and the sink
+        await until(lambda: len(stored(rig.db)) == 300)
+        await until(lambda: rig.metric("servomexd_buffered_samples") == 0)
+        rig.writer.request_stop()
+        await asyncio.wait_for(rig.task, 5)
+
+
 async def test_flush_cancelled_while_the_spool_is_busy_loses_nothing(tmp_path: Path) -> None:
     """The shutdown deadline cancels the writer while its final append waits behind
     another spool call (a prefetch read): the records must still be spooled, once."""

@@ -58,3 +58,29 @@ def test_sigstop_longer_than_silence_timeout_loses_no_frame(tmp_path: Path) -> N
     assert result.duplicates == {}
     assert missing_between(result, frames, before, during + 5) == []
     assert not [line for line in daemon.events("device.link_down") if "silence" in line]
+
+
+def test_a_replugged_adapter_that_worked_is_reopened_within_seconds(tmp_path: Path) -> None:
+    """Unplugged for 12 s after a few seconds of valid frames: the retries stay within a
+    second (the link had delivered), so the replug is picked up at once, not after the
+    8-16 s an escalated backoff would wait."""
+    sim = Simulator(tmp_path, period=0.05, args=["--unplug-after", "4", "--replug-after", "12"])
+    config = write_config(
+        tmp_path, [{"name": "an-1", "port": str(sim.link), "silence_timeout": 2.0}]
+    )
+    daemon = DaemonProc(config)
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: any(e.get("event") == "replug" for e in sim.entries()), 30, "replug")
+        replugged_at = next(e["at"] for e in sim.entries() if e.get("event") == "replug")
+        wait_for(lambda: len(daemon.events("device.link_up")) >= 2, 10, "link up again")
+        assert daemon.terminate()[0] == 0
+    finally:
+        daemon.cleanup()
+        sim.stop()
+    from datetime import datetime
+
+    second_up = daemon.events("device.link_up")[1]
+    stamp = next(p.split("=", 1)[1] for p in second_up.split() if p.startswith("timestamp="))
+    delay = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() - replugged_at
+    assert 0 <= delay < 2.5, f"reopened {delay:.1f} s after the replug"
