@@ -156,7 +156,13 @@ class Daemon:
         except ServomexConfigError as exc:
             return self._reload_refused([exc.message])
         plan = plan_reload(self.settings, new)
-        old, self.settings = self.settings, new
+        try:
+            # Built before anything changes: a device the new file describes badly (a
+            # Modbus line conflict) refuses the whole reload, not half of it.
+            starting = self._new_supervisors(plan, new)
+        except ServomexConfigError as exc:
+            return self._reload_refused([str(exc)])
+        self.settings = new
         if plan.log:
             configure_logging(new.log.level, new.log.format)
         if plan.metrics:
@@ -172,7 +178,7 @@ class Daemon:
             except TimeoutError:
                 log.warning("daemon.sink_switch_pending",
                             hint="the switch happens after the write in progress")  # fmt: skip
-        await self._restart_devices(plan, old)
+        await self._restart_devices(plan, starting)
         self.reload_error = None
         summary = f"reloaded: {plan.describe()}"
         log.info("daemon.reloaded", changes=plan.describe())
@@ -191,34 +197,50 @@ class Daemon:
         )
         return f"reload failed ({len(problems)} invalid setting(s)), previous configuration kept"
 
-    async def _restart_devices(self, plan: ReloadPlan, old: Settings) -> None:
-        """Stop removed and changed devices (their ports close), start added and changed
-        ones; the others keep running untouched."""
+    def _new_supervisors(self, plan: ReloadPlan, new: Settings) -> list[DeviceSupervisor]:
+        """Supervisors for the added and changed devices of ``new`` (not started)."""
+        starting = set(plan.added) | set(plan.changed)
+        devices = [device for device in new.devices if device.name in starting]
+        if not devices:
+            return []
+        writer = self.writer
+        assert writer is not None
+        if any(d.is_modbus for d in devices) and self._buses is None:
+            from servomexd.acquisition.modbus import ModbusBusRegistry
+
+            self._buses = ModbusBusRegistry(self.metrics)
+            if self._stack is not None:
+                self._budget.closes(self._stack, self._buses.aclose, 0.5)
+        if self._buses is not None:
+            # Ports only left or changed devices used may take new line settings.
+            going = set(plan.removed) | set(plan.changed)
+            kept = {os.path.normpath(str(d.port)) for d in self.settings.devices
+                    if d.is_modbus and d.name not in going}  # fmt: skip
+            for device in self.settings.devices:
+                port = os.path.normpath(str(device.port))
+                if device.is_modbus and device.name in going and port not in kept:
+                    self._buses._declared.pop(port, None)
+        return [_supervisor(device, writer, self.metrics, self._buses) for device in devices]
+
+    async def _restart_devices(
+        self, plan: ReloadPlan, starting: list[DeviceSupervisor]
+    ) -> None:
+        """Stop removed and changed devices (their ports close), start the new
+        supervisors; the others keep running untouched."""
         going = set(plan.removed) | set(plan.changed)
-        stopping = [(sup, task) for sup, task in zip(self.supervisors, self._tasks, strict=True)
-                    if sup.name in going]  # fmt: skip
+        pairs = list(zip(self.supervisors, self._tasks, strict=True))
+        stopping = [(sup, task) for sup, task in pairs if sup.name in going]
         for _, task in stopping:
             task.cancel()
         if stopping:
             await asyncio.wait([task for _, task in stopping], timeout=_SUPERVISOR_STOP_TIMEOUT)
-        kept = [(sup, task) for sup, task in zip(self.supervisors, self._tasks, strict=True)
-                if sup.name not in going]  # fmt: skip
         for sup, _ in stopping:
             if sup.name in plan.removed:
                 self.metrics.unregister_device(sup.name)
-        starting = set(plan.added) | set(plan.changed)
-        writer, tg = self.writer, self._tg
-        assert writer is not None and tg is not None
-        if any(d.is_modbus for d in self.settings.devices) and self._buses is None:
-            from servomexd.acquisition.modbus import ModbusBusRegistry
-
-            self._buses = ModbusBusRegistry(self.metrics)
-        new = [
-            _supervisor(device, writer, self.metrics, self._buses)
-            for device in self.settings.devices
-            if device.name in starting
-        ]
-        for sup in new:
+        tg = self._tg
+        assert tg is not None
+        kept = [(sup, task) for sup, task in pairs if sup.name not in going]
+        for sup in starting:
             kept.append((sup, tg.create_task(sup.run(), name=f"device:{sup.name}")))
         order = {device.name: i for i, device in enumerate(self.settings.devices)}
         kept.sort(key=lambda pair: order[pair[0].name])

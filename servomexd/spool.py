@@ -717,7 +717,9 @@ class Spool:
                 f"cannot ack spool batches: {exc}", context={"path": str(self.path)}
             ) from exc
 
-    async def read_after(self, after_seq: int, max_rows: int) -> list[SpoolBatch]:
+    async def read_after(
+        self, after_seq: int, max_rows: int, *, hold: bool = True
+    ) -> list[SpoolBatch]:
         """Pending batches in seq order after ``after_seq`` (about ``max_rows`` rows).
 
         The spool thread only fetches; payloads are decoded here, on the caller's thread,
@@ -748,7 +750,7 @@ class Spool:
         if bad:
             dropped = await self._call(self._store.drop, bad)
             self._dropped(0, dropped, "undecodable batch")
-        if batches:
+        if batches and hold:  # the deliverer now holds them in memory (see settle)
             self._held_upto = max(self._held_upto, batches[-1].seq)
         return batches
 

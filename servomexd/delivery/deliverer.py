@@ -78,8 +78,8 @@ _CONFIRM = 3
 """Times a row must be refused alone, with a data error, before it is quarantined."""
 _ACCEPTS_ROWS_WINDOW = 600.0
 """A batch whose every row is refused is quarantined only if the sink committed a write
-this recently: a sink refusing everything (a trigger raising for every row) is a fault
-for an operator, not poison."""
+this recently, or accepts the next pending batch in a probe: a sink refusing everything
+(a trigger raising for every row) is a fault for an operator, not poison."""
 _QUARANTINE_POLL = 5.0
 """Seconds between checks for quarantined rows an operator marked for retry."""
 
@@ -409,7 +409,7 @@ class Deliverer:
             )
             await self._failed(ServomexSinkFault(error or "refused", fault="other"), "write")
             return False
-        if len(bad) == len(batch.records) and not self._sink_accepts_rows():
+        if len(bad) == len(batch.records) and not await self._sink_accepts_rows(batch.seq):
             await self._failed(
                 ServomexSinkFault(
                     f"the sink refuses every row: {error}",
@@ -488,9 +488,21 @@ class Deliverer:
             await search(0, len(records))
         return bad, error
 
-    def _sink_accepts_rows(self) -> bool:
+    async def _sink_accepts_rows(self, seq: int) -> bool:
+        """Evidence the sink takes other rows: a recent committed write, or the next
+        pending batch passing a probe (a poison batch first in line after a start)."""
         last = self.health.last_write_at
-        return last is not None and time.monotonic() - last < _ACCEPTS_ROWS_WINDOW
+        if last is not None and time.monotonic() - last < _ACCEPTS_ROWS_WINDOW:
+            return True
+        try:
+            following = await self.spool.read_after(seq, 1, hold=False)
+            if not following:
+                return False
+            async with asyncio.timeout(self.write_timeout):
+                await self.destination.probe_records(following[0].records)
+        except Exception:
+            return False
+        return True
 
     def _written(self, seq: int, rows: int, seconds: float) -> None:
         if self.health.in_outage:

@@ -227,3 +227,23 @@ async def test_quarantine_overflow_is_counted_as_dropped(tmp_path: Path) -> None
         assert rig.metric("servomexd_quarantined_samples_total") == 0
     assert stored(rig.db) == [1.0, 2.0]
     assert quarantined(tmp_path / "spool") == []
+
+
+async def test_a_wholly_poisoned_first_batch_is_quarantined_when_the_next_passes(
+    tmp_path: Path,
+) -> None:
+    """Right after a start no write has succeeded yet: the batch first in line refuses
+    every row, but the next one passes a probe, so the sink does take rows: poison."""
+    guarded_sqlite(tmp_path / "out.sqlite")
+    spool = Spool(tmp_path / "spool")
+    await spool.open()
+    await spool.append([valued(555.0 + i) for i in range(5)])  # every row refused
+    await spool.append([valued(float(i)) for i in range(5)])
+    await spool.close()
+    async with Rig(tmp_path, spool=spool) as rig:
+        await until(lambda: rig.idle and rig.metric("servomexd_quarantined_samples_total") == 5)
+        assert rig.writer.health.fault is None
+    assert stored(rig.db) == [float(i) for i in range(5)]
+    assert sorted(r[2][4] for r in quarantined(tmp_path / "spool")) == [
+        555.0 + i for i in range(5)
+    ]
