@@ -9,9 +9,11 @@ are imported only when their sink opens.
 Failure contract (what the daemon's writer relies on):
 
 * ``ServomexSinkWriteError``: the batch was not stored (rolled back as a whole),
-  the driver error is chained as ``__cause__``; retry later. ``open()`` raises it
-  too when the store is unreachable. Postgres sets ``context["retryable"]``: False
-  when a retry cannot help (a value the column rejects, a missing privilege).
+  the driver error is chained as ``__cause__``. ``open()`` raises it too when the
+  store is unreachable. Its ``failure`` (``servomexd.errors.SinkFailure``) says what
+  to do: TRANSIENT (retry later; ``retryable`` is True), OPERATOR
+  (``ServomexSinkFault``: ``fault`` names the reason, ``fix`` the remedy) or DATA
+  (``ServomexSinkDataError``: these rows are refused; ``probe_records`` finds which).
 * ``ServomexSinkSchemaError``: the destination table is missing or a column type
   cannot hold the data (``open()``); fix the configuration.
 * ``ServomexSinkDependencyError``: the optional driver is not installed.
