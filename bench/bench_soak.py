@@ -114,6 +114,7 @@ class Soak:
         self.faults: Counter[str] = Counter()
         self.silence = 2.0
         self.sims: list[subprocess.Popen[bytes]] = []
+        self.timeline: list[tuple[str, float]] = []
 
     # --- setup -------------------------------------------------------------------------
 
@@ -237,6 +238,7 @@ class Soak:
 
     def fault(self, name: str) -> None:
         self.faults[name] += 1
+        self.timeline.append((name, time.time()))
         if name == "pg_restart":
             self.pg.stop("fast")
             time.sleep(5)
@@ -308,15 +310,24 @@ class Soak:
                                                             if inc.killed else 0.5))
             for inc in self.incarnations[:-1] if inc.ready is not None
         ]  # fmt: skip
-        sent = stored = duplicated = lost = refused = outside = 0
+        # Frames a device restart or an unplug cuts off while in flight are not the
+        # daemon's loss: c0 restarts at each reload (its settings change), an unplugged
+        # adapter's kernel buffer is gone. Each is counted apart.
+        reload_cuts = [(at - 0.5, at + 2.0) for name, at in self.timeline if name == "reload"]
+        sent = stored = duplicated = lost = refused = outside = cut = 0
+        lost_frames: list[dict[str, Any]] = []
         for i in range(self.args.continuous):
             frames = []
+            unplugs: list[float] = []
             emit = self.work / f"emit-c{i}.jsonl"
             for line in emit.read_text().splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
                     entry = json.loads(line)
+                    if entry.get("event") == "unplug":
+                        unplugs.append(float(entry["at"]))
                     if "index" in entry and not entry.get("dropped"):
                         frames.append(entry)
+            cuts = [(at - 1.0, at) for at in unplugs] + (reload_cuts if i == 0 else [])
             by_e1 = {round(f["values"]["E1"] * 1000): f for f in frames}
             counts: Counter[int] = Counter()
             for device, channel, value, *_ in rows:
@@ -334,10 +345,14 @@ class Soak:
                 if frame.get("corrupt") or frame["index"] in counts or key in held:
                     continue
                 at = float(frame["sent_at"])
-                if any(lo <= at <= hi for lo, hi in windows):
-                    lost += 1
-                else:
+                if not any(lo <= at <= hi for lo, hi in windows):
                     outside += 1
+                elif any(lo <= at <= hi for lo, hi in cuts):
+                    cut += 1
+                else:
+                    lost += 1
+                    lost_frames.append({"device": f"c{i}", "index": frame["index"],
+                                        "sent_at": at})  # fmt: skip
         modbus_dups = Counter(
             (d, c, mono) for d, c, _v, mono, *_ in rows if d.startswith("m") and mono is not None
         )
@@ -360,6 +375,9 @@ class Soak:
             "frames_duplicated": duplicated,
             "frames_lost": lost,
             "frames_not_read_daemon_down": outside,
+            "frames_cut_by_device_restart_or_unplug": cut,
+            "lost_frames": lost_frames[:20],
+            "faults_at": [(name, round(at, 2)) for name, at in self.timeline],
             "e1_rows_quarantined": refused,
             "samples_dropped_logged": dropped,
             "modbus_rows": sum(modbus_dups.values()),
