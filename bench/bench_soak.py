@@ -310,24 +310,30 @@ class Soak:
                                                             if inc.killed else 0.5))
             for inc in self.incarnations[:-1] if inc.ready is not None
         ]  # fmt: skip
-        # Frames a device restart or an unplug cuts off while in flight are not the
-        # daemon's loss: c0 restarts at each reload (its settings change), an unplugged
-        # adapter's kernel buffer is gone. Each is counted apart.
+        # Frames a device restart or an unplug cuts off are not the daemon's loss: c0
+        # restarts at each reload (its settings change), an unplugged adapter's kernel
+        # buffer is gone, a replugged one has no reader until it is reopened. Counted apart.
         reload_cuts = [(at - 0.5, at + 2.0) for name, at in self.timeline if name == "reload"]
         sent = stored = duplicated = lost = refused = outside = cut = 0
         lost_frames: list[dict[str, Any]] = []
         for i in range(self.args.continuous):
             frames = []
             unplugs: list[float] = []
+            replugs: list[float] = []
             emit = self.work / f"emit-c{i}.jsonl"
             for line in emit.read_text().splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
                     entry = json.loads(line)
                     if entry.get("event") == "unplug":
                         unplugs.append(float(entry["at"]))
+                    if entry.get("event") == "replug":
+                        replugs.append(float(entry["at"]))
                     if "index" in entry and not entry.get("dropped"):
                         frames.append(entry)
-            cuts = [(at - 1.0, at) for at in unplugs] + (reload_cuts if i == 0 else [])
+            # a replugged adapter is reopened within the quick retry (1 s): what it
+            # sends before that has no reader
+            cuts = [(at - 1.0, at) for at in unplugs] + [(at, at + 1.5) for at in replugs]
+            cuts += reload_cuts if i == 0 else []
             by_e1 = {round(f["values"]["E1"] * 1000): f for f in frames}
             counts: Counter[int] = Counter()
             for device, channel, value, *_ in rows:
