@@ -27,6 +27,8 @@ the stored rows and the spool's quarantine:
 * RSS and open fds of the daemon: first incarnation after warm-up, last before stop.
 
 Modbus devices are polled (nothing is "sent" unasked): they are checked for duplicates.
+E1 repeats after 16,000 frames (53 minutes at the default 0.2 s period): for longer
+runs raise ``--period`` so each device sends fewer than 16,000 frames.
 
     .venv/bin/python bench/bench_soak.py --minutes 30
 """
@@ -437,6 +439,8 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
+    if args.minutes * 60 / args.period >= 16_000:
+        parser.error("E1 values would repeat (16,000 frames per device): raise --period")
     work = Path(tempfile.mkdtemp(prefix="servomexd-soak-"))
     soak = Soak(args, work)
     try:
