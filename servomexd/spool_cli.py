@@ -111,8 +111,12 @@ def _open(path: Path, *, write: bool) -> Iterator[sqlite3.Connection]:
     """A connection to an existing spool: read-only unless ``write`` (never created)."""
     if not path.is_file():
         raise NotASpool(f"no spool at {path}")
-    mode = "rw" if write else "ro"
-    conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None)
+    query = "mode=rw" if write else "mode=ro"
+    if not write and not path.with_name(path.name + "-shm").exists():
+        # No connection has it open (no daemon): read it as it is, creating no -wal or
+        # -shm file (owned by whoever runs this, they could lock the daemon out later).
+        query += "&immutable=1"
+    conn = sqlite3.connect(f"file:{path}?{query}", uri=True, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
         try:

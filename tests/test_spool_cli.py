@@ -80,6 +80,7 @@ def test_status_and_exports(tmp_path: Path) -> None:
     assert {r["sink_error"] for r in table} == {"CheckViolationError: value < 3"}
     assert list(table[0]) == ["id", "seq", "quarantined_at", "sink_error", *ROW_COLUMNS]
     assert (spool_dir / SPOOL_FILENAME).read_bytes() == before  # read-only
+    assert sorted(p.name for p in spool_dir.iterdir()) == [SPOOL_FILENAME]  # no -wal/-shm
 
 
 def test_retry_moves_rows_back_for_the_daemon_and_drop_needs_yes(tmp_path: Path) -> None:

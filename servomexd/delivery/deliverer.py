@@ -120,6 +120,8 @@ class Deliverer:
         self._prefetched: asyncio.Task[Chunk] | None = None
         self._reopen = False
         self._polled_at = 0.0
+        self._unisolated = (0, 0)
+        """(seq, times) of a batch refused whole while every row passed alone."""
         self._switch: tuple[Destination, SinkHealth, asyncio.Future[None]] | None = None
         self._interrupt = asyncio.Event()
         """Wakes a retry pause early (a sink switch is waiting)."""
@@ -399,15 +401,32 @@ class Deliverer:
             await self._failed(exc, "probe", rows=len(batch.records))
             return False
         if not bad:
-            # Refused together, accepted alone (a constraint across rows): no row to blame.
-            log.error(
+            # Refused together, accepted alone: the cause went away meanwhile (a trigger
+            # dropped), or a constraint across rows. Retried with backoff; only a
+            # refusal that keeps coming back is for an operator.
+            seq, times = self._unisolated
+            times = times + 1 if seq == batch.seq else 1
+            self._unisolated = (batch.seq, times)
+            log.warning(
                 "sink.refusal_not_isolated",
                 sink=self.health.sink,
                 seq=batch.seq,
                 rows=len(batch.records),
-                hint="every row passes alone; retried with backoff",
+                times=times,
+                hint="every row passes alone; the batch is retried",
             )
-            await self._failed(ServomexSinkFault(error or "refused", fault="other"), "write")
+            if times >= _CONFIRM:
+                await self._failed(
+                    ServomexSinkFault(
+                        f"the sink refuses batch {batch.seq} as a whole but each row alone "
+                        f"passes: {error or 'refused'}",
+                        fault="other",
+                        fix="a constraint across rows (UNIQUE, an aggregate check, a "
+                        "statement trigger) refuses the batch; fix it in the database",
+                    ),
+                    "write",
+                    rows=len(batch.records),
+                )
             return False
         if len(bad) == len(batch.records) and not await self._sink_accepts_rows(batch.seq):
             await self._failed(

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from prometheus_client import CollectorRegistry
-from rig import Rig, rec, stored, until
+from rig import FlakyDestination, Rig, rec, stored, until
+from structlog.testing import capture_logs
 
 from servomexd.acquisition.backoff import Backoff
 from servomexd.config import PostgresSettings, SinkSettings
 from servomexd.delivery import Writer
 from servomexd.destination import Destination
+from servomexd.errors import ServomexSinkDataError
 from servomexd.metrics import Metrics
 from servomexd.rows import Record
 from servomexd.spool import Spool, decode_records
@@ -247,3 +251,28 @@ async def test_a_wholly_poisoned_first_batch_is_quarantined_when_the_next_passes
     assert sorted(r[2][4] for r in quarantined(tmp_path / "spool")) == [
         555.0 + i for i in range(5)
     ]
+
+
+class OnceRefusedDestination(FlakyDestination):
+    """The first write is refused for its data; then the cause is gone (a trigger was
+    dropped while the daemon searched): every probe and the retry pass."""
+
+    async def write_records(self, records: Sequence[Record], *, checkpoint: Any) -> None:
+        if not self.writes:
+            self.writes.append(len(records))
+            raise ServomexSinkDataError("refused while the trigger was still there")
+        await super().write_records(records, checkpoint=checkpoint)
+
+
+async def test_a_refusal_that_no_probe_reproduces_is_retried_not_quarantined(
+    tmp_path: Path,
+) -> None:
+    with capture_logs() as logs:
+        async with Rig(tmp_path, make_dest=OnceRefusedDestination) as rig:
+            rig.add([rec(i) for i in range(10)])
+            await until(lambda: rig.idle and len(stored(rig.db)) == 10)
+            assert rig.writer.health.fault is None and rig.writer.health.up
+    assert stored(rig.db) == [float(i) for i in range(10)]
+    assert quarantined(tmp_path / "spool") == []
+    events = [e["event"] for e in logs]
+    assert "sink.refusal_not_isolated" in events and "sink.down" not in events

@@ -51,7 +51,8 @@ def test_poison_rows_quarantined_then_retried_while_running(tmp_path: Path) -> N
     conn.close()
     sim = Simulator(tmp_path, period=0.05)
     config = write_config(tmp_path, [{"name": "an-1", "port": str(sim.link),
-                                      "silence_timeout": 2.0}])  # fmt: skip
+                                      "silence_timeout": 2.0}],
+                          sink={"retry_max_delay": 2.0})  # fmt: skip
     daemon = DaemonProc(config)
     try:
         daemon.wait_ready()
