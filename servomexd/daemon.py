@@ -47,6 +47,7 @@ from servomexd.logs import configure_logging
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
 from servomexd.spool import Spool
+from servomexd.startup_checks import metrics_listen_error, spool_open_error
 from servomexd.writer import Writer
 
 if TYPE_CHECKING:
@@ -211,7 +212,10 @@ class Daemon:
             synchronous=s.spool.synchronous,
             on_drop=lambda _batches, samples: self.metrics.spool_dropped_samples.inc(samples),
         )
-        await self.spool.open()
+        try:
+            await self.spool.open()
+        except ServomexError as exc:
+            raise spool_open_error(s.spool.path, exc) from exc
         from servomexd.destination import Destination
 
         password = s.sink.postgres.resolve_password() if s.sink.type == "postgres" else None
@@ -261,10 +265,7 @@ class Daemon:
             await self.http.start()
         except OSError as exc:
             self.http = None
-            raise ServomexError(
-                f"cannot listen for metrics on {m.listen}: {exc.strerror or exc}",
-                context={"key": "metrics.listen"},
-            ) from exc
+            raise metrics_listen_error(m.listen, exc) from exc
         self.metrics_port = self.http.bound_port
 
     async def _main(self, tg: asyncio.TaskGroup) -> None:
