@@ -87,6 +87,10 @@ def _group(gid: int) -> str:
 def holders(port: str, proc: Path = Path("/proc")) -> list[str]:
     """``pid N (name)`` of each process with ``port`` open (those /proc lets us see)."""
     target = os.path.realpath(port)
+    try:
+        identity = _identity(os.stat(target))
+    except OSError:
+        return []
     found: list[str] = []
     with contextlib.suppress(OSError):
         for entry in proc.iterdir():
@@ -98,13 +102,19 @@ def holders(port: str, proc: Path = Path("/proc")) -> list[str]:
                 continue
             for fd in fds:
                 try:
-                    if os.readlink(fd) == target:
+                    # The name first (cheap), then the inode: another mount namespace
+                    # (a container's devpts) can show the same name for another device.
+                    if os.readlink(fd) == target and _identity(os.stat(fd)) == identity:
                         comm = (entry / "comm").read_text().strip()
                         found.append(f"pid {entry.name} ({comm})")
                         break
                 except OSError:
                     continue
     return found
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_rdev)
 
 
 def _kind_of(mode: int) -> str:
