@@ -523,6 +523,9 @@ def env_variable_for(loc: str, sources: dict[str, str]) -> str | None:
     for key, variable in sources.items():
         if lowered == key or lowered.startswith((key + ".", key + "[")):
             return variable
+    for key, variable in sources.items():
+        if key.startswith(lowered + "."):
+            return variable  # SERVOMEXD_DEVICES__0__PORT made ``devices`` a table
     return None
 
 

@@ -355,3 +355,36 @@ def test_common_mistake(row: Row, tmp_path: Path) -> None:
     if row.priority:
         line = next(line for line in outcome.output.splitlines() if row.needles[0] in line)
         assert line.startswith(row.priority), line
+
+
+def test_modbus_devices_on_one_adapter_under_two_names_share_one_bus(tmp_path: Path) -> None:
+    """Two slaves on one RS485 adapter, configured by two paths to it (a udev alias and the
+    device path): one bus, one open, both record; not two clients fighting over the port."""
+    sim = Simulator(
+        tmp_path, "bus", period=0.2,
+        args=["--protocol", "modbus_rtu", "--address", "30", "--address", "31"],
+    )  # fmt: skip
+    alias = tmp_path / "servomex-rs485"
+    alias.symlink_to(sim.link.resolve())
+    daemon: DaemonProc | None = None
+    try:
+        devices = [
+            {"name": f"ox{address}", "port": str(port), "protocol": "modbus_rtu",
+             "address": address, "poll_interval": 0.25, "inter_request_delay": 0.02,
+             "request_timeout": 0.5, "silence_timeout": 5.0}
+            for address, port in ((30, sim.link), (31, alias))
+        ]  # fmt: skip
+        config = write_config(tmp_path, devices)
+        checked = _cli("check-config", "--config", str(config))
+        assert checked.exit == "0", checked.output
+        daemon = DaemonProc(config)
+        daemon.wait_ready()
+        wait_for(lambda: len(daemon.events("device.link_up")) == 2, 30, "both links up")
+        text = daemon.text()
+        assert len(daemon.events("modbus.port_opened")) == 1, text
+        assert not daemon.events("device.link_down"), text
+        assert daemon.terminate()[0] == 0
+    finally:
+        if daemon is not None:
+            daemon.cleanup()
+        sim.stop()
