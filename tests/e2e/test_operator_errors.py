@@ -260,8 +260,12 @@ def _needles(case: str) -> list[str]:
 
 @scenario("link-port-missing")
 def _(tmp: Path) -> Outcome:
-    config = write_config(tmp, [{"name": "a", "port": str(tmp / "ttyUSB-gone")}])
-    return _running(config, _needles("link-port-missing"))
+    port = str(tmp / "ttyUSB-gone")
+    config = write_config(tmp, [{"name": "a", "port": port}])
+    outcome = _running(config, _needles("link-port-missing"))
+    down = next(line for line in outcome.output.splitlines() if "event=device.link_down" in line)
+    assert down.count(port) == 1, down  # the port once (target=), the cause once (reason=)
+    return outcome
 
 
 @scenario("modbus-port-missing")
@@ -388,3 +392,17 @@ def test_modbus_devices_on_one_adapter_under_two_names_share_one_bus(tmp_path: P
         if daemon is not None:
             daemon.cleanup()
         sim.stop()
+
+
+def test_under_systemd_every_line_carries_a_priority(tmp_path: Path) -> None:
+    """JOURNAL_STREAM set and log.format = "auto": journald format, <N> on every line."""
+    config = write_config(tmp_path, [{"name": "a", "port": str(tmp_path / "ttyUSB-gone")}])
+    config.write_text(config.read_text().replace('format = "journald"', 'format = "auto"'))
+    daemon = DaemonProc(config, env={"JOURNAL_STREAM": "8:12345"})
+    try:
+        wait_for(lambda: bool(daemon.events("device.link_down")), 20, "device.link_down")
+        assert daemon.terminate()[0] == 0
+        lines = daemon.text().splitlines()
+        assert lines and all(re.match(r"<[0-7]>event=", line) for line in lines), lines
+    finally:
+        daemon.cleanup()
