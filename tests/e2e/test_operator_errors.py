@@ -276,6 +276,16 @@ def _(tmp: Path) -> Outcome:
     return _running(config, _needles("modbus-port-missing"))
 
 
+@scenario("auto-port-missing")
+def _(tmp: Path) -> Outcome:
+    port = str(tmp / "ttyUSB-gone")
+    config = write_config(tmp, [{"name": "x", "port": port, "protocol": "auto"}])
+    outcome = _running(config, _needles("auto-port-missing"))
+    down = next(line for line in outcome.output.splitlines() if "event=device.link_down" in line)
+    assert down.count(port) == 1, down
+    return outcome
+
+
 def _denied(tmp: Path, case: str, protocol: str) -> Outcome:
     if not _unprivileged_available():
         pytest.skip("needs root and setpriv to drop the permission bypass")
