@@ -206,13 +206,13 @@ class PostgresSettings(_Section):
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
-            return _read_secret(self.password_file, "sink.postgres.password_file")
+            return _read_secret(self.password_file)
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         if creds:
             candidate = Path(creds) / CREDENTIAL_NAME
             if candidate.is_file():
                 try:
-                    return _read_secret(candidate, CREDENTIAL_NAME)
+                    return _read_secret(candidate)
                 except ServomexConfigError as exc:
                     raise ServomexConfigError(
                         f"systemd credential {CREDENTIAL_NAME}: {exc.message}"
@@ -220,10 +220,9 @@ class PostgresSettings(_Section):
         return None
 
 
-def _read_secret(path: Path, what: str) -> str:
+def _read_secret(path: Path) -> str:
     """The password in ``path``; the error names the file (a path is not a secret) and the
-    OS reason, never the content. ``what`` is kept for callers that name the source."""
-    del what  # ConfigInvalid names the field once; the message carries the path only
+    OS reason, never the content. The caller (ConfigInvalid) names the setting, once."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
