@@ -207,24 +207,63 @@ class PostgresSettings(_Section):
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
-            return _read_secret(self.password_file, "sink.postgres.password_file")
+            return _read_secret(self.password_file)
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         if creds:
             candidate = Path(creds) / CREDENTIAL_NAME
             if candidate.is_file():
-                return _read_secret(candidate, f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}")
+                try:
+                    return _read_secret(candidate)
+                except ServomexConfigError as exc:
+                    raise ServomexConfigError(
+                        f"systemd credential {CREDENTIAL_NAME}: {exc.message}"
+                    ) from None
         return None
 
 
-def _read_secret(path: Path, what: str) -> str:
+def _read_secret(path: Path) -> str:
+    """The password in ``path``; the error names the file (a path is not a secret) and the
+    OS reason, never the content. The caller (ConfigInvalid) names the setting, once."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        # Name the file and the OS reason only: never the content.
         raise ServomexConfigError(
-            f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+            f"cannot read {path}: {exc.strerror or type(exc).__name__}"
         ) from None
-    return text.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ServomexConfigError(f"{path} is not UTF-8 text") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ServomexConfigError(
+            f"{path} is empty: write the password into it, or remove the setting"
+        )
+    return password
+
+
+def password_source(settings: Settings) -> str:
+    """Which password the PostgreSQL sink will use, said without its value (check-config)."""
+    pg = settings.sink.postgres
+    if settings.sink.type != "postgres":
+        return "not used (the sink is not postgres)"
+    if pg.password is not None:
+        return "sink.postgres.password (in the configuration)"
+    if pg.password_file is not None:
+        return f"sink.postgres.password_file {pg.password_file}"
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / CREDENTIAL_NAME).is_file():
+        return (
+            f"systemd credential {CREDENTIAL_NAME} "
+            f"($CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} = {Path(creds) / CREDENTIAL_NAME})"
+        )
+    if pg.dsn is not None:
+        from servomexd.sinks.postgres_config import dsn_password
+
+        if dsn_password(pg.dsn.get_secret_value()):
+            return "the password inside sink.postgres.dsn"
+    return (
+        "none configured (peer/trust authentication, ~/.pgpass or $PGPASSWORD); "
+        f"under systemd put it in the {CREDENTIAL_NAME} credential"
+    )
 
 
 class ParquetSettings(_Section):
@@ -413,7 +452,13 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ServomexConfigError(f"{path}: configuration file not found") from None
+        hint = ""
+        if str(path) == DEFAULT_CONFIG_PATH:
+            hint = (
+                f"; mount your configuration at {DEFAULT_CONFIG_PATH} (Docker: "
+                "-v /etc/servomexd:/etc/servomexd:ro), install one there, or pass --config"
+            )
+        raise ServomexConfigError(f"{path}: configuration file not found{hint}") from None
     except IsADirectoryError:
         raise ServomexConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as exc:
@@ -429,17 +474,59 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 class ConfigInvalid(ServomexConfigError):
-    """Validation failed; ``problems`` lists (dotted path, shown value, reason)."""
+    """Validation failed; ``problems`` lists (dotted path, shown value, reason).
 
-    def __init__(self, path: Path, problems: list[tuple[str, str, str]]) -> None:
+    An empty shown value means the reason already says what was given. A problem whose
+    setting came from an environment variable is blamed on that variable, not the file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        problems: list[tuple[str, str, str]],
+        env_sources: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{path}: {len(problems)} invalid setting(s)")
         self.path = path
         self.problems = problems
+        self.env_sources = dict(env_sources or {})
+
+    def source_of(self, loc: str) -> str:
+        """``$SERVOMEXD_...`` when an environment variable set ``loc``, else the file."""
+        variable = env_variable_for(loc, self.env_sources)
+        return f"environment variable {variable}" if variable else str(self.path)
 
     def lines(self) -> list[str]:
         return [
-            f"{self.path}: {loc}: {reason} (got {shown})" for loc, shown, reason in self.problems
+            f"{self.source_of(loc)}: {loc}: {reason}" + (f" (got {shown})" if shown else "")
+            for loc, shown, reason in self.problems
         ]
+
+
+ENV_PREFIX = "SERVOMEXD_"
+
+
+def env_settings_sources() -> dict[str, str]:
+    """Dotted setting path (lower case) -> the ``SERVOMEXD_...`` variable that sets it."""
+    out: dict[str, str] = {}
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
+            continue
+        out[upper[len(ENV_PREFIX) :].lower().replace("__", ".")] = name
+    return out
+
+
+def env_variable_for(loc: str, sources: dict[str, str]) -> str | None:
+    """The variable behind ``loc`` (``devices[0].port`` comes from ``SERVOMEXD_DEVICES``)."""
+    lowered = loc.lower()
+    for key, variable in sources.items():
+        if lowered == key or lowered.startswith((key + ".", key + "[")):
+            return variable
+    for key, variable in sources.items():
+        if key.startswith(lowered + "."):
+            return variable  # SERVOMEXD_DEVICES__0__PORT made ``devices`` a table
+    return None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -449,8 +536,14 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         settings = Settings(**table)
     except ValidationError as exc:
-        raise ConfigInvalid(resolved, describe_errors(exc)) from None
+        sources = env_settings_sources()
+        raise ConfigInvalid(resolved, describe_errors(exc, sources), sources) from None
     _check_password_source(resolved, settings)
+    from servomexd.portcheck import same_adapter_problems
+
+    aliases = same_adapter_problems(settings.devices)
+    if aliases:
+        raise ConfigInvalid(resolved, aliases)
     _register_secrets(settings)
     return settings
 
@@ -476,9 +569,12 @@ def _check_password_source(path: Path, settings: Settings) -> None:
     try:
         settings.sink.postgres.resolve_password()
     except ServomexConfigError as exc:
-        raise ConfigInvalid(
-            path, [("sink.postgres.password_file", "'***'", exc.message)]
-        ) from None
+        pg = settings.sink.postgres
+        loc = "sink.postgres.password_file" if pg.password_file is not None else (
+            f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
+        )
+        # The path is shown in the reason; "(got ...)" would only repeat it.
+        raise ConfigInvalid(path, [(loc, "", exc.message)]) from None
 
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "dsn")
@@ -489,7 +585,9 @@ def _is_secret_loc(loc: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
-def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
+def describe_errors(
+    exc: ValidationError, env_sources: dict[str, str] | None = None
+) -> list[tuple[str, str, str]]:
     problems: list[tuple[str, str, str]] = []
     for error in exc.errors(include_url=False):
         loc = _dotted(error.get("loc", ()))
@@ -497,7 +595,7 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
         if _is_secret_loc(loc) or (
             isinstance(value, dict) and any(_is_secret_loc(str(k)) for k in value)
         ):
-            shown = "'***'" if not isinstance(value, dict) else "{...}"
+            shown = "'***'" if not isinstance(value, dict) else _short_repr(value)
         elif error.get("type") == "missing":
             shown = "nothing"
         else:
@@ -508,10 +606,16 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
         if error.get("type") == "extra_forbidden":
             reason = "unknown key (not a servomexd setting; check the spelling)"
         if loc == "devices" and error.get("type") == "list_type" and isinstance(value, dict):
-            reason += (
-                "; SERVOMEXD_DEVICES__<n>__<key> cannot override one device: replace the "
-                "whole list with SERVOMEXD_DEVICES='[{...}]' (JSON)"
-            )
+            if env_variable_for(loc, env_sources or {}):
+                reason += (
+                    "; SERVOMEXD_DEVICES__<n>__<key> cannot override one device: replace the "
+                    "whole list with SERVOMEXD_DEVICES='[{...}]' (JSON)"
+                )
+            else:
+                reason = (
+                    "each analyser is a [[devices]] table: write [[devices]] (double "
+                    "brackets) above each analyser's keys, not [devices]"
+                )
         problems.append((loc or "(top level)", shown, reason))
     return problems
 
@@ -530,7 +634,8 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 def _short_repr(value: Any, limit: int = 80) -> str:
     if isinstance(value, dict):
-        return "{...}"
+        keys = ", ".join(sorted(str(k) for k in value))
+        return f"a table with keys {keys}"[:limit] if keys else "an empty table"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -621,8 +726,13 @@ def to_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def check_config(path: str | os.PathLike[str] | None) -> int:
-    """``servomexd check-config``: print the effective config (masked) or every problem."""
+def check_config(path: str | os.PathLike[str] | None, *, port_check: bool = True) -> int:
+    """``servomexd check-config``: print the effective config (masked) or every problem.
+
+    With ``port_check`` the serial ports are looked at too (``--no-port-check`` skips it
+    when building an image, where the adapters are absent): a port that can never work is
+    an error (exit 78), one that may yet appear or be fixed is a warning (exit 0).
+    """
     try:
         settings = load_settings(path)
     except ConfigInvalid as exc:
@@ -632,6 +742,16 @@ def check_config(path: str | os.PathLike[str] | None) -> int:
     except ServomexConfigError as exc:
         print(f"servomexd: {exc.message}", file=sys.stderr)
         return EX_CONFIG
+    code = 0
+    if port_check:
+        from servomexd.portcheck import port_findings
+
+        for finding in port_findings(settings.devices):
+            print(f"servomexd: {finding.line()}", file=sys.stderr)
+            if finding.error:
+                code = EX_CONFIG
     print(f"# effective configuration from {config_path(path)} (secrets masked)")
+    if settings.sink.type == "postgres":
+        print(f"# PostgreSQL password source: {password_source(settings)}")
     sys.stdout.write(to_toml(effective_config(settings)))
-    return 0
+    return code

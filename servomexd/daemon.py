@@ -53,6 +53,7 @@ from servomexd.notify import Notifier
 from servomexd.signals import capture_signals
 from servomexd.sinks.registry import resolve_credentials
 from servomexd.spool import Spool
+from servomexd.startup_checks import metrics_listen_error, spool_open_error
 
 log = structlog.get_logger("servomexd.daemon")
 
@@ -177,7 +178,10 @@ class Daemon:
             synchronous=s.spool.synchronous,
             on_drop=lambda _batches, samples: self.metrics.spool_dropped_samples.inc(samples),
         )
-        await spool.open()
+        try:
+            await spool.open()
+        except ServomexError as exc:
+            raise spool_open_error(s.spool.path, exc) from exc
         self._budget.closes(stack, spool.close, 1.0)
         writer = Writer(
             spool,
@@ -206,10 +210,7 @@ class Daemon:
         try:
             await http.start()
         except OSError as exc:
-            raise ServomexError(
-                f"cannot listen for metrics on {m.listen}: {exc.strerror or exc}",
-                context={"key": "metrics.listen"},
-            ) from exc
+            raise metrics_listen_error(m.listen, exc) from exc
         self._budget.closes(stack, http.stop, 0.5)
         self.metrics_port = http.bound_port
 

@@ -157,7 +157,7 @@ class MetricsServer:
             reuse_address=True,
         )
         # tests/e2e parse this event for the bound port (listen = "...:0"): keep its name.
-        log.info("metrics_listening", host=self.host, port=self.bound_port)
+        log.info("metrics.listening", host=self.host, port=self.bound_port)
 
     async def stop(self) -> None:
         """Stop listening and cut off the connections still open."""
@@ -343,7 +343,7 @@ class MetricsServer:
             return _json_response(200 if ready else 503, payload)
         except Exception as error:
             # A broken collector or health check must answer 500, not kill the server.
-            log.exception("http_handler_failed", path=request.path)
+            log.exception("http.handler_failed", path=request.path)
             return _json_response(500, {"error": type(error).__name__})
 
     def _metrics(self, request: _Request) -> _Response:

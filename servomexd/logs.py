@@ -134,6 +134,20 @@ def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
     return "console" if _isatty(stream if stream is not None else sys.stdout) else "journald"
 
 
+def early_line(text: str, priority: int = 3, stream: TextIO | None = None) -> None:
+    """Print one line before (or without) ``configure_logging``, with its priority.
+
+    Startup errors (an invalid configuration) happen before the configured format is
+    known; under journald they must still carry ``<N>`` or journald files them at info
+    and ``journalctl -p err`` hides why the unit failed. On a terminal no prefix is added.
+    """
+    out = stream if stream is not None else sys.stderr
+    prefixed = resolve_format("auto", out) == "journald"
+    for line in text.splitlines() or [""]:
+        out.write(f"<{priority}>{line}\n" if prefixed else f"{line}\n")
+    out.flush()
+
+
 def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()

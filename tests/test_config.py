@@ -401,3 +401,103 @@ def test_loaded_secrets_registered_for_log_redaction(
     dsn = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\ndsn = "postgresql://u:in-dsn-pw@h/d"\n'
     load_settings(write(tmp_path, dsn, "d.toml"))
     assert logs.redact_text("x from-file-pw in-dsn-pw y") == "x *** *** y"
+
+
+# --- operator messages (issue 10) -----------------------------------------------------------
+
+
+def test_error_from_an_environment_variable_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVOMEXD_LOG__LEVLE", "debug")
+    monkeypatch.setenv("SERVOMEXD_SINK__BATCH_SIZE", "0")
+    path = write(tmp_path, MINIMAL + "[log]\nlevle = 'x'\n")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(path)
+    lines = info.value.lines()
+    assert "environment variable SERVOMEXD_SINK__BATCH_SIZE: sink.batch_size: " in "\n".join(lines)
+    # log.levle is in both: the environment wins, and is blamed
+    assert any(line.startswith("environment variable SERVOMEXD_LOG__LEVLE: log.levle: unknown key")
+               for line in lines), lines  # fmt: skip
+    assert not any(line.startswith(f"{path}: log.levle") for line in lines), lines
+
+
+def test_single_bracket_devices_says_double_brackets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, '[devices]\nname = "a"\nport = "/dev/ttyX"\n'))
+    (line,) = info.value.lines()
+    assert line == (
+        f"{tmp_path / 'c.toml'}: devices: each analyser is a [[devices]] table: write "
+        "[[devices]] (double brackets) above each analyser's keys, not [devices] "
+        "(got a table with keys name, port)"
+    )
+
+
+def test_no_message_ends_in_a_bare_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, MINIMAL + "[sink]\npostgres = 5\n[log]\nlevel = {a = 1}\n"))
+    assert not [line for line in info.value.lines() if line.endswith("(got {...})")]
+
+
+def test_password_file_errors_name_the_field_once_and_the_path(tmp_path: Path) -> None:
+    pg = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\n'
+    missing = tmp_path / "missing-pw"
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, pg + f'password_file = "{missing}"\n'))
+    (line,) = info.value.lines()
+    assert line == (
+        f"{tmp_path / 'c.toml'}: sink.postgres.password_file: cannot read {missing}: "
+        "No such file or directory"
+    )
+    empty = tmp_path / "empty-pw"
+    empty.write_text("\n")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, pg + f'password_file = "{empty}"\n'))
+    assert info.value.lines() == [
+        f"{tmp_path / 'c.toml'}: sink.postgres.password_file: {empty} is empty: write the "
+        "password into it, or remove the setting"
+    ]
+
+
+def test_password_source_never_the_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from servomexd.config import password_source
+
+    pg = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\n'
+    assert password_source(load_settings(write(tmp_path, pg + 'host = "db"\n'))).startswith(
+        "none configured"
+    )
+    inline = load_settings(write(tmp_path, pg + 'host = "db"\npassword = "Inl1ne-pw"\n'))
+    assert password_source(inline) == "sink.postgres.password (in the configuration)"
+    pw = tmp_path / "pw"
+    pw.write_text("F1le-pw\n")
+    from_file = load_settings(write(tmp_path, pg + f'host = "db"\npassword_file = "{pw}"\n'))
+    assert password_source(from_file) == f"sink.postgres.password_file {pw}"
+    dsn = load_settings(write(tmp_path, pg + 'dsn = "postgresql://u:Dsn-pw@db/plant"\n'))
+    assert password_source(dsn) == "the password inside sink.postgres.dsn"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "pg-password").write_text("Cr3d-pw")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    credential = password_source(load_settings(write(tmp_path, pg + 'host = "db"\n')))
+    assert credential == (
+        f"systemd credential pg-password ($CREDENTIALS_DIRECTORY/pg-password = "
+        f"{creds / 'pg-password'})"
+    )
+    (creds / "pg-password").write_text("")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, pg + 'host = "db"\n'))
+    assert info.value.lines()[0].endswith(
+        "$CREDENTIALS_DIRECTORY/pg-password: systemd credential pg-password: "
+        f"{creds / 'pg-password'} is empty: write the password into it, or remove the setting"
+    )
+
+
+def test_check_config_port_checks_and_no_port_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    path = write(tmp_path, f'[[devices]]\nname = "a"\nport = "{tmp_path / "file"}"\n')
+    assert check_config(path) == EX_CONFIG
+    assert "error: device a: port" in capsys.readouterr().err
+    assert check_config(path, port_check=False) == 0
+    assert capsys.readouterr().err == ""

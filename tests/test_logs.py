@@ -167,3 +167,34 @@ def test_registered_secret_masked_in_any_shape(fmt: str) -> None:
         assert text.count("***") >= 3 and "abc" in text  # masked, and only the secret
     finally:
         logs._KNOWN_SECRETS.clear()
+
+
+def test_early_line_carries_the_priority_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before logging is configured (an invalid configuration at start) journald must
+    still get the priority, or ``journalctl -p err`` hides why the unit failed."""
+    from servomexd.logs import early_line
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    out = io.StringIO()
+    early_line("servomexd: a.toml: log.levle: unknown key\nsecond", stream=out)
+    assert out.getvalue() == "<3>servomexd: a.toml: log.levle: unknown key\n<3>second\n"
+
+
+def test_early_line_plain_on_a_terminal_unless_under_systemd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from servomexd.logs import early_line
+
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(os.dup(slave), "w") as tty, os.fdopen(os.dup(master), "rb") as reader:
+            monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+            early_line("plain", 4, stream=tty)
+            monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+            early_line("journal", 4, stream=tty)
+            assert os.read(reader.fileno(), 100).replace(b"\r", b"") == b"plain\n<4>journal\n"
+    finally:
+        os.close(master)
+        os.close(slave)

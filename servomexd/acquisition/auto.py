@@ -206,8 +206,9 @@ class AutoSessionFactory:
         try:
             await session.attach()
         except ServomexConnectionError as exc:
-            # The port itself cannot be opened: no later step can succeed either.
-            tried.append(f"{protocol.value}: {exc}")
+            # The port itself cannot be opened: no later step can succeed either. (The
+            # message without its context: the log line names the port once, as target.)
+            tried.append(f"{protocol.value}: {exc.message}")
             raise ServomexConnectionError(
                 "AUTO cannot open the port",
                 context={"port": self.device.port, "tried": "; ".join(tried)},

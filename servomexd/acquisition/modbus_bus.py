@@ -22,7 +22,7 @@ import contextlib
 import heapq
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from time import monotonic, monotonic_ns
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,6 +40,7 @@ from servomexd.errors import (
     ServomexProtocolError,
     ServomexTimeoutError,
 )
+from servomexd.link.diagnose import diagnose, is_url, probe_open
 from servomexd.model import ProtocolKind
 from servomexd.protocol import modbus as mb
 
@@ -233,12 +234,16 @@ class ModbusBus:
         except (OSError, ModbusException) as exc:
             client.close()
             raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "error": str(exc)}
+                f"cannot open serial port: {diagnose(s.port, exc)}",
+                context={"port": s.port, "protocol": s.protocol.value},
             ) from exc
         if not connected:
             client.close()
+            # pymodbus dropped the errno: open the port ourselves to learn why.
+            cause = await asyncio.to_thread(probe_open, s.port)
             raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "protocol": s.protocol.value}
+                f"cannot open serial port: {diagnose(s.port, cause)}",
+                context={"port": s.port, "protocol": s.protocol.value},
             )
         self._client = client
         self.opened += 1
@@ -413,16 +418,34 @@ class ModbusBusRegistry:
         self.metrics = metrics
         self._buses: dict[str, ModbusBus] = {}
         self._declared: dict[str, tuple[str, BusSettings]] = {}
+        self._spellings: dict[str, str] = {}
 
-    @staticmethod
-    def _key(port: str) -> str:
+    def _key(self, port: str) -> str:
         # The configured path, not its target: a replugged adapter behind a by-id link
-        # comes back as another ttyUSBn, and must still be the same bus. (Naming one
-        # adapter by two paths gives two buses; the second open then fails as busy.)
-        return os.path.normpath(port)
+        # comes back as another ttyUSBn, and must still be the same bus. Another spelling
+        # of an adapter already seen (ttyUSB0 for its by-id link) is mapped, when first
+        # seen, to the first spelling: one adapter, one bus, whatever the names.
+        if is_url(port):
+            return port
+        path = os.path.normpath(port)
+        known = self._spellings.get(path)
+        if known is not None:
+            return known
+        real = os.path.realpath(path)
+        for spelling in set(self._spellings.values()):
+            if os.path.realpath(spelling) == real:
+                self._spellings[path] = spelling
+                return spelling
+        self._spellings[path] = path
+        return path
+
+    def _canonical(self, settings: BusSettings) -> BusSettings:
+        key = self._key(settings.port)
+        return settings if key == settings.port else replace(settings, port=key)
 
     def bus(self, settings: BusSettings) -> ModbusBus:
         """The bus on ``settings.port``; refuses a second framing or line setting on it."""
+        settings = self._canonical(settings)
         key = self._key(settings.port)
         bus = self._buses.get(key)
         if bus is not None and bus.settings != settings:
@@ -448,6 +471,7 @@ class ModbusBusRegistry:
         mismatch while building factories makes it a configuration error (exit 78)
         instead of a link that fails to open forever.
         """
+        settings = self._canonical(settings)
         key = self._key(settings.port)
         first = self._declared.setdefault(key, (device, settings))
         if first[1] != settings:

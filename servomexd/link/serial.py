@@ -36,6 +36,7 @@ from servomexd.errors import (
     ServomexTimeoutError,
     ServomexValidationError,
 )
+from servomexd.link.diagnose import diagnose
 
 __all__ = ["BAUDRATES", "SerialLink", "SerialSettings"]
 
@@ -201,7 +202,7 @@ class SerialLink:
             raise
         except (serial.SerialException, OSError, ValueError) as error:
             raise ServomexConnectionError(
-                f"cannot open serial port: {_cause(error)}",
+                f"cannot open serial port: {diagnose(self._settings.port, error)}",
                 context={"port": self._settings.port},
             ) from error
         transport, _ = await serial_asyncio_fast.connection_for_serial(loop, lambda: protocol, port)

@@ -265,7 +265,9 @@ class PostgresSink(BaseSink):
         except BaseException:
             await self._terminate_pool()
             raise
-        log.info("sink.opened", sink=self.kind, target=config.target(), columns=len(self.columns))
+        log.debug(
+            "sink.postgres.schema_ready", target=config.target(), columns=len(self.columns)
+        )
         self._is_open = True
 
     async def _lock_schema(self, conn: Any) -> None:

@@ -39,6 +39,7 @@ VARIABLES = {
     "job": ".*",
     "instance": ".*",
     "device": ".*",
+    "gas": ".*",
     "__rate_interval": "10s",
     "__interval": "5s",
     "__range": "1m",

@@ -39,6 +39,8 @@ def expand(sql: str, start: datetime, end: datetime) -> str:
     )
     sql = sql.replace("${table:raw}", "public.samples")
     sql = sql.replace("$device", "'bench'").replace("$channel", "'I1','I2','I3','E1','E2'")
+    # Every stored gas name: what "All" of the gas variable selects.
+    sql = sql.replace("$gas", "SELECT DISTINCT name FROM public.samples WHERE name IS NOT NULL")
     assert "$" not in sql, f"unexpanded Grafana syntax in {sql!r}"
     return sql
 
@@ -54,6 +56,15 @@ def queries() -> list[tuple[str, str]]:
         for v in dashboard["templating"]["list"] if v["type"] == "query"
     ]
     return found
+
+
+def test_one_readings_panel_per_gas() -> None:
+    """O2 (around 21 %) and CO or CO2 (around 0.1 %) never share an axis."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    readings = [p for p in iter_panels(dashboard["panels"]) if p["type"] == "timeseries"
+                and "avg(value)" in p["targets"][0]["rawSql"]]  # fmt: skip
+    assert [p["repeat"] for p in readings] == ["gas"]
+    assert "AND name IN ($gas)" in readings[0]["targets"][0]["rawSql"]
 
 
 def test_dashboard_shape() -> None:
@@ -100,5 +111,8 @@ async def test_every_query_runs_on_the_sink_table(pg_dsn: str) -> None:
         assert results["panel 'Error rows'"][0]["errors"] == 1
         devices = [r["device"] for r in results["variable device"]]
         assert devices == ["bench"]
+        gases = {r["name"] for r in results["variable gas"]}
+        assert gases == {s.reading.name for s in samples if s.reading and s.reading.name}
+        assert len(gases) > 1  # one readings panel each
     finally:
         await conn.close()

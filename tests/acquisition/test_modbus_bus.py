@@ -1,0 +1,42 @@
+"""ModbusBusRegistry: one adapter is one bus, whatever the path it is named by."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servomexd.acquisition.modbus_bus import BusSettings, ModbusBusRegistry
+from servomexd.model import ProtocolKind
+
+
+@pytest.fixture
+def pty_path() -> Iterator[str]:
+    master, slave = os.openpty()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_two_spellings_of_one_adapter_share_the_bus(tmp_path: Path, pty_path: str) -> None:
+    alias = tmp_path / "servomex-rs485"
+    alias.symlink_to(pty_path)
+    registry = ModbusBusRegistry()
+    registry.declare("a", BusSettings(str(alias), ProtocolKind.MODBUS_RTU))
+    registry.declare("b", BusSettings(pty_path, ProtocolKind.MODBUS_RTU))
+    first = registry.bus(BusSettings(str(alias), ProtocolKind.MODBUS_RTU))
+    second = registry.bus(BusSettings(pty_path, ProtocolKind.MODBUS_RTU))
+    assert first is second
+    assert first.settings.port == str(alias)  # the first spelling: stable across a replug
+    assert registry.bus_for(pty_path) is first
+
+
+def test_different_adapters_stay_apart(tmp_path: Path) -> None:
+    registry = ModbusBusRegistry()
+    a = registry.bus(BusSettings(str(tmp_path / "x"), ProtocolKind.MODBUS_RTU))
+    b = registry.bus(BusSettings(str(tmp_path / "y"), ProtocolKind.MODBUS_RTU))
+    assert a is not b
