@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 from servomexd.destination import Destination
 from servomexd.errors import ServomexSinkCheckpointConflict
 from servomexd.metrics import Metrics

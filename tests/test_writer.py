@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 from servomexd.config import SinkSettings
 from servomexd.destination import Destination
 from servomexd.errors import ServomexSinkCheckpointConflict, ServomexSinkWriteError

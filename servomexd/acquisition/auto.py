@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession
+from servomexd.acquisition.base import DeviceSession
 from servomexd.acquisition.modbus import ModbusDeviceSettings, ModbusSession, describe_target
 from servomexd.acquisition.modbus_bus import BusSettings, LoopbackRequest, ModbusBusRegistry
 from servomexd.errors import (
@@ -40,7 +40,7 @@ from servomexd.errors import (
     ServomexError,
     ServomexModbusError,
 )
-from servomexd.model import Frame, ProtocolKind
+from servomexd.model import AcquisitionEvent, Frame, ProtocolKind
 from servomexd.protocol import modbus as mb
 
 if TYPE_CHECKING:

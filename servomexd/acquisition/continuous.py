@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, SessionFactory
+from servomexd.acquisition.base import DeviceSession, SessionFactory
 from servomexd.link.serial import SerialLink, SerialSettings
-from servomexd.model import ProtocolKind
+from servomexd.model import AcquisitionEvent, ProtocolKind
 from servomexd.protocol.continuous import DEFAULT_MAX_LINE, ContinuousFramer
 
 __all__ = ["ContinuousSession", "ContinuousSessionFactory"]

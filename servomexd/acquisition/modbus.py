@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from servomexd.acquisition.base import AcquisitionEvent, Rejection, SessionFactory
+from servomexd.acquisition.base import SessionFactory
 from servomexd.acquisition.modbus_bus import (
     FRAMERS,
     BusSettings,
@@ -47,7 +47,7 @@ from servomexd.errors import (
     ServomexTimeoutError,
     ServomexTransportError,
 )
-from servomexd.model import ChannelId, ProtocolKind
+from servomexd.model import AcquisitionEvent, ChannelId, ProtocolKind, Rejection
 from servomexd.protocol import modbus as mb
 
 if TYPE_CHECKING:

@@ -25,10 +25,10 @@ from typing import Protocol
 
 import structlog
 
-from servomexd.acquisition.backoff import Backoff
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, Rejection, SessionFactory
+from servomexd.acquisition.base import DeviceSession, SessionFactory
+from servomexd.backoff import Backoff
 from servomexd.metrics import Metrics
-from servomexd.model import Frame, Sample
+from servomexd.model import AcquisitionEvent, Frame, Rejection, Sample
 
 log = structlog.get_logger("servomexd.supervisor")
 

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
-from servomexd.acquisition.base import AcquisitionEvent, Rejection
 from servomexd.errors import (
     ServomexChecksumError,
     ServomexError,
@@ -34,6 +33,7 @@ from servomexd.errors import (
 )
 from servomexd.model import (
     IDLE_CAL_GROUPS,
+    AcquisitionEvent,
     AnalyserStatus,
     CalGroupState,
     ChannelId,
@@ -42,6 +42,7 @@ from servomexd.model import (
     Frame,
     ProtocolKind,
     Reading,
+    Rejection,
     Unit,
 )
 

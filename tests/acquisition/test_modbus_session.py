@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from servomexd.acquisition.base import Rejection
 from servomexd.acquisition.modbus import (
     ModbusBusRegistry,
     ModbusSession,
@@ -33,7 +32,7 @@ from servomexd.errors import (
     ServomexTimeoutError,
 )
 from servomexd.metrics import Metrics
-from servomexd.model import ChannelId, ChannelStatus, Frame, ProtocolKind, Unit
+from servomexd.model import ChannelId, ChannelStatus, Frame, ProtocolKind, Rejection, Unit
 from servomexd.simulator.modbus import ModbusSimulator
 
 pytestmark = pytest.mark.timeout(60)
