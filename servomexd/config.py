@@ -49,7 +49,6 @@ from pydantic_settings import (
 from servomexd.errors import ServomexConfigError, ServomexValidationError
 from servomexd.link.line import BAUDRATES, MODBUS_PROTOCOLS, port_key, sharing_problem
 from servomexd.redaction import MASK, is_secret_name, mask_text, register_secret
-from servomexd.sinks.base import IDENTIFIER_RE
 
 if TYPE_CHECKING:
     from servomexd.sinks.postgres_config import PostgresConfig
@@ -67,6 +66,10 @@ Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "auto"]
 
 
 def _sql_identifier(value: str) -> str:
+    """The sinks' own identifier rule (imported here, not at the top: the sinks package
+    must stay free to import this module)."""
+    from servomexd.sinks.base import IDENTIFIER_RE
+
     # fullmatch, never "$": "$" also matches before a trailing "\n".
     if not IDENTIFIER_RE.fullmatch(value):
         raise ValueError(f"must be an SQL identifier: {IDENTIFIER_RE.pattern}")

@@ -399,3 +399,21 @@ def test_loaded_secrets_registered_for_log_redaction(
     dsn = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\ndsn = "postgresql://u:in-dsn-pw@h/d"\n'
     load_settings(write(tmp_path, dsn, "d.toml"))
     assert redaction.mask_text("x from-file-pw in-dsn-pw y") == "x *** *** y"
+
+
+def test_to_sink_config_carries_every_setting() -> None:
+    from servomexd.config import PostgresSettings
+    from servomexd.sinks.postgres_config import PostgresConfig
+
+    settings = PostgresSettings(
+        host="db", port=6543, user="u", database="plant", schema="lab", table="t1",
+        pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500, command_timeout_s=3.5,
+        create_table=False, use_copy=False,
+    )  # fmt: skip
+    assert settings.to_sink_config("pw") == PostgresConfig(
+        host="db", port=6543, user="u", password="pw", database="plant", schema="lab",
+        table="t1", pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500,
+        command_timeout_s=3.5, create_table=False, use_copy=False,
+    )  # fmt: skip
+    dsn = PostgresSettings(dsn="postgresql://u@db/plant").to_sink_config(None)
+    assert dsn.dsn == "postgresql://u@db/plant" and dsn.host is None and dsn.password is None
