@@ -63,7 +63,7 @@ def register_secret(secret: str | None) -> None:
 def mask_text(text: str, known: Iterable[str | None] = ()) -> str:
     """``text`` with registered and ``known`` secrets, URL passwords and ``word=value``
     secrets replaced by ``MASK``; user and host names are kept for debugging."""
-    secrets = _KNOWN_SECRETS.union(s for s in known if s)
+    secrets = _KNOWN_SECRETS.union(s for s in known if s) if known else _KNOWN_SECRETS
     for secret in sorted(secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)

@@ -106,7 +106,11 @@ def sharing_problem(devices: Sequence[LineUser]) -> str | None:
         )
     if len({device.address for device in devices}) != len(devices):
         return f"devices on port {port} need distinct Modbus addresses"
-    if len({tuple(line_of(device).values())[1:] for device in devices}) != 1:
+    formats = {
+        tuple(value for key, value in line_of(device).items() if key != "port")
+        for device in devices
+    }
+    if len(formats) != 1:
         return f"devices on port {port} must share baudrate, bytesize, parity and stopbits"
     if len({device.protocol for device in devices} - {"auto"}) > 1:
         return f"devices on port {port} must share one protocol (modbus_rtu or modbus_ascii)"
