@@ -27,18 +27,17 @@ SECRET_WORDS = (
     "token",
     "dsn",
     "credential",
-    "credentials",
     "apikey",
     "api_key",
 )
-"""A name holding one of these as a word (``pg_password``, ``sink.postgres.dsn``, not
-``tokens``) names a secret."""
+"""A name holding one of these as a word, singular or plural (``pg_password``,
+``sink.postgres.dsn``, ``api_keys``; not ``tokenizer``), names a secret."""
 
 _WORD = "|".join(SECRET_WORDS)
-_SECRET_NAME = re.compile(rf"(?i)(?<![a-z])(?:{_WORD})(?![a-z])")
+_SECRET_NAME = re.compile(rf"(?i)(?<![a-z])(?:{_WORD})s?(?![a-z])")
 _URL_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)([^\s/?#]+)(@)")
 _KEY_VALUE = re.compile(
-    rf"(?i)((?<![a-z])(?:{_WORD})\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s&,;]+)"
+    rf"(?i)((?<![a-z])(?:{_WORD})s?\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s&,;]+)"
 )
 
 _KNOWN_SECRETS: set[str] = set()

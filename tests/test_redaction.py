@@ -21,8 +21,9 @@ from servomexd.redaction import MASK, is_secret_name, mask_text, register_secret
         ("host=h user=u password=hunter2 dbname=d", "host=h user=u password=*** dbname=d"),
         ("?sslpassword='hunter 2'&x=1", "?sslpassword=***&x=1"),
         ("pg_password: hunter2", "pg_password: ***"),
-        # Not secrets: a count named "tokens", a password *file* path in a message.
-        ("tokens=12 expected=13", "tokens=12 expected=13"),
+        ("passwords=a,b", "passwords=***,b"),
+        # Not secrets: a word that only starts like one, a password *file* path.
+        ("tokenizer=ws expected=13", "tokenizer=ws expected=13"),
         ("pg.password_file: cannot read /x", "pg.password_file: cannot read /x"),
     ],
 )
@@ -41,7 +42,8 @@ def test_mask_text(text: str, expected: str) -> None:
         ("API_KEY", True),
         ("token", True),
         ("CREDENTIALS_DIRECTORY", True),
-        ("tokens", False),
+        ("passwords", True),
+        ("tokenizer", False),
         ("port", False),
         ("target", False),
     ],

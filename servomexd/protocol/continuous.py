@@ -432,7 +432,7 @@ def _decode_tokens(raw: bytes, tokens: list[bytes], body_sum: int) -> _Body:
         raise ServomexFrameError(
             "token count does not match the channel count",
             raw=raw,
-            context={"channels": n, "tokens": len(tokens) + 2, "expected": 7 + 8 * n},
+            context={"channels": n, "fields": len(tokens) + 2, "expected": 7 + 8 * n},
         )
     blocks = [
         _decode_block(tokens[i : i + 8], b";".join(tokens[i : i + 8]), raw, (i - 3) // 8)
