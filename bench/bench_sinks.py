@@ -1,4 +1,4 @@
-"""Sink throughput against the raw driver on the same rows (issue 3 target: >= 60%).
+"""Sink throughput against the raw driver on the same rows (target: >= 60%).
 
     .venv/bin/python bench/bench_sinks.py [--rows 100000] [--repeat 3] [--skip-postgres]
 

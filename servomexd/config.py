@@ -29,9 +29,9 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -47,6 +47,8 @@ from pydantic_settings import (
 )
 
 from servomexd.errors import ServomexConfigError, ServomexValidationError
+from servomexd.link.line import BAUDRATES, MODBUS_PROTOCOLS, port_key, sharing_problem
+from servomexd.redaction import MASK, is_secret_name, mask_text, register_secret
 from servomexd.sinks.registry import default_path
 
 if TYPE_CHECKING:
@@ -59,17 +61,23 @@ EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the unit file sets RestartPreventExitStatus=78."""
 
 DEFAULT_METRICS_PORT = 9723
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always fullmatch: "$" allows "\n"
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
-STANDARD_BAUDRATES: tuple[int, ...] = (
-    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
-)  # fmt: skip
-"""Mirrors ``servomexd.link.serial.BAUDRATES`` (kept here so check-config does not import
-the serial driver; a test keeps the two equal)."""
-
 Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "auto"]
-MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "auto"})
+
+
+def _sql_identifier(value: str) -> str:
+    """The sinks' own identifier rule (imported here, not at the top: the sinks package
+    must stay free to import this module)."""
+    from servomexd.sinks.base import IDENTIFIER_RE
+
+    # fullmatch, never "$": "$" also matches before a trailing "\n".
+    if not IDENTIFIER_RE.fullmatch(value):
+        raise ValueError(f"must be an SQL identifier: {IDENTIFIER_RE.pattern}")
+    return value
+
+
+SqlIdentifier = Annotated[str, AfterValidator(_sql_identifier)]
 
 
 class _Section(BaseModel):
@@ -112,8 +120,8 @@ class DeviceConfig(_Section):
     @classmethod
     def _standard_rate(cls, value: int) -> int:
         # A non-standard rate is nearly always a typo (1920, 192000).
-        if value not in STANDARD_BAUDRATES:
-            raise ValueError(f"must be one of {', '.join(map(str, STANDARD_BAUDRATES))}")
+        if value not in BAUDRATES:
+            raise ValueError(f"must be one of {', '.join(map(str, BAUDRATES))}")
         return value
 
     @field_validator("port")
@@ -140,9 +148,6 @@ class DeviceConfig(_Section):
     def is_modbus(self) -> bool:
         return self.protocol in MODBUS_PROTOCOLS
 
-    def serial_key(self) -> tuple[int, int, str, int]:
-        return (self.baudrate, self.bytesize, self.parity, self.stopbits)
-
 
 class PostgresSettings(_Section):
     """Mirrors ``servomexd.sinks.PostgresConfig``; the password has three sources."""
@@ -154,8 +159,8 @@ class PostgresSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     database: str | None = None
-    schema_: Annotated[str, Field(alias="schema")] = "public"
-    table: str = "samples"
+    schema_: Annotated[SqlIdentifier, Field(alias="schema")] = "public"
+    table: SqlIdentifier = "samples"
     pool_min_size: Annotated[int, Field(ge=0)] = 1
     pool_max_size: Annotated[int, Field(ge=1)] = 4
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 30000
@@ -164,13 +169,6 @@ class PostgresSettings(_Section):
     use_copy: bool = True
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("schema_", "table")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
-        return value
 
     @model_validator(mode="after")
     def _one_target(self) -> PostgresSettings:
@@ -185,22 +183,11 @@ class PostgresSettings(_Section):
         # Imported here: check-config need not load the sinks package otherwise.
         from servomexd.sinks.postgres_config import PostgresConfig
 
-        return PostgresConfig(
-            dsn=None if self.dsn is None else self.dsn.get_secret_value(),
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=password,
-            database=self.database,
-            schema=self.schema_,
-            table=self.table,
-            pool_min_size=self.pool_min_size,
-            pool_max_size=self.pool_max_size,
-            statement_timeout_ms=self.statement_timeout_ms,
-            command_timeout_s=self.command_timeout_s,
-            create_table=self.create_table,
-            use_copy=self.use_copy,
-        )
+        # Every field but the secrets and the password's sources goes over by name
+        # (TOML names: ``schema``), so a field added to both cannot be forgotten here.
+        shared = self.model_dump(by_alias=True, exclude={"dsn", "password", "password_file"})
+        dsn = None if self.dsn is None else self.dsn.get_secret_value()
+        return PostgresConfig(dsn=dsn, password=password, **shared)
 
     def resolve_password(self) -> str | None:
         """``password``, else ``password_file``, else ``$CREDENTIALS_DIRECTORY/pg-password``."""
@@ -278,7 +265,7 @@ _DATA_DIRECTORY = Path("/var/lib/servomexd")
 class SinkSettings(_Section):
     type: SinkType = "sqlite"
     path: Path = Path("/var/lib/servomexd/samples.sqlite")
-    table: str = "samples"
+    table: SqlIdentifier = "samples"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 64
     flush_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
@@ -288,13 +275,6 @@ class SinkSettings(_Section):
     shutdown_timeout: Annotated[float, Field(ge=0, le=8)] = 4.0
     postgres: PostgresSettings = PostgresSettings()
     parquet: ParquetSettings = ParquetSettings()
-
-    @field_validator("table")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
-        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -419,22 +399,11 @@ class Settings(BaseSettings):
             names.add(device.name)
         by_port: dict[str, list[DeviceConfig]] = {}
         for device in self.devices:
-            by_port.setdefault(device.port, []).append(device)
-        for port, shared in by_port.items():
-            if len(shared) < 2:
-                continue
-            if not all(d.is_modbus for d in shared):
-                raise ValueError(
-                    f"port {port} is shared by {', '.join(d.name for d in shared)}: only "
-                    "Modbus devices (RS485 multidrop) may share a port"
-                )
-            addresses = [d.address for d in shared]
-            if len(set(addresses)) != len(addresses):
-                raise ValueError(f"devices on port {port} need distinct Modbus addresses")
-            if len({d.serial_key() for d in shared}) != 1:
-                raise ValueError(
-                    f"devices on port {port} must share baudrate, bytesize, parity and stopbits"
-                )
+            by_port.setdefault(port_key(device.port), []).append(device)
+        for shared in by_port.values():
+            problem = sharing_problem(shared)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -550,7 +519,6 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 def _register_secrets(settings: Settings) -> None:
     """Tell the log redactor the configured secrets, so no log line can carry them."""
-    from servomexd.logs import register_secret
     from servomexd.sinks.postgres_config import dsn_password
 
     pg = settings.sink.postgres
@@ -577,13 +545,6 @@ def _check_password_source(path: Path, settings: Settings) -> None:
         raise ConfigInvalid(path, [(loc, "", exc.message)]) from None
 
 
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "dsn")
-
-
-def _is_secret_loc(loc: str) -> bool:
-    lowered = loc.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
 
 def describe_errors(
     exc: ValidationError, env_sources: dict[str, str] | None = None
@@ -592,10 +553,10 @@ def describe_errors(
     for error in exc.errors(include_url=False):
         loc = _dotted(error.get("loc", ()))
         value = error.get("input")
-        if _is_secret_loc(loc) or (
-            isinstance(value, dict) and any(_is_secret_loc(str(k)) for k in value)
+        if is_secret_name(loc) or (
+            isinstance(value, dict) and any(is_secret_name(str(k)) for k in value)
         ):
-            shown = "'***'" if not isinstance(value, dict) else _short_repr(value)
+            shown = f"'{MASK}'" if not isinstance(value, dict) else _short_repr(value)
         elif error.get("type") == "missing":
             shown = "nothing"
         else:
@@ -643,33 +604,12 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 # --- printing (check-config) -----------------------------------------------------------
 
 
-MASK = "********"
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``MASK`` (user and host kept for debugging)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return MASK
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-        netloc = f"{userinfo}@{hostinfo}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1" + MASK, parts.query)
-    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    # key=value DSNs (libpq style): "host=... password=..."
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1" + MASK, masked)
-
-
 def effective_config(settings: Settings) -> dict[str, Any]:
     """Plain data with every secret masked: safe to print or log."""
     data = settings.model_dump(mode="python", by_alias=True)
     pg = data["sink"]["postgres"]
     dsn = settings.sink.postgres.dsn
-    pg["dsn"] = None if dsn is None else mask_dsn(dsn.get_secret_value())
+    pg["dsn"] = None if dsn is None else mask_text(dsn.get_secret_value())
     pg["password"] = None if settings.sink.postgres.password is None else MASK
     plain: dict[str, Any] = _plain(data)
     return plain

@@ -34,9 +34,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from servomexd import __version__, status
-from servomexd.acquisition.backoff import Backoff
 from servomexd.acquisition.factory import build_session_factory
 from servomexd.acquisition.supervisor import DeviceSupervisor, LinkHealth
+from servomexd.backoff import Backoff
 from servomexd.config import (
     EX_CONFIG,
     ConfigInvalid,

@@ -2,7 +2,8 @@
 
 Errors are meant to be read in a journal line, so each carries the raw bytes it
 choked on (shortened) and a small context mapping (port, device, field...), and
-renders both in ``str()``. ``reason`` is the short machine label used for the
+renders both in ``str()``, with the value of any context key that names a secret
+masked (``servomexd.redaction``). ``reason`` is the short machine label used for the
 ``servomexd_frames_rejected_total{reason=...}`` metric.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from servomexd.redaction import MASK, is_secret_name
 
 _RAW_PREVIEW_BYTES = 64
 
@@ -35,7 +38,9 @@ class ServomexError(Exception):
             self.reason = reason
 
     def __str__(self) -> str:
-        parts = [f"{key}={value}" for key, value in self.context.items()]
+        parts = [
+            f"{key}={MASK if is_secret_name(key) else value}" for key, value in self.context.items()
+        ]
         if self.raw is not None:
             preview = self.raw[:_RAW_PREVIEW_BYTES]
             suffix = f"...(+{len(self.raw) - _RAW_PREVIEW_BYTES} bytes)" if len(

@@ -20,12 +20,8 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from servomexd.link.diagnose import diagnose, is_url, probe_open
-
-if TYPE_CHECKING:
-    from servomexd.config import DeviceConfig
+from servomexd.link.line import MODBUS_PROTOCOLS, LineUser, sharing_problem
 
 __all__ = ["PortFinding", "port_findings", "same_adapter_problems"]
 
@@ -34,9 +30,9 @@ def _resolved(port: str) -> str:
     return os.path.realpath(port)
 
 
-def same_adapter_problems(devices: Sequence[DeviceConfig]) -> list[tuple[str, str, str]]:
+def same_adapter_problems(devices: Sequence[LineUser]) -> list[tuple[str, str, str]]:
     """ConfigInvalid problems for devices naming one adapter by different paths."""
-    groups: dict[str, list[DeviceConfig]] = {}
+    groups: dict[str, list[LineUser]] = {}
     for device in devices:
         if not is_url(device.port):
             groups.setdefault(_resolved(device.port), []).append(device)
@@ -45,7 +41,7 @@ def same_adapter_problems(devices: Sequence[DeviceConfig]) -> list[tuple[str, st
         if len({os.path.normpath(d.port) for d in shared}) < 2:
             continue  # one spelling: the model's own shared-port rules apply
         names = " and ".join(f"{d.name} (port = {d.port!r})" for d in shared)
-        if not all(d.is_modbus for d in shared):
+        if not all(d.protocol in MODBUS_PROTOCOLS for d in shared):
             problems.append((
                 "devices",
                 "",
@@ -53,18 +49,9 @@ def same_adapter_problems(devices: Sequence[DeviceConfig]) -> list[tuple[str, st
                 "multidrop) may share one; give each continuous analyser its own adapter",
             ))
             continue
-        addresses = [d.address for d in shared]
-        if len(set(addresses)) != len(addresses):
-            problems.append((
-                "devices", "", f"{names} are one bus ({real}) and need distinct Modbus addresses"
-            ))
-        if len({d.serial_key() for d in shared}) != 1:
-            problems.append((
-                "devices",
-                "",
-                f"{names} are one bus ({real}) and must share baudrate, bytesize, parity "
-                "and stopbits",
-            ))
+        problem = sharing_problem(shared)
+        if problem is not None:
+            problems.append(("devices", "", f"{names} are one bus ({real}): {problem}"))
     return problems
 
 
@@ -82,7 +69,7 @@ class PortFinding:
         return f"{level}: device {self.device}: port {self.port}: {self.text}"
 
 
-def port_findings(devices: Sequence[DeviceConfig]) -> list[PortFinding]:
+def port_findings(devices: Sequence[LineUser]) -> list[PortFinding]:
     """Each configured port as the current user sees it (run check-config as the service
     user, ``sudo -u servomexd``, to check what the daemon will see)."""
     findings: list[PortFinding] = []

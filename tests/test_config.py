@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from servomexd.config import (
     EX_CONFIG,
@@ -20,10 +20,9 @@ from servomexd.config import (
     check_config,
     effective_config,
     load_settings,
-    mask_dsn,
     to_toml,
 )
-from servomexd.errors import ServomexConfigError
+from servomexd.errors import ServomexConfigError, ServomexValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "etc" / "servomexd" / "servomexd.toml"
@@ -208,6 +207,11 @@ def test_shared_port_rules(tmp_path: Path) -> None:
     with pytest.raises(ConfigInvalid) as info:
         load_settings(write(tmp_path, bus.format(a=2, b=9600)))
     assert "must share baudrate" in info.value.lines()[0]
+    first, _, second = bus.format(a=2, b=19200).rpartition("modbus_rtu")
+    mixed = first + "modbus_ascii" + second  # device b speaks ASCII, device a RTU
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, mixed))
+    assert "share one protocol" in info.value.lines()[0]
 
 
 def test_postgres_needs_exactly_one_target(tmp_path: Path) -> None:
@@ -299,22 +303,6 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 # --- secrets never printed ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("dsn", "expected"),
-    [
-        ("postgresql://u:hunter2@h:5432/db", "postgresql://u:********@h:5432/db"),
-        ("postgresql://u@h/db", "postgresql://u@h/db"),
-        ("postgresql://h/db?password=hunter2&sslmode=require", None),
-        ("host=h user=u password=hunter2 dbname=d", None),
-    ],
-)
-def test_mask_dsn(dsn: str, expected: str | None) -> None:
-    masked = mask_dsn(dsn)
-    assert "hunter2" not in masked
-    if expected is not None:
-        assert masked == expected
-
-
 def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = MINIMAL + (
         '[sink]\ntype = "postgres"\n[sink.postgres]\n'
@@ -323,9 +311,9 @@ def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert check_config(str(write(tmp_path, text))) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "hunter3" not in out
-    assert "postgresql://u:********@h/db" in out
+    assert "postgresql://u:***@h/db" in out
     printed = tomllib.loads(out)
-    assert printed["sink"]["postgres"]["password"] == "********"
+    assert printed["sink"]["postgres"]["password"] == "***"
 
 
 def test_invalid_secret_value_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -342,11 +330,21 @@ def test_repr_hides_password(tmp_path: Path) -> None:
     assert "s3cret" not in to_toml(effective_config(settings))
 
 
-def test_baudrates_mirror_the_serial_link() -> None:
-    from servomexd.config import STANDARD_BAUDRATES
-    from servomexd.link.serial import BAUDRATES
+@pytest.mark.parametrize("baudrate", [1200, 9600, 19200, 230400, 1920, 192000, 0])
+def test_configuration_and_serial_link_accept_the_same_baudrates(baudrate: int) -> None:
+    from servomexd.link.serial import SerialSettings
 
-    assert STANDARD_BAUDRATES == BAUDRATES
+    try:
+        SerialSettings("/dev/ttyX", baudrate)
+        link_accepts = True
+    except ServomexValidationError:
+        link_accepts = False
+    try:
+        DeviceConfig(name="a", port="/dev/ttyX", baudrate=baudrate)
+        config_accepts = True
+    except ValidationError:
+        config_accepts = False
+    assert config_accepts == link_accepts == (baudrate in (1200, 9600, 19200, 230400))
 
 
 def test_sink_path_default_follows_type(tmp_path: Path) -> None:
@@ -392,15 +390,15 @@ def test_dsn_the_sink_cannot_use_is_a_config_error(
 def test_loaded_secrets_registered_for_log_redaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from servomexd import logs
+    from servomexd import redaction
 
-    monkeypatch.setattr(logs, "_KNOWN_SECRETS", set())
+    monkeypatch.setattr(redaction, "_KNOWN_SECRETS", set())
     pw = tmp_path / "pw"
     pw.write_text("from-file-pw\n")
     load_settings(write(tmp_path, PG + f'password_file = "{pw}"\n'))
     dsn = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\ndsn = "postgresql://u:in-dsn-pw@h/d"\n'
     load_settings(write(tmp_path, dsn, "d.toml"))
-    assert logs.redact_text("x from-file-pw in-dsn-pw y") == "x *** *** y"
+    assert redaction.mask_text("x from-file-pw in-dsn-pw y") == "x *** *** y"
 
 
 # --- operator messages (issue 10) -----------------------------------------------------------
@@ -501,3 +499,21 @@ def test_check_config_port_checks_and_no_port_check(
     assert "error: device a: port" in capsys.readouterr().err
     assert check_config(path, port_check=False) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_to_sink_config_carries_every_setting() -> None:
+    from servomexd.config import PostgresSettings
+    from servomexd.sinks.postgres_config import PostgresConfig
+
+    settings = PostgresSettings(
+        host="db", port=6543, user="u", database="plant", schema="lab", table="t1",
+        pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500, command_timeout_s=3.5,
+        create_table=False, use_copy=False,
+    )  # fmt: skip
+    assert settings.to_sink_config("pw") == PostgresConfig(
+        host="db", port=6543, user="u", password="pw", database="plant", schema="lab",
+        table="t1", pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500,
+        command_timeout_s=3.5, create_table=False, use_copy=False,
+    )  # fmt: skip
+    dsn = PostgresSettings(dsn="postgresql://u@db/plant").to_sink_config(None)
+    assert dsn.dsn == "postgresql://u@db/plant" and dsn.host is None and dsn.password is None

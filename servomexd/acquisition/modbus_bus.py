@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from time import monotonic, monotonic_ns
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient
@@ -41,6 +41,13 @@ from servomexd.errors import (
     ServomexTimeoutError,
 )
 from servomexd.link.diagnose import diagnose, is_url, probe_open
+from servomexd.link.line import (
+    LineUser,
+    SerialLineSettings,
+    describe_line,
+    line_of,
+    sharing_problem,
+)
 from servomexd.model import ProtocolKind
 from servomexd.protocol import modbus as mb
 
@@ -60,21 +67,6 @@ _BACKSTOP_TIMEOUT = 30.0
 """pymodbus's own response timeout; ours (per attempt, ``request_timeout``) fires first."""
 
 
-class SerialLineSettings(Protocol):
-    """The line settings of a configured device (``DeviceConfig`` fits, read-only)."""
-
-    @property
-    def port(self) -> str: ...
-    @property
-    def baudrate(self) -> int: ...
-    @property
-    def bytesize(self) -> int: ...
-    @property
-    def parity(self) -> str: ...
-    @property
-    def stopbits(self) -> int: ...
-
-
 @dataclass(frozen=True, slots=True)
 class BusSettings:
     port: str
@@ -86,9 +78,7 @@ class BusSettings:
 
     @classmethod
     def of(cls, device: SerialLineSettings, protocol: ProtocolKind) -> BusSettings:
-        return cls(
-            device.port, protocol, device.baudrate, device.bytesize, device.parity, device.stopbits
-        )
+        return cls(protocol=protocol, **line_of(device))
 
 
 class SendStamp:
@@ -417,7 +407,7 @@ class ModbusBusRegistry:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
         self._buses: dict[str, ModbusBus] = {}
-        self._declared: dict[str, tuple[str, BusSettings]] = {}
+        self._declared: dict[str, list[LineUser]] = {}
         self._spellings: dict[str, str] = {}
 
     def _key(self, port: str) -> str:
@@ -454,8 +444,8 @@ class ModbusBusRegistry:
                     "devices on one port must share protocol and serial settings",
                     context={
                         "port": settings.port,
-                        "in_use": _settings_text(bus.settings),
-                        "requested": _settings_text(settings),
+                        "in_use": describe_line(bus.settings),
+                        "requested": describe_line(settings),
                     },
                 )
             bus = None  # idle bus with other settings (e.g. after AUTO): replace it
@@ -464,28 +454,24 @@ class ModbusBusRegistry:
             self._buses[key] = bus
         return bus
 
-    def declare(self, device: str, settings: BusSettings) -> None:
-        """Note a configured device's line settings; refuse a conflict at start-up.
+    def declare(self, device: LineUser) -> None:
+        """Note a configured device; refuse one that cannot share its port, at start-up.
 
-        Devices sharing a port share one line: one framing, one baud rate. Catching a
-        mismatch while building factories makes it a configuration error (exit 78)
-        instead of a link that fails to open forever.
+        The rule is ``link.line.sharing_problem``, the one configuration applies too.
+        Catching a mismatch while building factories makes it a configuration error
+        (exit 78) instead of a link that fails to open forever.
         """
-        settings = self._canonical(settings)
-        key = self._key(settings.port)
-        first = self._declared.setdefault(key, (device, settings))
-        if first[1] != settings:
+        key = self._key(device.port)
+        # Declaring a device again (a factory rebuilt for it) replaces its entry.
+        users = [user for user in self._declared.get(key, []) if user.name != device.name]
+        users.append(device)
+        problem = sharing_problem(users)
+        if problem is not None:
             raise ServomexConfigError(
-                "devices on one port must share protocol and serial settings",
-                context={
-                    "port": settings.port,
-                    first[0]: _settings_text(first[1]),
-                    device: _settings_text(settings),
-                },
+                problem,
+                context={"port": device.port, **{u.name: describe_line(u) for u in users}},
             )
-
-    def bus_for(self, port: str) -> ModbusBus | None:
-        return self._buses.get(self._key(port))
+        self._declared[key] = users
 
     def users_on(self, port: str) -> int:
         bus = self._buses.get(self._key(port))
@@ -500,13 +486,6 @@ class ModbusBusRegistry:
         for bus in self._buses.values():
             await bus.aclose()
         self._buses.clear()
-
-
-def _settings_text(settings: BusSettings) -> str:
-    return (
-        f"{settings.protocol.value} {settings.baudrate} "
-        f"{settings.bytesize}{settings.parity}{settings.stopbits}"
-    )
 
 
 __all__ = [

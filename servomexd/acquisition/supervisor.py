@@ -25,12 +25,12 @@ from typing import NamedTuple, Protocol
 
 import structlog
 
-from servomexd.acquisition.backoff import Backoff
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, Rejection, SessionFactory
+from servomexd.acquisition.base import DeviceSession, SessionFactory
 from servomexd.acquisition.rejections import RejectionLog
+from servomexd.backoff import Backoff
 from servomexd.errors import ServomexError
 from servomexd.metrics import Metrics
-from servomexd.model import Frame, Sample
+from servomexd.model import AcquisitionEvent, Frame, Rejection, Sample
 
 log = structlog.get_logger("servomexd.supervisor")
 

@@ -4,7 +4,7 @@ Pure and synchronous: bytes in, records out. A frame on the wire is::
 
     SP date;time;FM;autocal;NN;{id;name;value;unit;alarms;FM;cal;warm;}*N CKSM;<CR?><LF>
 
-(fact sheet section 2). ``parse_frame`` takes the content without its terminator,
+(docs/protocol.md#continuous-ascii). ``parse_frame`` takes the content without its terminator,
 leading space included, exactly as the framer cuts it from the byte stream.
 
 Speed matters here (<= 14 us per 5-channel frame, >= 70k frames/s on one core, see
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
-from servomexd.acquisition.base import AcquisitionEvent, Rejection
 from servomexd.errors import (
     ServomexChecksumError,
     ServomexError,
@@ -34,6 +33,7 @@ from servomexd.errors import (
 )
 from servomexd.model import (
     IDLE_CAL_GROUPS,
+    AcquisitionEvent,
     AnalyserStatus,
     CalGroupState,
     ChannelId,
@@ -42,6 +42,7 @@ from servomexd.model import (
     Frame,
     ProtocolKind,
     Reading,
+    Rejection,
     Unit,
 )
 
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 START = 0x20
-"""Every frame starts with one space (fact sheet 2.2)."""
+"""Every frame starts with one space (docs/protocol.md#line-structure)."""
 
 DEFAULT_MAX_LINE = 4096
 """Longest line the framer buffers. A real frame is 39 + 33*N bytes (369 for all ten
@@ -133,7 +134,7 @@ def _status(alarms: bytes, fm: bytes, cal: bytes, warm: bytes) -> ChannelStatus:
     cached = _statuses.get(key)
     if cached is not None:
         return cached
-    # Every flag is an explicit character (fact sheet 2.5); a short field reads as clear.
+    # Every flag is an explicit character (docs/protocol.md#channel-block); short = clear.
     padded = alarms.ljust(4)[:4]
     status = ChannelStatus(
         fault=fm[:1] == b"F",
@@ -175,8 +176,8 @@ def _analyser(fm: bytes, autocal: bytes) -> tuple[bool, bool, tuple[CalGroupStat
 
 
 def _date(field: bytes) -> str | None:
-    """``DD-MM-YY`` as the ISO prefix ``YYYY-MM-DDT`` (year 2000+YY, fact sheet 2.4), or
-    None for an unset or impossible date."""
+    """``DD-MM-YY`` as the ISO prefix ``YYYY-MM-DDT`` (year 2000+YY), or None for an
+    unset or impossible date (docs/protocol.md#header-fields)."""
     if field in _dates:
         return _dates[field]
     result: str | None = None
@@ -266,8 +267,8 @@ decoded from here; when a value changes, the block cache still covers the others
 _BLOCK_CACHE_LIMIT = 4096
 _BODY_CACHE_LIMIT = 1024
 
-_HEADER = 34  # start space + the 33-byte header (fixed widths, fact sheet 2.4)
-_BLOCK = 33  # one channel block with its trailing ';' (fact sheet 2.5)
+_HEADER = 34  # start space + the 33-byte header (docs/protocol.md#header-fields)
+_BLOCK = 33  # one channel block with its trailing ';' (docs/protocol.md#channel-block)
 _BODY = 19  # where the body starts: after " DD-MM-YY;HH:MM:SS;"
 
 
@@ -431,7 +432,7 @@ def _decode_tokens(raw: bytes, tokens: list[bytes], body_sum: int) -> _Body:
         raise ServomexFrameError(
             "token count does not match the channel count",
             raw=raw,
-            context={"channels": n, "tokens": len(tokens) + 2, "expected": 7 + 8 * n},
+            context={"channels": n, "fields": len(tokens) + 2, "expected": 7 + 8 * n},
         )
     blocks = [
         _decode_block(tokens[i : i + 8], b";".join(tokens[i : i + 8]), raw, (i - 3) // 8)
@@ -533,7 +534,7 @@ def build_frame(
     checksum_override: int | None = None,
     terminator: bytes = b"",
 ) -> bytes:
-    """Encode a frame the way the analyser does (fact sheet 2.3-2.7).
+    """Encode a frame the way the analyser does (docs/protocol.md#continuous-ascii).
 
     ``clock=None`` writes an unset clock (``00-00-00;00:00:00``).
     ``checksum_override`` writes that checksum instead of the right one (fault

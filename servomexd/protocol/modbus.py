@@ -5,7 +5,7 @@ into the same ``Frame``/``Reading`` records the continuous parser builds, so the
 rest of the daemon never looks at the protocol. No I/O: the session in
 ``servomexd.acquisition.modbus`` does the transactions.
 
-Device facts used (see the protocol fact sheet, section 3):
+Device facts used (docs/protocol.md#modbus-rtu-and-ascii):
 
 - FC04 input registers, one 7-register slot per channel (value 2, name 3, unit 2),
   ten slots I1..I4, D1..D4, E1, E2 at PDU 0..69; float32 high word first.

@@ -7,16 +7,14 @@ The password (a field, or inside the DSN) never appears in ``repr``/``str``,
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, fields
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from servomexd.errors import ServomexValidationError
+from servomexd.redaction import MASK, mask_text
 from servomexd.sinks.base import CHECKPOINT_TABLE, validate_identifier
 
 _SCHEMES = ("postgres", "postgresql")
-_QUERY_SECRET = re.compile(r"(?i)((?:^|&)(?:password|sslpassword)=)[^&]*")
-MASK = "***"
 
 
 def _split(dsn: str) -> SplitResult | None:
@@ -28,21 +26,6 @@ def _split(dsn: str) -> SplitResult | None:
     if parts.scheme not in _SCHEMES:
         return None
     return parts
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password (in the netloc or the query) replaced by ``***``."""
-    parts = _split(dsn)
-    if parts is None:
-        return MASK  # unparseable: it could hold anything
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hostinfo = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-        netloc = f"{userinfo}@{hostinfo}"
-    query = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def dsn_password(dsn: str) -> str | None:
@@ -148,10 +131,9 @@ class PostgresConfig:
         return tuple(secret for secret in found if secret)
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret replaced by ``***`` (for driver error messages)."""
-        for secret in sorted(self.secrets(), key=len, reverse=True):
-            text = text.replace(secret, MASK)
-        return text
+        """``text`` with this config's secrets, and any secret-shaped value, masked
+        (for driver error messages)."""
+        return mask_text(text, self.secrets())
 
     def __repr__(self) -> str:
         shown = []
@@ -160,7 +142,7 @@ class PostgresConfig:
             if field.name == "password" and value is not None:
                 shown.append(f"password='{MASK}'")
             elif field.name == "dsn" and value is not None:
-                shown.append(f"dsn={mask_dsn(value)!r}")
+                shown.append(f"dsn={mask_text(value, [dsn_password(value)])!r}")
             else:
                 shown.append(f"{field.name}={value!r}")
         return f"PostgresConfig({', '.join(shown)})"

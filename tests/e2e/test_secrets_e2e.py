@@ -168,7 +168,7 @@ def test_check_config_prints_masked(tmp_path: Path) -> None:
                           sink={"type": "postgres"}, postgres={"dsn": dsn})  # fmt: skip
     result = _check_config(config)
     assert result.returncode == 0, result.stderr
-    assert "postgresql://svc:********@db/plant?sslmode=require&password=********" in result.stdout
+    assert "postgresql://svc:***@db/plant?sslmode=require&password=***" in result.stdout
     assert _leaks(result.stdout + result.stderr) == []
 
 

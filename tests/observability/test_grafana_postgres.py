@@ -16,8 +16,7 @@ import asyncpg
 import pytest
 from obs_tools import REPO, iter_panels
 
-from servomexd.acquisition.base import Rejection
-from servomexd.model import Frame, Sample
+from servomexd.model import Frame, Rejection, Sample
 from servomexd.protocol.continuous import ContinuousFramer
 from servomexd.sinks import PostgresConfig, PostgresSink
 

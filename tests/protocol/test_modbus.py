@@ -20,7 +20,7 @@ BENCH = (I1, I2, I3, E1, E2)
 
 
 def test_slot_addresses_match_the_table() -> None:
-    # Fact sheet 3.3: value/name/unit PDU of each channel.
+    # docs/protocol.md#register-map: value/name/unit PDU of each channel.
     assert [(mb.value_address(c), mb.name_address(c), mb.unit_address(c)) for c in ChannelId] == [
         (0, 2, 5), (7, 9, 12), (14, 16, 19), (21, 23, 26), (28, 30, 33),
         (35, 37, 40), (42, 44, 47), (49, 51, 54), (56, 58, 61), (63, 65, 68),
