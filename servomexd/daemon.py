@@ -381,14 +381,17 @@ class Daemon:
 
 def run_daemon(config: str | None) -> int:
     """``servomexd run``: returns the process exit status."""
+    # Logging is not configured yet: under journald, an unprefixed stderr line would be
+    # stored at priority 6 (info), hiding why the unit failed from `journalctl -p err`.
+    error = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
     try:
         settings = load_settings(config)
     except ConfigInvalid as exc:
         for line in exc.lines():
-            print(f"servomexd: {line}", file=sys.stderr)
+            print(f"{error}servomexd: {line}", file=sys.stderr)
         return EX_CONFIG
     except ServomexConfigError as exc:
-        print(f"servomexd: {exc.message}", file=sys.stderr)
+        print(f"{error}servomexd: {exc.message}", file=sys.stderr)
         return EX_CONFIG
     configure_logging(settings.log.level, settings.log.format)
     log.debug("daemon.config_loaded", path=str(config_path(config)))
