@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from container import Container, copy_source, rootfs, wheelhouse
-from daemon_harness import compare
+from daemon_harness import Comparison, compare, missing_between
 from harness import (
     RAW_PRIORITY,
     Simulator,
@@ -211,6 +212,14 @@ def service(installed: Box) -> Running:
     return Running(c, sim, seconds, mark)
 
 
+def _stored(run: Running) -> tuple[list[dict[str, Any]], Comparison]:
+    """The frames sent and how they were stored. Rows are read first: the simulator keeps
+    sending, and a frame stored after the emit log was read would look never sent."""
+    rows = sqlite_rows(run.box, DB)
+    frames = run.sim.frames()
+    return frames, compare(frames, rows, "stack-1")
+
+
 def _unit_journal(run: Running, unit: str = UNIT) -> list[dict[str, object]]:
     return journal(run.box, unit, after=run.before_start)
 
@@ -245,10 +254,12 @@ def test_start_returns_after_ready_with_a_status_line(service: Running) -> None:
 def test_samples_reach_sqlite_exactly_once(service: Running) -> None:
     wait_until(lambda: len({r[3] for r in sqlite_rows(service.box, DB) if r[0] == "stack-1"}) >= 10,
                60, "10 frames of stack-1 in SQLite")  # fmt: skip
+    frames, result = _stored(service)
     rows = sqlite_rows(service.box, DB)
-    result = compare(service.sim.frames(), rows, "stack-1")
     assert result.duplicates == {}
     assert len(result.stored_indexes) >= 10
+    assert missing_between(result, frames, result.first, result.last) == []
+    assert set(result.frame_rows.values()) == {CHANNELS}
     assert {r[0] for r in rows} <= {"stack-1"}, "the unplugged analyser produced rows"
 
 
@@ -343,13 +354,14 @@ def test_watchdog_aborts_a_frozen_daemon_and_systemd_restarts_it(service: Runnin
         restart = next(i for i, m in enumerate(log) if "Scheduled restart job" in m)
         assert timeout < abort < restart, log
         restarted_at = time.time()
-        wait_until(lambda: any(f["sent_at"] > restarted_at + 1 and
-                               f["index"] in compare(service.sim.frames(),
-                                                     sqlite_rows(c, DB), "stack-1").stored_indexes
-                               for f in service.sim.frames()),
-                   30, "frames recorded after the restart")  # fmt: skip
-        frames = service.sim.frames()
-        result = compare(frames, sqlite_rows(c, DB), "stack-1")
+
+        def recording_again() -> bool:
+            frames, result = _stored(service)
+            stored = set(result.stored_indexes)
+            return any(f["sent_at"] > restarted_at + 1 and f["index"] in stored for f in frames)
+
+        wait_until(recording_again, 30, "frames recorded after the restart")
+        frames, result = _stored(service)
         assert result.duplicates == {}, "a frame was stored twice across the watchdog restart"
         # What the frozen daemon had read and spooled survived the abort (only its last
         # flush interval may have been in memory), and nothing came back twice from the spool.
