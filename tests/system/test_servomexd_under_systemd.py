@@ -48,6 +48,7 @@ from harness import (
     sqlite_rows,
     wait_until,
 )
+from host_postgres import PG_DATABASE, PG_ROLE, HostPostgres
 from pg import PgCluster, PgUnavailable, run_async
 
 pytestmark = pytest.mark.timeout(900)
@@ -57,8 +58,6 @@ UNIT = "servomexd.service"
 DB = "/var/lib/servomexd/samples.sqlite"
 SPOOL = "/var/lib/servomexd/spool"
 PG_SOCKET = "/run/pgsock"
-PG_ROLE = "servomexd_cred"
-PG_DATABASE = "servomexd_cred"
 FLUSH = 0.3
 CHANNELS = 5
 """Readings per frame of the simulated analyser: every stored frame has all of them."""
@@ -81,50 +80,6 @@ def _prerequisites() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"system suite cannot run: {problem}; CI must run it", pytrace=False)
     pytest.skip(problem)
-
-
-@dataclass
-class HostPostgres:
-    """A throwaway cluster on the host; its socket directory is bound into the container."""
-
-    cluster: PgCluster
-    password: str
-
-    def setup(self) -> None:
-        """Start it; a role that must give a password on the socket (scram), owning a database."""
-        self.cluster.start()
-        hba = self.cluster.data_dir / "pg_hba.conf"
-        hba.write_text(f"local all {PG_ROLE} scram-sha-256\n" + hba.read_text())
-
-        async def create() -> None:
-            import asyncpg
-
-            conn = await asyncpg.connect(self.cluster.dsn, timeout=10)
-            try:
-                await conn.execute(f"CREATE ROLE {PG_ROLE} LOGIN PASSWORD '{self.password}'")
-                await conn.execute(f"CREATE DATABASE {PG_DATABASE} OWNER {PG_ROLE}")
-                await conn.execute("SELECT pg_reload_conf()")
-            finally:
-                await conn.close()
-
-        run_async(create)
-
-    def count(self, device: str) -> int:
-        async def query() -> int:
-            import asyncpg
-
-            dsn = self.cluster.dsn.rsplit("/", 1)[0] + f"/{PG_DATABASE}"
-            conn = await asyncpg.connect(dsn, timeout=10)
-            try:
-                exists = await conn.fetchval("SELECT to_regclass('public.samples') IS NOT NULL")
-                if not exists:
-                    return 0
-                return int(await conn.fetchval(
-                    "SELECT count(*) FROM samples WHERE device = $1", device))  # fmt: skip
-            finally:
-                await conn.close()
-
-        return run_async(query)
 
 
 @dataclass
