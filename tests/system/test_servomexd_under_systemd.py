@@ -31,7 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from container import Container, copy_source, rootfs, wheelhouse
+from container import Container, copy_source, debian_mirror, rootfs, wheelhouse
 from daemon_harness import Comparison, compare, missing_between
 from harness import (
     RAW_PRIORITY,
@@ -179,6 +179,26 @@ def _unit_journal(run: Running, unit: str = UNIT) -> list[dict[str, object]]:
     return journal(run.box, unit, after=run.before_start)
 
 
+# --- the machinery (no container needed) ---------------------------------------------------
+
+
+def test_the_mirror_comes_from_the_apt_sources(tmp_path: Path) -> None:
+    # mmdebstrap must use the archive this machine's apt reaches, not a default one.
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+    )
+    assert debian_mirror(tmp_path) == "http://mirror.example/debian"
+    (tmp_path / "sources.list.d" / "debian.sources").unlink()
+    (tmp_path / "sources.list").write_text(
+        "deb [signed-by=/k.gpg] http://old.example/debian bookworm main\n"
+    )
+    assert debian_mirror(tmp_path) == "http://old.example/debian"
+    (tmp_path / "sources.list").unlink()
+    assert debian_mirror(tmp_path) == "http://deb.debian.org/debian"
+
+
 # --- install and start ---------------------------------------------------------------------
 
 
@@ -199,8 +219,10 @@ def test_start_returns_after_ready_with_a_status_line(service: Running) -> None:
     # already active (not activating) and the daemon has logged its readiness.
     state = show(service.box, UNIT)
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
-    assert any("event=daemon.ready" in m for m in messages(_unit_journal(service))), \
-        messages(_unit_journal(service))
+    assert any(m.startswith("Started servomexd.service") for m in messages(_unit_journal(service)))
+    # The daemon logs its readiness just after sending READY=1: it may trail a little.
+    wait_until(lambda: any("event=daemon.ready" in m for m in messages(_unit_journal(service))),
+               10, "the daemon.ready event")  # fmt: skip
     assert state["StatusText"].startswith("devices up "), state
     status = service.box.run("systemctl", "status", "--no-pager", UNIT, check=False).stdout
     assert re.search(r'^\s*Status: "devices up \d/2, samples written \d+', status, re.M), status
