@@ -202,6 +202,12 @@ def test_the_mirror_comes_from_the_apt_sources(tmp_path: Path) -> None:
 # --- install and start ---------------------------------------------------------------------
 
 
+def test_systemd_252_is_pid_1(box: Box) -> None:
+    c = box.container
+    assert c.run("ps", "-o", "comm=", "-p", "1").stdout.strip() == "systemd"
+    assert c.run("systemctl", "--version").stdout.startswith("systemd 252 ")
+
+
 def test_install_sh_installs_the_service_offline(installed: Box) -> None:
     c = installed.container
     assert "installed servomexd" in installed.install_log, installed.install_log
