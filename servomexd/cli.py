@@ -147,21 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: str | None) -> int:
-    """``servomexd run``: the configuration is checked here first, so an invalid one is
-    reported with journald priority ``<3>`` (logging is not configured yet) and exit 78."""
-    from servomexd.config import EX_CONFIG, ConfigInvalid, load_settings
-    from servomexd.errors import ServomexConfigError
-    from servomexd.logs import early_line
-
-    try:
-        load_settings(config)
-    except ConfigInvalid as exc:
-        for line in exc.lines():
-            early_line(f"servomexd: {line}")
-        return EX_CONFIG
-    except ServomexConfigError as exc:
-        early_line(f"servomexd: {exc.message}")
-        return EX_CONFIG
+    """``servomexd run``: an invalid configuration is reported with journald priority
+    ``<3>`` (logging is not configured yet) and exit 78, by ``run_daemon``."""
     from servomexd.daemon import run_daemon
 
     return run_daemon(config)

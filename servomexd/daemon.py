@@ -47,7 +47,7 @@ from servomexd.config import (
 from servomexd.delivery import DeliveryHealth, Writer
 from servomexd.destination import Destination
 from servomexd.errors import ServomexConfigError, ServomexError
-from servomexd.logs import configure_logging
+from servomexd.logs import configure_logging, early_line
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
 from servomexd.signals import capture_signals
@@ -350,14 +350,16 @@ def _supervisors(
 
 def run_daemon(config: str | None) -> int:
     """``servomexd run``: returns the process exit status."""
+    # Logging is not configured yet: early_line still gives journald the priority, or
+    # `journalctl -p err` would hide why the unit failed.
     try:
         settings = load_settings(config)
     except ConfigInvalid as exc:
         for line in exc.lines():
-            print(f"servomexd: {line}", file=sys.stderr)
+            early_line(f"servomexd: {line}")
         return EX_CONFIG
     except ServomexConfigError as exc:
-        print(f"servomexd: {exc.message}", file=sys.stderr)
+        early_line(f"servomexd: {exc.message}")
         return EX_CONFIG
     configure_logging(settings.log.level, settings.log.format)
     log.debug("daemon.config_loaded", path=str(config_path(config)))

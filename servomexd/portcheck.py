@@ -20,6 +20,7 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 from servomexd.link.diagnose import diagnose, is_url, probe_open
 from servomexd.link.line import MODBUS_PROTOCOLS, LineUser, sharing_problem
 
