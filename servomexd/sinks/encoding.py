@@ -117,9 +117,10 @@ class RowEncoder:
             requested_iso = None if requested is None else requested.isoformat()
             error_text = None if error is None else str(error)
             if reading is None:
+                channel = sample.channel  # set when the error belongs to one channel
                 append(
                     (
-                        device, None, None, None, None, None,
+                        device, plain(channel, channel), None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, last_iso, requested_iso, latency, error_text,
                     )
@@ -161,7 +162,7 @@ class RowEncoder:
             if reading is None:
                 append(
                     (
-                        device, None, None, None, None, None,
+                        device, sample.channel, None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, received, requested, latency, error_text,
                     )
