@@ -120,7 +120,7 @@ class RowEncoder:
                 channel = sample.channel  # set when the error belongs to one channel
                 append(
                     (
-                        device, plain(channel, channel), None, None, None, None,
+                        device, None if channel is None else plain(channel, channel), None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, last_iso, requested_iso, latency, error_text,
                     )
