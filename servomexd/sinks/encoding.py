@@ -117,10 +117,13 @@ class RowEncoder:
             requested_iso = None if requested is None else requested.isoformat()
             error_text = None if error is None else str(error)
             if reading is None:
-                channel = sample.channel  # set when the error belongs to one channel
+                # Set when the error belongs to one channel (a failed Modbus read of it).
+                failed: str | None = sample.channel
+                if failed is not None:
+                    failed = plain(failed, failed)
                 append(
                     (
-                        device, None if channel is None else plain(channel, channel), None, None, None, None,
+                        device, failed, None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, last_iso, requested_iso, latency, error_text,
                     )
