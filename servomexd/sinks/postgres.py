@@ -55,6 +55,7 @@ from servomexd.sinks.base import (
 )
 from servomexd.sinks.encoding import RowEncoder
 from servomexd.sinks.postgres_config import PostgresConfig
+from servomexd.sinks.worker import current_backend, running_asyncio_loop
 
 _CREATE_TYPES = {
     "value": "double precision",
@@ -215,6 +216,13 @@ class PostgresSink(BaseSink):
     async def open(self) -> None:
         if self._is_open:
             return
+        if running_asyncio_loop() is None:
+            backend = current_backend()
+            raise ServomexSinkDependencyError(
+                f"the Postgres sink runs on asyncio only (asyncpg is asyncio-only), not "
+                f"under {backend}: run it under asyncio or use another sink",
+                context={"backend": backend, "requires": "asyncio"},
+            )
         try:
             import asyncpg
         except ImportError as exc:
