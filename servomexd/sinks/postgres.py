@@ -21,6 +21,9 @@ Failures raise ``ServomexSinkWriteError`` with the driver error chained and
 restarting, timeout, disk full) from one that a retry will not fix (a value the
 column rejects, a missing privilege). After a server restart the pool reconnects
 on the next write.
+
+asyncio only (asyncpg is): under trio ``open()`` raises ``ServomexSinkDependencyError``
+naming the backend, before any connection is tried.
 """
 
 from __future__ import annotations
