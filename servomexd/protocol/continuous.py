@@ -113,9 +113,9 @@ def _decode_text(field: bytes) -> str:
 
 
 def _name(field: bytes) -> str | None:
-    # "||||||" marks an unlabelled slot, also when shortened and padded ("|||   ").
-    text = None if not field.strip(_PAD).strip(b"|") else canonical_name(_decode_text(field))
-    text = text or None
+    # "||||||" marks an unlabelled slot, also when shortened and padded ("|||   ");
+    # a blank field is no name either.
+    text = canonical_name(_decode_text(field)) if field.strip(_PAD).strip(b"|") else None
     if len(_names) >= _CACHE_LIMIT:
         _names.clear()
     _names[field] = text
