@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -36,32 +37,23 @@ class _Handoff:
     """One item at a time from the puller task to ``pipe``.
 
     The item lives here, not in a channel, so ``pipe`` giving up a wait at its flush
-    deadline can never lose it; the puller asks for the next item only when ``pipe``
-    has dealt with this one (as a plain ``async for`` would).
+    deadline can never lose it (a cancelled ``acquire`` leaves the token in place);
+    the puller asks for the next item only when ``pipe`` has dealt with this one, as
+    a plain ``async for`` would. Two reusable semaphores, nothing allocated per item.
     """
 
-    __slots__ = ("ended", "error", "item", "ready", "resumed")
+    __slots__ = ("emptied", "ended", "error", "filled", "item")
 
     def __init__(self) -> None:
-        self.ready = anyio.Event()
-        self.resumed = anyio.Event()
+        self.filled = anyio.Semaphore(0, fast_acquire=True)
+        self.emptied = anyio.Semaphore(0, fast_acquire=True)
         self.item: Sequence[Sample] | Sample | None = None
         self.error: Exception | None = None
         self.ended = False
 
-    def take(self) -> Sequence[Sample] | Sample | None:
-        item, self.item = self.item, None
-        self.ready = anyio.Event()
-        return item
-
-    def resume(self) -> None:
-        resumed, self.resumed = self.resumed, anyio.Event()
-        resumed.set()
-
 
 async def _pull(iterator: AsyncIterator[Any], handoff: _Handoff) -> None:
     while True:
-        resumed = handoff.resumed
         try:
             handoff.item = await anext(iterator)
         except StopAsyncIteration:
@@ -69,10 +61,10 @@ async def _pull(iterator: AsyncIterator[Any], handoff: _Handoff) -> None:
         except Exception as exc:
             # Handed over, not raised: pipe re-raises it as it is (no ExceptionGroup).
             handoff.error = exc
-        handoff.ready.set()
+        handoff.filled.release()
         if handoff.ended or handoff.error is not None:
             return
-        await resumed.wait()
+        await handoff.emptied.acquire()
 
 
 async def pipe(
@@ -99,7 +91,7 @@ async def pipe(
     buffer: list[Sample] = []
     emitted = 0
     batches = 0
-    last_flush = anyio.current_time()
+    last_flush = monotonic()
 
     async def flush() -> None:
         nonlocal emitted, batches, last_flush, buffer
@@ -108,34 +100,37 @@ async def pipe(
             await sink.write_many(batch)
             emitted += len(batch)
             batches += 1
-        last_flush = anyio.current_time()
+        last_flush = monotonic()
 
     async def drain(handoff: _Handoff) -> None:
+        filled = handoff.filled
         while True:
-            if not handoff.ready.is_set():
+            try:
+                filled.acquire_nowait()
+            except anyio.WouldBlock:
                 if buffer:
-                    with anyio.move_on_after(last_flush + flush_interval - anyio.current_time()):
-                        await handoff.ready.wait()
-                    if not handoff.ready.is_set():
+                    with anyio.move_on_after(last_flush + flush_interval - monotonic()) as wait:
+                        await filled.acquire()
+                    if wait.cancelled_caught:  # the deadline came first: flush, keep waiting
                         await flush()
                         continue
                 else:
-                    await handoff.ready.wait()
+                    await filled.acquire()
             if handoff.ended:
                 break
             if handoff.error is not None:
                 await flush()  # keep what the source delivered before failing
                 raise handoff.error
-            item = handoff.take()
+            item, handoff.item = handoff.item, None
             if isinstance(item, Sample):
                 buffer.append(item)
             elif item is not None:
                 buffer.extend(item)
             if len(buffer) >= batch_size or (
-                buffer and anyio.current_time() - last_flush >= flush_interval
+                buffer and monotonic() - last_flush >= flush_interval
             ):
                 await flush()
-            handoff.resume()
+            handoff.emptied.release()
         await flush()
 
     failure: Exception | None = None

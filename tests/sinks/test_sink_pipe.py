@@ -3,6 +3,7 @@ under asyncio and trio."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -153,3 +154,43 @@ async def test_source_failure_flushes_what_arrived_first() -> None:
     with pytest.raises(ConnectionError):
         await pipe(source(), sink, batch_size=100, flush_interval=60)
     assert len(sink.samples) == 5
+
+
+async def test_items_racing_the_flush_deadline_are_never_lost() -> None:
+    # Items arrive around the flush deadline again and again: each wait that gives up
+    # at its deadline must leave the item that was just arriving in place.
+    rng = random.Random(16)
+    delays = [rng.uniform(0, 0.01) for _ in range(150)]
+
+    async def source() -> AsyncIterator[list[Sample]]:
+        for index, delay in enumerate(delays):
+            await anyio.sleep(delay)
+            yield frame(index).as_samples("dev")
+
+    sink = RecordingSink()
+    await sink.open()
+    summary = await pipe(source(), sink, batch_size=1000, flush_interval=0.005)
+    expected = [s for index in range(len(delays)) for s in frame(index).as_samples("dev")]
+    assert sink.samples == expected
+    assert summary.samples_emitted == len(expected)
+    assert summary.batches_written == len(sink.writes) > 10  # flushed on the deadline
+
+
+async def test_cancelling_pipe_closes_the_stream_and_writes_no_more() -> None:
+    closed = anyio.Event()
+
+    async def source() -> AsyncIterator[list[Sample]]:
+        try:
+            yield frame(0).as_samples("dev")
+            await anyio.sleep_forever()
+            yield frame(1).as_samples("dev")  # pragma: no cover
+        finally:
+            closed.set()
+
+    sink = RecordingSink()
+    await sink.open()
+    with anyio.move_on_after(0.2) as scope:
+        await pipe(source(), sink, batch_size=1000, flush_interval=60)
+    assert scope.cancelled_caught
+    assert closed.is_set()
+    assert sink.writes == []  # cancelled before the flush interval: nothing written
