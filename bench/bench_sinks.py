@@ -79,7 +79,7 @@ def sqlite_runs(
     record_batches = chunks(records, batch)
 
     def fresh() -> Path:
-        return tmp / f"run{next(numbers)}.sqlite"
+        return tmp / f"batch{batch}-run{next(numbers)}.sqlite"
 
     async def raw() -> float:
         path = fresh()

@@ -204,7 +204,12 @@ class ServomexSinkCheckpointConflict(ServomexSinkWriteError):
     reason = "sink_checkpoint_conflict"
 
 
-class ServomexSinkDependencyError(ServomexSinkError):
-    """An optional dependency (an extra such as ``servomexd[postgres]``) is missing."""
+class ServomexSinkDependencyError(ServomexSinkError, ServomexConfigError):
+    """An optional dependency (an extra such as ``servomexd[postgres]``) is missing, or
+    the sink cannot run here (``PostgresSink`` under trio: asyncpg is asyncio-only).
+
+    Also a ``ServomexConfigError``, as in the published library: ``except
+    ServomexConfigError`` around ``open()`` catches a missing extra.
+    """
 
     reason = "sink_dependency"

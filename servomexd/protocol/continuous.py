@@ -4,8 +4,11 @@ Pure and synchronous: bytes in, records out. A frame on the wire is::
 
     SP date;time;FM;autocal;NN;{id;name;value;unit;alarms;FM;cal;warm;}*N CKSM;<CR?><LF>
 
-(docs/protocol.md#continuous-ascii). ``parse_frame`` takes the content without its terminator,
-leading space included, exactly as the framer cuts it from the byte stream.
+(docs/protocol.md#continuous-ascii). ``parse_frame`` takes the content, leading space included,
+as the framer cuts it from the byte stream; one trailing CR, LF or CR LF is accepted.
+Tolerated padding: a channel id padded with spaces (``" I1"``), the unlabelled-slot
+marker shortened and padded (``"|||   "``). Names and units are decoded with the
+display charset (``servomexd.protocol.charset``), names in their canonical ASCII form.
 
 Speed matters here (<= 14 us per 5-channel frame, >= 70k frames/s on one core, see
 ``bench/bench_parse.py``), so the parser caches what repeats from frame to frame. A
@@ -45,6 +48,7 @@ from servomexd.model import (
     Rejection,
     Unit,
 )
+from servomexd.protocol.charset import canonical_name, decode_display_text
 
 __all__ = [
     "DEFAULT_MAX_LINE",
@@ -98,17 +102,21 @@ _statuses: dict[tuple[bytes, bytes, bytes, bytes], ChannelStatus] = {}
 _analysers: dict[tuple[bytes, bytes], tuple[bool, bool, tuple[CalGroupState, ...]]] = {}
 _dates: dict[bytes, str | None] = {}
 
-_NO_NAME = b"||||||"
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+_TERMINATOR_BYTES = (0x0A, 0x0D)  # LF, CR
+_PAD = b" \x00"
 
 
 def _decode_text(field: bytes) -> str:
-    # Continuous mode is plain ASCII (CO2 is sent as "CO2"); never fail on a stray byte.
-    return field.decode("ascii", "replace").strip(" \x00")
+    # Usually ASCII (CO2 is sent as "CO2"), but a label typed with a display glyph
+    # arrives as its display-ROM byte: decode as Modbus does, never U+FFFD.
+    return decode_display_text(field).strip(" \x00")
 
 
 def _name(field: bytes) -> str | None:
-    text = None if field.strip(b" ") == _NO_NAME else _decode_text(field) or None
+    # "||||||" marks an unlabelled slot, also when shortened and padded ("|||   ");
+    # a blank field is no name either.
+    text = canonical_name(_decode_text(field)) if field.strip(_PAD).strip(b"|") else None
     if len(_names) >= _CACHE_LIMIT:
         _names.clear()
     _names[field] = text
@@ -274,7 +282,7 @@ _BODY = 19  # where the body starts: after " DD-MM-YY;HH:MM:SS;"
 
 def _decode_block(fields: list[bytes], block_raw: bytes, frame: bytes, index: int) -> _Block:
     ident, name_f, value_f, unit_f, alarms_f, fm_f, cal_f, warm_f = fields
-    channel = _CHANNELS.get(ident)
+    channel = _CHANNELS.get(ident) or _CHANNELS.get(ident.strip(b" "))  # " I1" is I1
     if channel is None:
         raise ServomexParseError(
             "unknown channel id", raw=frame, context={"id": ident, "block": index}
@@ -323,8 +331,8 @@ def parse_frame(
     received_at: datetime | None = None,
     monotonic_ns: int | None = None,
 ) -> Frame:
-    """Decode one Continuous-ASCII frame: ``raw`` is the content without its terminator,
-    leading space included.
+    """Decode one Continuous-ASCII frame: ``raw`` is the content, leading space included,
+    with or without its line terminator (one trailing CR, LF or CR LF is stripped).
 
     The checksum is verified before any field is trusted. Raises
     ``ServomexChecksumError`` (both values attached) on a mismatch, ``ServomexFrameError``
@@ -335,6 +343,9 @@ def parse_frame(
     """
     if type(raw) is not bytes:
         raw = bytes(raw)
+    if raw and raw[-1] in _TERMINATOR_BYTES:
+        # One line terminator (CR, LF or CR LF) is accepted and stripped, once.
+        raw = raw[:-2] if raw[-2:] == b"\r\n" else raw[:-1]
     size = len(raw)
     if not size or raw[0] != START:
         raise ServomexFrameError("frame does not start with the 0x20 start character", raw=raw)

@@ -21,6 +21,9 @@ Failures raise ``ServomexSinkWriteError`` with the driver error chained and
 restarting, timeout, disk full) from one that a retry will not fix (a value the
 column rejects, a missing privilege). After a server restart the pool reconnects
 on the next write.
+
+asyncio only (asyncpg is): under trio ``open()`` raises ``ServomexSinkDependencyError``
+naming the backend, before any connection is tried.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from servomexd.sinks.base import (
 )
 from servomexd.sinks.encoding import RowEncoder
 from servomexd.sinks.postgres_config import PostgresConfig
+from servomexd.sinks.worker import current_backend, running_asyncio_loop
 
 _CREATE_TYPES = {
     "value": "double precision",
@@ -216,6 +220,13 @@ class PostgresSink(BaseSink):
     async def open(self) -> None:
         if self._is_open:
             return
+        if running_asyncio_loop() is None:
+            backend = current_backend()
+            raise ServomexSinkDependencyError(
+                f"the Postgres sink runs on asyncio only (asyncpg is asyncio-only), not "
+                f"under {backend}: run it under asyncio or use another sink",
+                context={"backend": backend, "requires": "asyncio"},
+            )
         try:
             import asyncpg
         except ImportError as exc:
