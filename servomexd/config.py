@@ -161,6 +161,13 @@ class PostgresSettings(_Section):
     command_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     create_table: bool = True
     use_copy: bool = True
+    # TLS as libpq spells it (servomexd.sinks.postgres_tls); the DSN's query string may
+    # carry the same keys instead. None: the DSN's value, else sslmode "prefer".
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    """Client key path; unset: the credential ``$CREDENTIALS_DIRECTORY/pg-sslkey``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -199,6 +206,10 @@ class PostgresSettings(_Section):
             command_timeout_s=self.command_timeout_s,
             create_table=self.create_table,
             use_copy=self.use_copy,
+            sslmode=self.sslmode,
+            sslrootcert=self.sslrootcert,
+            sslcert=self.sslcert,
+            sslkey=self.sslkey,
         )
 
     def resolve_password(self) -> str | None:

@@ -145,6 +145,8 @@ class Daemon:
             }
             if not writer.sink_up and not accepting:
                 problems.append("sink down and spool not accepting")
+            if writer.sink_fault:
+                problems.append(f"sink needs an operator: {writer.sink_fault}")
         ready = not problems
         return ready, {
             "ready": ready,

@@ -30,7 +30,7 @@ import structlog
 
 from servomexd.acquisition.backoff import Backoff
 from servomexd.destination import Destination
-from servomexd.errors import ServomexSinkCheckpointConflict
+from servomexd.errors import ServomexSinkCheckpointConflict, ServomexSinkFault
 from servomexd.metrics import Metrics
 from servomexd.model import Sample
 from servomexd.rows import Record, sample_to_record
@@ -82,6 +82,10 @@ class Writer:
         self.samples_written = 0
         self.buffer_dropped = 0
         self.last_sink_error: str | None = None
+        self.sink_fault: str | None = None
+        """Set while the sink fails for a reason only an operator can fix (a certificate):
+        /readyz then reports not ready, and retries slow down to ``retry_max_delay``."""
+        self._fault_retry_delay = retry_max_delay
         self._down_since: float | None = None
         self._delivered = 0
         self._draining = False
@@ -202,7 +206,7 @@ class Writer:
                     if not synced:
                         if self._stop.is_set():
                             return
-                        await self._sleep(self.backoff.next_delay())
+                        await self._sleep(self._retry_delay())
                         continue
                 try:
                     if prefetched is not None:
@@ -235,9 +239,14 @@ class Writer:
                     synced = False
                     if self._stop.is_set():
                         return
-                    await self._sleep(self.backoff.next_delay())
+                    await self._sleep(self._retry_delay())
         finally:
             await _discard(prefetched)
+
+    def _retry_delay(self) -> float:
+        delay = self.backoff.next_delay()
+        # An operator-needed fault is retried slowly, so fixing it needs no restart.
+        return max(delay, self._fault_retry_delay) if self.sink_fault else delay
 
     async def _read(self, after_seq: int) -> tuple[list[SpoolBatch], bool]:
         """Pending batches after ``after_seq``, and whether the flusher had finished before
@@ -341,6 +350,17 @@ class Writer:
         self.metrics.sink_errors.labels(self.sink_name).inc()
         self.metrics.sink_up.labels(self.sink_name).set(0)
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        fault = exc if isinstance(exc, ServomexSinkFault) else None
+        if fault is not None and fault.message != self.sink_fault:
+            log.error(
+                "sink.fault",
+                sink=self.sink_name,
+                check=fault.context.get("check"),
+                error=fault.message,
+                retry_s=self._fault_retry_delay,
+                hint="an operator must fix this; retried slowly, no restart needed",
+            )
+        self.sink_fault = None if fault is None else fault.message
         if self.sink_up or self._down_since is None:
             self._down_since = time.monotonic()
             log.error(
@@ -390,6 +410,7 @@ class Writer:
         self._down_since = None
         self.sink_up = True
         self.last_sink_error = None
+        self.sink_fault = None
         self.backoff.mark_healthy()
 
     async def _reopen_destination(self) -> None:
