@@ -311,9 +311,39 @@ class SpoolSettings(_Section):
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
 
 
+METRICS_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
 class MetricsSettings(_Section):
     enabled: bool = True
     listen: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    # TLS and basic auth (servomexd.webconfig): an exporter-toolkit web-config.yml
+    # (preferred), or the same inline; not both.
+    web_config: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    """Mutual TLS: only clients with a certificate from this CA may connect."""
+    basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
+    """user -> bcrypt hash."""
+    public_paths: list[Literal["/metrics", "/healthz", "/readyz"]] = ["/healthz"]
+    """Served without basic auth (the Docker HEALTHCHECK, systemd probes)."""
+
+    @model_validator(mode="after")
+    def _one_security_source(self) -> MetricsSettings:
+        inline = [
+            name for name in ("tls_cert", "tls_key", "client_ca", "basic_auth_users")
+            if getattr(self, name)
+        ]
+        if self.web_config is not None and inline:
+            raise ValueError(
+                f"give web_config or the inline {', '.join(inline)}, not both"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
 
     @field_validator("listen")
     @classmethod
