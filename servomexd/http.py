@@ -196,15 +196,8 @@ class MetricsServer:
             client_auth=self.security.client_auth,
             basic_auth=bool(self.security.users),
         )
-        missing = [
-            what
-            for what, present in (
-                ("TLS", self.security.tls),
-                ("authentication", self.security.authenticates),
-            )
-            if not present
-        ]
-        if missing and not _is_loopback(self.host):
+        missing = exposure_gaps(self.host, self.security)
+        if missing:
             log.warning(
                 "metrics.exposed",
                 host=self.host,
@@ -461,6 +454,15 @@ class MetricsServer:
         except TimeoutError:
             # A client that does not read its response is not allowed to pin the buffer.
             writer.transport.abort()
+
+
+def exposure_gaps(host: str, security: WebSecurity) -> list[str]:
+    """What an endpoint listening on ``host`` lacks ("TLS", "authentication"); nothing
+    for a loopback address, which only this machine can reach."""
+    if _is_loopback(host):
+        return []
+    gaps = [] if security.tls else ["TLS"]
+    return gaps if security.authenticates else [*gaps, "authentication"]
 
 
 def _is_loopback(host: str) -> bool:
