@@ -672,6 +672,15 @@ def check_config(path: str | os.PathLike[str] | None) -> int:
     except ServomexConfigError as exc:
         print(f"servomexd: {exc.message}", file=sys.stderr)
         return EX_CONFIG
+    from servomexd.tls_check import security_findings
+
+    problems, warnings = security_findings(settings)
+    for warning in warnings:
+        print(f"servomexd: warning: {warning}", file=sys.stderr)
+    if problems:
+        for problem in problems:
+            print(f"{config_path(path)}: {problem}", file=sys.stderr)
+        return EX_CONFIG
     print(f"# effective configuration from {config_path(path)} (secrets masked)")
     sys.stdout.write(to_toml(effective_config(settings)))
     return 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import ipaddress
 import json
 import ssl
 import time
@@ -39,7 +38,7 @@ from prometheus_client.exposition import choose_encoder
 
 from servomexd import __version__
 from servomexd.errors import ServomexConfigError
-from servomexd.webconfig import REALM, BasicAuth, WebSecurity
+from servomexd.webconfig import REALM, BasicAuth, WebSecurity, exposure_gaps
 
 log = structlog.get_logger(__name__)
 
@@ -454,24 +453,6 @@ class MetricsServer:
         except TimeoutError:
             # A client that does not read its response is not allowed to pin the buffer.
             writer.transport.abort()
-
-
-def exposure_gaps(host: str, security: WebSecurity) -> list[str]:
-    """What an endpoint listening on ``host`` lacks ("TLS", "authentication"); nothing
-    for a loopback address, which only this machine can reach."""
-    if _is_loopback(host):
-        return []
-    gaps = [] if security.tls else ["TLS"]
-    return gaps if security.authenticates else [*gaps, "authentication"]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name or "" (all interfaces)
 
 
 def _accepts_gzip(headers: dict[str, str]) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import ssl
@@ -165,6 +166,24 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def exposure_gaps(host: str, security: WebSecurity) -> list[str]:
+    """What an endpoint listening on ``host`` lacks ("TLS", "authentication"); nothing
+    for a loopback address, which only this machine can reach."""
+    if _is_loopback(host):
+        return []
+    gaps = [] if security.tls else ["TLS"]
+    return gaps if security.authenticates else [*gaps, "authentication"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or "" (all interfaces)
 
 
 # --- reading the settings ---------------------------------------------------------------

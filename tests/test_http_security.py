@@ -19,9 +19,9 @@ from structlog.testing import capture_logs
 from test_http import FakeHealth, Reply, get
 from tlscerts import CertificateAuthority
 
-from servomexd.http import MetricsServer, exposure_gaps
+from servomexd.http import MetricsServer
 from servomexd.metrics import Metrics
-from servomexd.webconfig import WebSecurity
+from servomexd.webconfig import WebSecurity, exposure_gaps
 
 PASSWORD = "correct horse battery staple"
 
