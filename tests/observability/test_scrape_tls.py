@@ -42,7 +42,7 @@ class TlsRig:
     prometheus: PrometheusServer | None = None
 
     def daemon_log(self) -> str:
-        return (self.tmp / "daemon.log").read_text(errors="replace")[-4000:]
+        return (self.tmp / "daemon.log").read_text(errors="replace")
 
     def get(self, path: str, auth: str | None = None) -> tuple[int, bytes]:
         request = urllib.request.Request(self.url + path)
@@ -109,7 +109,9 @@ format = "json"
     try:
         def serving() -> bool:
             if daemon.poll() is not None:
-                raise AssertionError(f"daemon exited {daemon.returncode}: {rig.daemon_log()}")
+                raise AssertionError(
+                    f"daemon exited {daemon.returncode}: {rig.daemon_log()[-4000:]}"
+                )
             try:
                 return rig.get("/healthz")[0] == 200
             except (urllib.error.URLError, ConnectionError, TimeoutError):
