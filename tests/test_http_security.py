@@ -21,7 +21,7 @@ from tlscerts import CertificateAuthority
 
 from servomexd.http import MetricsServer
 from servomexd.metrics import Metrics
-from servomexd.webconfig import WebSecurity, exposure_gaps
+from servomexd.webconfig import WebSecurity
 
 PASSWORD = "correct horse battery staple"
 
@@ -278,23 +278,6 @@ async def test_a_broken_rotation_keeps_the_old_certificate(
         failed = [e for e in logs if e["event"] == "metrics.certificate_reload_failed"]
         assert len(failed) == 1
         assert "KEY_VALUES_MISMATCH" in failed[0]["error"]
-
-
-def test_exposure_gaps() -> None:
-    tls = WebSecurity(cert_file=Path("c"), key_file=Path("k"))
-    both = WebSecurity(cert_file=Path("c"), key_file=Path("k"), users=users())
-    mutual = WebSecurity(
-        cert_file=Path("c"), key_file=Path("k"), client_ca_file=Path("ca"),
-        client_auth="required",
-    )
-    assert exposure_gaps("127.0.0.1", WebSecurity()) == []
-    assert exposure_gaps("::1", WebSecurity()) == []
-    assert exposure_gaps("0.0.0.0", WebSecurity()) == ["TLS", "authentication"]
-    assert exposure_gaps("", WebSecurity()) == ["TLS", "authentication"]
-    assert exposure_gaps("10.1.2.3", tls) == ["authentication"]
-    assert exposure_gaps("metrics.plant", WebSecurity(users=users())) == ["TLS"]
-    assert exposure_gaps("10.1.2.3", both) == []
-    assert exposure_gaps("10.1.2.3", mutual) == []
 
 
 async def test_startup_log_names_the_security() -> None:

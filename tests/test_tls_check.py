@@ -194,3 +194,15 @@ def test_metrics_web_config_is_loaded_and_its_files_checked(
     code, _, err = run_check(tmp_path, body, capsys)
     assert code == EX_CONFIG
     assert "metrics: web_config" in err and "needs both cert_file and key_file" in err
+
+
+def test_inline_basic_auth_hashes_are_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    code, out, err = run_check(
+        tmp_path, f'[metrics]\nbasic_auth_users = {{ prometheus = "{hashed}" }}\n', capsys
+    )
+    assert (code, err) == (0, "")
+    assert hashed not in out
+    assert "prometheus" in out and "********" in out

@@ -12,7 +12,13 @@ from pydantic import ValidationError
 
 from servomexd.config import MetricsSettings
 from servomexd.errors import ServomexConfigError
-from servomexd.webconfig import BasicAuth, WebSecurity, load_web_config, web_security
+from servomexd.webconfig import (
+    BasicAuth,
+    WebSecurity,
+    exposure_gaps,
+    load_web_config,
+    web_security,
+)
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
@@ -135,3 +141,20 @@ async def test_basic_auth_verdicts() -> None:
     assert await auth.check("Bearer abc") == "missing"
     assert await auth.check("Basic !!!") == "missing"
     assert await auth.check("Basic " + base64.b64encode(b"no-colon").decode()) == "missing"
+
+
+def test_exposure_gaps() -> None:
+    tls = WebSecurity(cert_file=Path("c"), key_file=Path("k"))
+    both = WebSecurity(cert_file=Path("c"), key_file=Path("k"), users={'u': HASH.encode()})
+    mutual = WebSecurity(
+        cert_file=Path("c"), key_file=Path("k"), client_ca_file=Path("ca"),
+        client_auth="required",
+    )
+    assert exposure_gaps("127.0.0.1", WebSecurity()) == []
+    assert exposure_gaps("::1", WebSecurity()) == []
+    assert exposure_gaps("0.0.0.0", WebSecurity()) == ["TLS", "authentication"]
+    assert exposure_gaps("", WebSecurity()) == ["TLS", "authentication"]
+    assert exposure_gaps("10.1.2.3", tls) == ["authentication"]
+    assert exposure_gaps("metrics.plant", WebSecurity(users={'u': HASH.encode()})) == ["TLS"]
+    assert exposure_gaps("10.1.2.3", both) == []
+    assert exposure_gaps("10.1.2.3", mutual) == []
