@@ -66,6 +66,7 @@ _UNSUPPORTED_TLS_KEYS = frozenset(
 _TOP_KEYS = frozenset({"tls_server_config", "basic_auth_users", "http_server_config"})
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 _AUTH_CACHE_SIZE = 64
+_CONCURRENT_CHECKS = 2
 REALM = "servomexd"
 
 
@@ -342,6 +343,9 @@ class BasicAuth:
         self._ok: OrderedDict[bytes, None] = OrderedDict()
         # Unknown users still cost one bcrypt check: no timing hint about who exists.
         self._dummy = bcrypt.hashpw(b"servomexd-unknown-user", bcrypt.gensalt(rounds=10))
+        # A password-guessing flood may occupy at most this many worker threads (the
+        # default executor also renders /metrics).
+        self._checks = asyncio.Semaphore(_CONCURRENT_CHECKS)
 
     async def check(self, header: str | None) -> Literal["ok", "missing", "invalid"]:
         """``ok``, ``missing`` (no or malformed header) or ``invalid`` (wrong user/password)."""
@@ -355,7 +359,8 @@ class BasicAuth:
             return "ok"
         stored = self._users.get(user.decode("utf-8", "replace"))
         try:
-            good = await asyncio.to_thread(bcrypt.checkpw, password, stored or self._dummy)
+            async with self._checks:
+                good = await asyncio.to_thread(bcrypt.checkpw, password, stored or self._dummy)
         except ValueError:  # bcrypt refuses passwords over 72 bytes
             good = False
         if not (good and stored is not None):
