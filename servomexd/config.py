@@ -178,6 +178,11 @@ class PostgresSettings(_Section):
             raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
         return value
 
+    @field_validator("sslrootcert", "sslcert", "sslkey")
+    @classmethod
+    def _tls_path(cls, value: str | None) -> str | None:
+        return None if value is None else _file_path_not_pem(value)
+
     @model_validator(mode="after")
     def _one_target(self) -> PostgresSettings:
         if self.pool_min_size > self.pool_max_size:
@@ -224,6 +229,13 @@ class PostgresSettings(_Section):
             if candidate.is_file():
                 return _read_secret(candidate, f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}")
         return None
+
+
+def _file_path_not_pem(value: str) -> str:
+    """A certificate or key setting is a path: refuse pasted PEM (never echoed back)."""
+    if "-----BEGIN" in value or "\n" in value:
+        raise ValueError("must be the path of a PEM file, not its contents")
+    return value
 
 
 def _read_secret(path: Path, what: str) -> str:
@@ -328,6 +340,11 @@ class MetricsSettings(_Section):
     """user -> bcrypt hash."""
     public_paths: list[Literal["/metrics", "/healthz", "/readyz"]] = ["/healthz"]
     """Served without basic auth (the Docker HEALTHCHECK, systemd probes)."""
+
+    @field_validator("web_config", "tls_cert", "tls_key", "client_ca")
+    @classmethod
+    def _tls_path(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(_file_path_not_pem(str(value)))
 
     @model_validator(mode="after")
     def _one_security_source(self) -> MetricsSettings:
@@ -521,7 +538,7 @@ def _check_password_source(path: Path, settings: Settings) -> None:
         ) from None
 
 
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "dsn")
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "dsn", "sslkey", "tls_key")
 
 
 def _is_secret_loc(loc: str) -> bool:
@@ -529,12 +546,17 @@ def _is_secret_loc(loc: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
+def _is_pem(value: Any) -> bool:
+    """PEM text (a key pasted where a path belongs) is never echoed, whatever the key."""
+    return isinstance(value, str) and "-----BEGIN" in value
+
+
 def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
     problems: list[tuple[str, str, str]] = []
     for error in exc.errors(include_url=False):
         loc = _dotted(error.get("loc", ()))
         value = error.get("input")
-        if _is_secret_loc(loc) or (
+        if _is_secret_loc(loc) or _is_pem(value) or (
             isinstance(value, dict) and any(_is_secret_loc(str(k)) for k in value)
         ):
             shown = "'***'" if not isinstance(value, dict) else "{...}"

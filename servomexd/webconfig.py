@@ -254,6 +254,11 @@ def load_web_config(path: Path, *, public_paths: frozenset[str] = frozenset({"/h
         value = tls.get(key)
         if value in (None, ""):
             return None
+        if "-----BEGIN" in str(value) or "\n" in str(value):
+            raise ServomexConfigError(
+                f"{where}: tls_server_config.{key} must be the path of a PEM file, not "
+                "its contents"
+            )
         candidate = Path(str(value))
         return candidate if candidate.is_absolute() else base / candidate
 

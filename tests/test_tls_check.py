@@ -50,7 +50,9 @@ def postgres(host: str, **keys: str) -> str:
 
 
 def key_body(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if "-----" not in line]
+    """The key's base64 in 12-character pieces: none may appear anywhere."""
+    body = "".join(line for line in path.read_text().splitlines() if "-----" not in line)
+    return [body[i : i + 12] for i in range(0, len(body) - 11, 12)]
 
 
 def test_verify_full_with_readable_files_passes_and_never_prints_the_key(
@@ -206,3 +208,33 @@ def test_inline_basic_auth_hashes_are_masked(
     assert (code, err) == (0, "")
     assert hashed not in out
     assert "prometheus" in out and "********" in out
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [("sink.postgres", "sslkey"), ("sink.postgres", "sslcert"), ("metrics", "tls_key")],
+)
+def test_pasted_pem_instead_of_a_path_is_refused_without_echo(
+    tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str], table: str, key: str
+) -> None:
+    pem = (certs / "client.key").read_text()
+    body = f"[{table}]\n{key} = '''{pem}'''\n"
+    if key == "tls_key":
+        body += f'tls_cert = "{certs / "server.crt"}"\n'
+    code, out, err = run_check(tmp_path, body, capsys)
+    assert code == EX_CONFIG
+    assert f"{table}.{key}: must be the path of a PEM file, not its contents" in err
+    assert not any(line in out + err for line in key_body(certs / "client.key"))
+
+
+def test_pasted_pem_in_the_web_config_is_refused_without_echo(
+    tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = (certs / "server.key").read_text()
+    web = tmp_path / "web-config.yml"
+    indented = "".join(f"    {line}\n" for line in pem.splitlines())
+    web.write_text(f"tls_server_config:\n  cert_file: a.crt\n  key_file: |\n{indented}")
+    code, out, err = run_check(tmp_path, f'[metrics]\nweb_config = "{web}"\n', capsys)
+    assert code == EX_CONFIG
+    assert "tls_server_config.key_file must be the path of a PEM file" in err
+    assert not any(line in out + err for line in key_body(certs / "server.key"))
