@@ -190,3 +190,15 @@ def test_daemon_logged_its_endpoint_security(rig: TlsRig) -> None:
     assert listening and listening[0]["tls"] is True and listening[0]["basic_auth"] is True
     assert not [e for e in events if e.get("event") == "metrics.exposed"]
     assert PASSWORD not in rig.daemon_log()
+
+
+def test_documented_tls_scrape_config_is_valid() -> None:
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "config", SCRAPE_TLS.name], cwd=SCRAPE_TLS.parent,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (job,) = yaml.safe_load(SCRAPE_TLS.read_text())["scrape_configs"]
+    assert job["scheme"] == "https"
+    assert set(job["basic_auth"]) == {"username", "password_file"}  # no inline password
