@@ -18,6 +18,7 @@ import os
 import pwd
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from servomexd.config import Settings
 from servomexd.errors import ServomexConfigError
@@ -61,8 +62,8 @@ def _postgres(settings: Settings, problems: list[str], warnings: list[str]) -> N
             build_context(tls)
         except TlsSetupError as exc:
             problems.append(f"{where}.{exc.check}: {exc.message}")
-    host = config.target().split(":", 1)[0]
-    if tls.sslmode != "verify-full" and not is_local_host(None if host == "?" else host):
+    host = urlsplit(config.dsn).hostname if config.dsn is not None else config.host
+    if tls.sslmode != "verify-full" and not is_local_host(host):
         warnings.append(
             f"{where}.sslmode is {tls.sslmode!r} for the remote host {host}: the server's "
             "identity is not verified (a machine in the middle can read and alter the "

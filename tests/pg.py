@@ -122,7 +122,9 @@ class PgCluster:
 
     Listens on 127.0.0.1 on a free port (kept across restarts) with its unix socket
     inside its own temp dir; trust auth for user ``postgres``. Use as a context
-    manager (or call ``cleanup()``) to stop it and delete its files.
+    manager (or call ``cleanup()``) to stop it and delete its files. ``conf`` and ``hba``
+    add postgresql.conf and pg_hba.conf lines (TLS tests: ``ssl = on`` with files placed
+    by ``add_file`` beside the data directory, ``hostssl ... cert``).
     """
 
     def __init__(

@@ -80,7 +80,9 @@ def test_weak_sslmode_to_a_remote_host_is_a_warning(
     ) in err
     code, _, err = run_check(tmp_path, postgres("10.0.0.5"), capsys)
     assert "sslmode is 'prefer' for the remote host 10.0.0.5" in err
-    for local in ("127.0.0.1", "localhost", "/run/postgresql"):
+    code, _, err = run_check(tmp_path, postgres("2001:db8::5", sslmode="verify-ca"), capsys)
+    assert "sslmode is 'verify-ca' for the remote host 2001:db8::5" in err
+    for local in ("127.0.0.1", "localhost", "/run/postgresql", "::1"):
         code, _, err = run_check(tmp_path, postgres(local), capsys)
         assert (code, err) == (0, ""), local
 
