@@ -167,8 +167,20 @@ class PostgresSettings(_Section):
     command_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     create_table: bool = True
     use_copy: bool = True
+    # TLS as libpq spells it (servomexd.sinks.postgres_tls); the DSN's query string may
+    # carry the same keys instead. None: the DSN's value, else sslmode "prefer".
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    """Client key path; unset: the credential ``$CREDENTIALS_DIRECTORY/pg-sslkey``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("sslrootcert", "sslcert", "sslkey")
+    @classmethod
+    def _tls_path(cls, value: str | None) -> str | None:
+        return None if value is None else _file_path_not_pem(value)
 
     @model_validator(mode="after")
     def _one_target(self) -> PostgresSettings:
@@ -206,6 +218,13 @@ class PostgresSettings(_Section):
                         f"systemd credential {CREDENTIAL_NAME}: {exc.message}"
                     ) from None
         return None
+
+
+def _file_path_not_pem(value: str) -> str:
+    """A certificate or key setting is a path: refuse pasted PEM (never echoed back)."""
+    if "-----BEGIN" in value or "\n" in value:
+        raise ValueError("must be the path of a PEM file, not its contents")
+    return value
 
 
 def _read_secret(path: Path) -> str:
@@ -320,9 +339,44 @@ class SpoolSettings(_Section):
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
 
 
+METRICS_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
 class MetricsSettings(_Section):
     enabled: bool = True
     listen: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    # TLS and basic auth (servomexd.webconfig): an exporter-toolkit web-config.yml
+    # (preferred), or the same inline; not both.
+    web_config: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    """Mutual TLS: only clients with a certificate from this CA may connect."""
+    basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
+    """user -> bcrypt hash."""
+    public_paths: list[Literal["/metrics", "/healthz", "/readyz"]] = ["/healthz"]
+    """Served without basic auth (the Docker HEALTHCHECK, systemd probes)."""
+
+    @field_validator("web_config", "tls_cert", "tls_key", "client_ca")
+    @classmethod
+    def _tls_path(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(_file_path_not_pem(str(value)))
+
+    @model_validator(mode="after")
+    def _one_security_source(self) -> MetricsSettings:
+        inline = [
+            name for name in ("tls_cert", "tls_key", "client_ca", "basic_auth_users")
+            if getattr(self, name)
+        ]
+        if self.web_config is not None and inline:
+            raise ValueError(
+                f"give web_config or the inline {', '.join(inline)}, not both"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -545,6 +599,10 @@ def _check_password_source(path: Path, settings: Settings) -> None:
         raise ConfigInvalid(path, [(loc, "", exc.message)]) from None
 
 
+def _is_pem(value: Any) -> bool:
+    """PEM text (a key pasted where a path belongs) is never echoed, whatever the key."""
+    return isinstance(value, str) and "-----BEGIN" in value
+
 
 def describe_errors(
     exc: ValidationError, env_sources: dict[str, str] | None = None
@@ -553,7 +611,7 @@ def describe_errors(
     for error in exc.errors(include_url=False):
         loc = _dotted(error.get("loc", ()))
         value = error.get("input")
-        if is_secret_name(loc) or (
+        if is_secret_name(loc) or _is_pem(value) or (
             isinstance(value, dict) and any(is_secret_name(str(k)) for k in value)
         ):
             shown = f"'{MASK}'" if not isinstance(value, dict) else _short_repr(value)
@@ -681,6 +739,15 @@ def check_config(path: str | os.PathLike[str] | None, *, port_check: bool = True
         return EX_CONFIG
     except ServomexConfigError as exc:
         print(f"servomexd: {exc.message}", file=sys.stderr)
+        return EX_CONFIG
+    from servomexd.tls_check import security_findings
+
+    problems, warnings = security_findings(settings)
+    for warning in warnings:
+        print(f"servomexd: warning: {warning}", file=sys.stderr)
+    if problems:
+        for problem in problems:
+            print(f"{config_path(path)}: {problem}", file=sys.stderr)
         return EX_CONFIG
     code = 0
     if port_check:

@@ -205,8 +205,11 @@ class Daemon:
         except ImportError:  # pragma: no cover - http.py ships with the package
             log.warning("metrics.unavailable", reason="servomexd.http is missing")
             return
+        from servomexd.webconfig import web_security
+
         m = self.settings.metrics
-        http = MetricsServer(m.host, m.port, self.metrics.registry, self)
+        # A bad web config or certificate raises ServomexConfigError: exit 78.
+        http = MetricsServer(m.host, m.port, self.metrics.registry, self, security=web_security(m))
         try:
             await http.start()
         except OSError as exc:

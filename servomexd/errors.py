@@ -204,6 +204,16 @@ class ServomexSinkCheckpointConflict(ServomexSinkWriteError):
     reason = "sink_checkpoint_conflict"
 
 
+class ServomexSinkFault(ServomexSinkWriteError):
+    """The sink cannot work until an operator fixes something (a certificate the server
+    presents fails verification, a client key cannot be loaded). Retrying soon will not
+    help, so the daemon reports it as not ready and retries slowly; ``context["check"]``
+    names what failed."""
+
+    reason = "sink_fault"
+
+
+
 class ServomexSinkDependencyError(ServomexSinkError, ServomexConfigError):
     """An optional dependency (an extra such as ``servomexd[postgres]``) is missing, or
     the sink cannot run here (``PostgresSink`` under trio: asyncpg is asyncio-only).

@@ -38,6 +38,8 @@ def readiness(
         }
         if not delivery.sink_up and not delivery.spool_accepting:
             problems.append("sink down and spool not accepting")
+        if delivery.sink_fault:
+            problems.append(f"sink needs an operator: {delivery.sink_fault}")
     ready = not problems
     details: dict[str, object] = {
         "ready": ready,

@@ -121,7 +121,7 @@ class Deliverer:
         if not self._synced:
             self._synced = await self._sync_checkpoint()
             self.first_sync.set()
-            return self._synced or await self._pause(self.backoff.next_delay())
+            return self._synced or await self._pause(self._retry_delay())
         try:
             batches, flusher_was_done = await self._next_chunk()
         except Exception as exc:
@@ -139,7 +139,12 @@ class Deliverer:
             return True
         await self._drop_prefetch()
         self._synced = False
-        return await self._pause(self.backoff.next_delay())
+        return await self._pause(self._retry_delay())
+
+    def _retry_delay(self) -> float:
+        delay = self.backoff.next_delay()
+        # An operator-needed fault is retried slowly, so fixing it needs no restart.
+        return max(delay, self.backoff.cap) if self.health.fault else delay
 
     async def _pause(self, delay: float) -> bool:
         """Wait before a retry, waking at once on stop; False when stopping."""

@@ -7,7 +7,10 @@ caught up, so the events keep their names (runbooks and alerts use them):
 * ``sink.down`` (error): the first failure of an outage; ``sink.still_down``
   (warning) when the error changes during it;
 * ``sink.recovered`` (warning): the first proof the sink works again after an outage;
-* ``sink.backlog_drained`` (info): the spool emptied after a recovery.
+* ``sink.backlog_drained`` (info): the spool emptied after a recovery;
+* ``sink.fault`` (error): a failure only an operator can fix (``ServomexSinkFault``: a
+  certificate that fails verification), once per distinct fault; readiness fails and
+  retries slow down until it is fixed.
 
 Metrics: ``servomexd_sink_up``, ``servomexd_sink_errors_total``,
 ``servomexd_samples_written_total``, ``servomexd_sink_write_seconds``, and the spool
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from servomexd.errors import ServomexSinkFault
 from servomexd.metrics import Metrics
 from servomexd.spool import Spool, SpoolStats
 
@@ -41,6 +45,8 @@ class DeliveryHealth:
     buffered: int
     samples_accepted: int
     samples_written: int
+    sink_fault: str | None = None
+    """Set while the sink fails for a reason only an operator can fix."""
 
     @property
     def backlog(self) -> int:
@@ -76,6 +82,8 @@ class SinkHealth:
         self._clock = clock
         self.up = False
         self.last_error: str | None = None
+        self.fault: str | None = None
+        """The operator-needed fault the sink fails with now (``ServomexSinkFault``)."""
         self.samples_written = 0
         self._down_since: float | None = None
         self._draining = False
@@ -107,8 +115,21 @@ class SinkHealth:
             )
         elif error != self.last_error:
             log.warning("sink.still_down", sink=self.sink, action=action, error=error)
+        self._note_fault(exc)
         self.up = False
         self.last_error = error
+
+    def _note_fault(self, exc: BaseException) -> None:
+        fault = exc if isinstance(exc, ServomexSinkFault) else None
+        if fault is not None and fault.message != self.fault:
+            log.error(
+                "sink.fault",
+                sink=self.sink,
+                check=fault.context.get("check"),
+                error=fault.message,
+                hint="an operator must fix this; retried slowly, no restart needed",
+            )
+        self.fault = None if fault is None else fault.message
 
     def recovered(self, *, backlog: int) -> None:
         """The sink works (opened, or a write committed); ``backlog``: spooled samples."""
@@ -129,6 +150,7 @@ class SinkHealth:
         self._down_since = None
         self.up = True
         self.last_error = None
+        self.fault = None
 
     def wrote(self, rows: int, seconds: float) -> None:
         """A write of ``rows`` committed in ``seconds``."""

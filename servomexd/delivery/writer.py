@@ -74,6 +74,7 @@ class Writer:
             sink_type=self.destination.kind,
             sink_up=self.health.up,
             sink_error=self.health.last_error,
+            sink_fault=self.health.fault,
             spool_accepting=self.flusher.spool_ok and below_limit,
             spool=stats,
             buffered=self.flusher.buffered,

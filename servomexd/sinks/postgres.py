@@ -40,6 +40,7 @@ from servomexd.errors import (
     ServomexSinkCheckpointConflict,
     ServomexSinkDependencyError,
     ServomexSinkError,
+    ServomexSinkFault,
     ServomexSinkSchemaError,
     ServomexSinkWriteError,
 )
@@ -58,6 +59,7 @@ from servomexd.sinks.base import (
 )
 from servomexd.sinks.encoding import RowEncoder
 from servomexd.sinks.postgres_config import PostgresConfig
+from servomexd.sinks.postgres_tls import TlsSetupError, asyncpg_ssl, classify
 from servomexd.sinks.worker import current_backend, running_asyncio_loop
 
 _CREATE_TYPES = {
@@ -198,6 +200,14 @@ class PostgresSink(BaseSink):
     # --- errors -------------------------------------------------------------------------
 
     def _write_error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+        tls_fault = classify(exc)
+        if tls_fault is not None:
+            check, explanation = tls_fault
+            return ServomexSinkFault(
+                f"postgres {action} failed: TLS check {check!r} failed: "
+                f"{self.config.scrub(explanation)}",
+                context={"target": self.config.target(), "check": check, "retryable": False},
+            )
         transient = _is_transient(exc, self._asyncpg)
         text = self.config.scrub(f"{type(exc).__name__}: {exc}")
         return ServomexSinkWriteError(
@@ -246,6 +256,11 @@ class PostgresSink(BaseSink):
                 "statement_timeout": str(config.statement_timeout_ms),
             },
         }
+        try:
+            # Given explicitly, so it wins over the DSN's sslmode (merged into tls()).
+            connect["ssl"] = asyncpg_ssl(config.tls())
+        except TlsSetupError as exc:
+            self._raise("TLS setup", exc)
         if "reset" in inspect.signature(asyncpg.create_pool).parameters:  # asyncpg >= 0.30
             connect["reset"] = _no_session_reset
         if config.dsn is not None:

@@ -13,6 +13,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from servomexd.errors import ServomexValidationError
 from servomexd.redaction import MASK, mask_text
 from servomexd.sinks.base import CHECKPOINT_TABLE, validate_identifier
+from servomexd.sinks.postgres_tls import TLS_KEYS, PgTls, merge_tls
 
 _SCHEMES = ("postgres", "postgresql")
 
@@ -64,6 +65,12 @@ class PostgresConfig:
     command_timeout_s: float = 10.0
     create_table: bool = False
     use_copy: bool = True
+    sslmode: str | None = None
+    """libpq's sslmode (see ``postgres_tls``); None: the DSN's, else ``prefer``."""
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    """Path of the client key; None: the credential ``pg-sslkey``, else inside sslcert."""
 
     def __post_init__(self) -> None:
         def bad(field: str, reason: str) -> ServomexValidationError:
@@ -104,6 +111,16 @@ class PostgresConfig:
             math.isfinite(timeout) and timeout > 0
         ):
             raise bad("command_timeout_s", f"must be a number > 0, got {timeout!r}")
+        try:
+            self.tls()
+        except ValueError as exc:
+            key = str(exc).split(":", 1)[0]
+            raise bad(key if key in TLS_KEYS else "sslmode", str(exc).split(": ", 1)[-1]) from None
+
+    def tls(self) -> PgTls:
+        """The effective TLS settings (these fields merged with the DSN's query string)."""
+        fields = {key: getattr(self, key) for key in TLS_KEYS}
+        return merge_tls(fields, self.dsn)
 
     # --- log-safe forms -----------------------------------------------------------------
 
