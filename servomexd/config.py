@@ -37,6 +37,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +48,7 @@ from pydantic_settings import (
 )
 
 from servomexd.errors import ServomexConfigError, ServomexValidationError
+from servomexd.link.endpoint import is_network_port, parse_network_port
 
 if TYPE_CHECKING:
     from servomexd.sinks.postgres_config import PostgresConfig
@@ -67,8 +69,8 @@ STANDARD_BAUDRATES: tuple[int, ...] = (
 """Mirrors ``servomexd.link.serial.BAUDRATES`` (kept here so check-config does not import
 the serial driver; a test keeps the two equal)."""
 
-Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "auto"]
-MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "auto"})
+Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "modbus_tcp", "auto"]
+MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "modbus_tcp", "auto"})
 
 
 class _Section(BaseModel):
@@ -95,6 +97,11 @@ class DeviceConfig(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     timeout_streak: Annotated[int, Field(ge=1)] = 3
     expected_frame_period: Annotated[float, Field(gt=0)] = 2.0
+    # --- network ports (socket://, rfc2217://) ---
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    # Modbus TCP requests in flight per gateway connection. Only 1: pymodbus serialises
+    # its transactions, and gateways to RS485 cannot overlap requests anyway.
+    max_in_flight: Annotated[int, Field(ge=1, le=1)] = 1
 
     @field_validator("name")
     @classmethod
@@ -120,7 +127,43 @@ class DeviceConfig(_Section):
     def _port_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty (use a /dev/serial/by-id/... path)")
+        if is_network_port(value):
+            return parse_network_port(value).url  # ValueError names what is wrong
         return value
+
+    @field_validator("protocol")
+    @classmethod
+    def _transport_fits_protocol(cls, value: str, info: ValidationInfo) -> str:
+        # ``port`` is declared (hence validated) before ``protocol``: it is in info.data.
+        port = info.data.get("port")
+        if not isinstance(port, str):
+            return value  # port itself is invalid and reported on its own
+        scheme = parse_network_port(port).scheme if is_network_port(port) else None
+        if value == "modbus_tcp" and scheme != "socket":
+            raise ValueError(
+                f"modbus_tcp needs port = \"socket://HOST:PORT\" (the gateway), but port is "
+                f"{port!r}"
+            )
+        if scheme == "rfc2217" and value in ("modbus_rtu", "modbus_ascii", "auto"):
+            raise ValueError(
+                f"{value} over rfc2217:// is not supported: set the device server's serial "
+                "settings and use port = \"socket://HOST:PORT\""
+            )
+        return value
+
+    def warnings(self) -> list[str]:
+        """Settings that are accepted but have no effect, for check-config and the log."""
+        if not is_network_port(self.port) or parse_network_port(self.port).scheme != "socket":
+            return []
+        ignored = sorted(
+            {"baudrate", "bytesize", "parity", "stopbits"} & self.model_fields_set
+        )
+        if not ignored:
+            return []
+        return [
+            f"{', '.join(ignored)} ignored on socket://: raw TCP cannot set the line, the "
+            "device server's own serial settings apply (use rfc2217:// to set them from here)"
+        ]
 
     @model_validator(mode="after")
     def _silence_outlasts_a_poll(self) -> DeviceConfig:
@@ -631,6 +674,9 @@ def check_config(path: str | os.PathLike[str] | None) -> int:
     except ServomexConfigError as exc:
         print(f"servomexd: {exc.message}", file=sys.stderr)
         return EX_CONFIG
+    for index, device in enumerate(settings.devices):
+        for warning in device.warnings():
+            print(f"warning: devices[{index}] ({device.name}): {warning}", file=sys.stderr)
     print(f"# effective configuration from {config_path(path)} (secrets masked)")
     sys.stdout.write(to_toml(effective_config(settings)))
     return 0

@@ -266,7 +266,7 @@ class AutoSessionFactory:
             tried.append("continuous: skipped, port shared with Modbus devices")
             return None
         # Imported here: the continuous stack is only needed when AUTO gets this far.
-        from servomexd.link.serial import SerialLink
+        from servomexd.link.connect import open_link
         from servomexd.protocol.continuous import ContinuousFramer
 
         settings = self._serial_settings()
@@ -274,7 +274,7 @@ class AutoSessionFactory:
         framer = ContinuousFramer()
         frame: Frame | None = None
         rejected = 0
-        link = await SerialLink.open(settings)
+        link = await open_link(settings)
         try:
             link.reset_input()
             deadline = monotonic() + window

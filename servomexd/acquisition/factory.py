@@ -31,7 +31,9 @@ def build_session_factory(
             parity=device.parity,
             stopbits=device.stopbits,
         )
-        return ContinuousSessionFactory(settings, read_timeout=device.read_timeout)
+        return ContinuousSessionFactory(
+            settings, read_timeout=device.read_timeout, connect_timeout=device.connect_timeout
+        )
     from servomexd.acquisition.modbus import ModbusBusRegistry, build_modbus_factory
 
     if buses is None:

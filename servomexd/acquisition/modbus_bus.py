@@ -1,4 +1,4 @@
-"""The shared Modbus line: one serial port, one pymodbus client, every slave on it.
+"""The shared Modbus line: one port or connection, one pymodbus client, every slave on it.
 
 On RS485 several analysers share one serial line, so every device configured on a
 port goes through one ``ModbusBus``: one client, one idle-gap clock, one queue for
@@ -13,6 +13,11 @@ pymodbus's own reconnect and retries are off: our supervisor owns reconnect and
 backoff, and our retries honour the idle gap (pymodbus resends at once). A bus
 closes its port when its last user detaches and is reopened by the first user that
 attaches again, so a failed USB adapter is reopened once, not once per slave.
+
+The same holds over the network (``servomexd.link.modbus_client`` picks the client):
+RTU/ASCII devices behind one ``socket://`` device server share one bus as on RS485,
+and Modbus TCP devices behind one gateway share one connection with one request in
+flight (gateways to RS485 cannot overlap requests; pymodbus serialises them too).
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from time import monotonic, monotonic_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
@@ -40,6 +44,8 @@ from servomexd.errors import (
     ServomexProtocolError,
     ServomexTimeoutError,
 )
+from servomexd.link.modbus_client import ModbusClient, connect_modbus_client
+from servomexd.link.tcp import CONNECT_TIMEOUT
 from servomexd.model import ProtocolKind
 from servomexd.protocol import modbus as mb
 
@@ -54,7 +60,11 @@ _PYMODBUS_LOGGER = logging.getLogger("pymodbus.logging")
 if _PYMODBUS_LOGGER.level == logging.NOTSET:
     _PYMODBUS_LOGGER.setLevel(logging.CRITICAL)
 
-FRAMERS = {ProtocolKind.MODBUS_RTU: FramerType.RTU, ProtocolKind.MODBUS_ASCII: FramerType.ASCII}
+FRAMERS = {
+    ProtocolKind.MODBUS_RTU: FramerType.RTU,
+    ProtocolKind.MODBUS_ASCII: FramerType.ASCII,
+    ProtocolKind.MODBUS_TCP: FramerType.SOCKET,  # MBAP header, over socket:// only
+}
 _BACKSTOP_TIMEOUT = 30.0
 """pymodbus's own response timeout; ours (per attempt, ``request_timeout``) fires first."""
 
@@ -82,11 +92,18 @@ class BusSettings:
     bytesize: int = 8
     parity: str = "N"
     stopbits: int = 1
+    connect_timeout: float = CONNECT_TIMEOUT
 
     @classmethod
     def of(cls, device: SerialLineSettings, protocol: ProtocolKind) -> BusSettings:
         return cls(
-            device.port, protocol, device.baudrate, device.bytesize, device.parity, device.stopbits
+            device.port,
+            protocol,
+            device.baudrate,
+            device.bytesize,
+            device.parity,
+            device.stopbits,
+            float(getattr(device, "connect_timeout", CONNECT_TIMEOUT)),  # network ports only
         )
 
 
@@ -171,7 +188,7 @@ class ModbusBus:
 
     def __init__(self, settings: BusSettings) -> None:
         self.settings = settings
-        self._client: AsyncModbusSerialClient | None = None
+        self._client: ModbusClient | None = None
         self._line = _Line()
         self._suspect: set[int] = set()
         self._users: dict[int, float] = {}
@@ -215,32 +232,16 @@ class ModbusBus:
     async def _open(self) -> None:
         self._close()
         s = self.settings
-        client = AsyncModbusSerialClient(
+        self._client = await connect_modbus_client(
             s.port,
-            framer=FRAMERS[s.protocol],
+            FRAMERS[s.protocol],
             baudrate=s.baudrate,
             bytesize=s.bytesize,
             parity=s.parity,
             stopbits=s.stopbits,
-            name=s.port,
-            reconnect_delay=0,  # no pymodbus reconnect: the supervisor owns it
-            reconnect_delay_max=0,
-            timeout=_BACKSTOP_TIMEOUT,
-            retries=0,  # our retries wait for the idle gap; pymodbus's would not
+            response_timeout=_BACKSTOP_TIMEOUT,
+            connect_timeout=s.connect_timeout,
         )
-        try:
-            connected = await client.connect()
-        except (OSError, ModbusException) as exc:
-            client.close()
-            raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "error": str(exc)}
-            ) from exc
-        if not connected:
-            client.close()
-            raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "protocol": s.protocol.value}
-            )
-        self._client = client
         self.opened += 1
         self._last_end = monotonic()
         log.info("modbus.port_opened", port=s.port, protocol=s.protocol.value)
@@ -376,7 +377,7 @@ class ModbusBus:
             self._line.release()
 
 
-async def _send(client: AsyncModbusSerialClient, address: int, request: Request) -> ModbusPDU:
+async def _send(client: ModbusClient, address: int, request: Request) -> ModbusPDU:
     if isinstance(request, LoopbackRequest):
         return await client.diag_query_data(request.data, device_id=address)
     if request.function == mb.FC_READ_INPUT_REGISTERS:
