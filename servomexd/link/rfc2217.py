@@ -72,7 +72,14 @@ class Rfc2217Link(BufferedLink):
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         opening = loop.run_in_executor(
-            None, partial(serial.rfc2217.Serial, self.endpoint.url, **self.serial_kwargs)
+            None,
+            # The read timeout goes in here: setting it later renegotiates the whole line
+            # (a blocking round trip to the server).
+            partial(
+                serial.rfc2217.Serial,
+                self.endpoint.url,
+                **{**self.serial_kwargs, "timeout": _READ_SLICE},
+            ),
         )
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -88,7 +95,6 @@ class Rfc2217Link(BufferedLink):
                 self.endpoint, cause if isinstance(cause, OSError) else error, self.connect_timeout
             ) from error
         enable_keepalive(getattr(port, "_socket", None))
-        port.timeout = _READ_SLICE
         receiver = Receiver(self._high_water)
         self._port = port
         self._receiver = receiver
