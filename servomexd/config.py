@@ -141,13 +141,12 @@ class DeviceConfig(_Section):
         scheme = parse_network_port(port).scheme if is_network_port(port) else None
         if value == "modbus_tcp" and scheme != "socket":
             raise ValueError(
-                f"modbus_tcp needs port = \"socket://HOST:PORT\" (the gateway), but port is "
-                f"{port!r}"
+                f'modbus_tcp needs port = "socket://HOST:PORT" (the gateway), but port is {port!r}'
             )
         if scheme == "rfc2217" and value in ("modbus_rtu", "modbus_ascii", "auto"):
             raise ValueError(
                 f"{value} over rfc2217:// is not supported: set the device server's serial "
-                "settings and use port = \"socket://HOST:PORT\""
+                'settings and use port = "socket://HOST:PORT"'
             )
         return value
 
@@ -155,9 +154,7 @@ class DeviceConfig(_Section):
         """Settings that are accepted but have no effect, for check-config and the log."""
         if not is_network_port(self.port) or parse_network_port(self.port).scheme != "socket":
             return []
-        ignored = sorted(
-            {"baudrate", "bytesize", "parity", "stopbits"} & self.model_fields_set
-        )
+        ignored = sorted({"baudrate", "bytesize", "parity", "stopbits"} & self.model_fields_set)
         if not ignored:
             return []
         return [

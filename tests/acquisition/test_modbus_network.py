@@ -63,9 +63,7 @@ async def frames(session: ModbusSession, count: int) -> list[Frame]:
 async def test_values_match_what_the_server_served(
     protocol: ProtocolKind, buses: ModbusBusRegistry
 ) -> None:
-    async with ModbusSimulator(
-        protocol=protocol, addresses=[31], listen=("127.0.0.1", 0)
-    ) as sim:
+    async with ModbusSimulator(protocol=protocol, addresses=[31], listen=("127.0.0.1", 0)) as sim:
         assert sim.link_path.startswith("socket://127.0.0.1:")
         session = await build_modbus_factory(
             device(sim.link_path, protocol.value, 31), buses

@@ -11,7 +11,10 @@ from servomexd.link.endpoint import NetworkEndpoint, is_network_port, parse_netw
     ("text", "expected"),
     [
         ("socket://10.20.0.15:4001", NetworkEndpoint("socket", "10.20.0.15", 4001)),
-        ("rfc2217://ds-3.plant.example:4002", NetworkEndpoint("rfc2217", "ds-3.plant.example", 4002)),
+        (
+            "rfc2217://ds-3.plant.example:4002",
+            NetworkEndpoint("rfc2217", "ds-3.plant.example", 4002),
+        ),
         ("SOCKET://host:1", NetworkEndpoint("socket", "host", 1)),
         ("socket://[fe80::1]:502", NetworkEndpoint("socket", "fe80::1", 502)),
         ("rfc2217://[::1]:65535", NetworkEndpoint("rfc2217", "::1", 65535)),

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(30)
 
 async def wait_for(condition: Any, within: float = 5.0) -> None:
     async with asyncio.timeout(within):
-        while not condition():
+        while not condition():  # noqa: ASYNC110  # polling state owned by another task
             await asyncio.sleep(0.02)
 
 
