@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 
@@ -67,6 +68,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def _wire(args: argparse.Namespace) -> TcpWire | None:
+    if args.listen is not None or args.rfc2217 is not None:
+        # Connections, refusals, stalls and the RFC 2217 settings a client asked for.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.listen is not None:
         return TcpWire(*split_host_port(args.listen))
     if args.rfc2217 is not None:
