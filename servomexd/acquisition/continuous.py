@@ -31,10 +31,18 @@ __all__ = ["ContinuousSession", "ContinuousSessionFactory"]
 class ContinuousSession:
     """One open port to one broadcasting analyser."""
 
-    def __init__(self, link: ByteLink, *, read_timeout: float, max_line: int) -> None:
+    def __init__(
+        self,
+        link: ByteLink,
+        *,
+        read_timeout: float,
+        max_line: int,
+        framer: ContinuousFramer | None = None,
+    ) -> None:
+        """``framer``: one that already holds the start of the stream (AUTO's listen)."""
         self._link = link
         self._read_timeout = read_timeout
-        self._framer = ContinuousFramer(max_line)
+        self._framer = framer if framer is not None else ContinuousFramer(max_line)
 
     @property
     def protocol(self) -> ProtocolKind:

@@ -149,6 +149,8 @@ class TcpWire:
             client, peer = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        if self._client is not None and self._client_gone():
+            self._drop_client("client closed")
         if self._client is not None:
             # One client only, as a device server's default: refuse the newcomer.
             self.refused += 1
@@ -162,6 +164,18 @@ class TcpWire:
         self._event({"event": "connect", "peer": str(peer[0])})
         asyncio.get_running_loop().add_reader(client.fileno(), self._readable)
         self._connected(client)
+
+    def _client_gone(self) -> bool:
+        """The held client already closed (its FIN not yet handled by ``_readable``):
+        a real device server frees the slot on the FIN, before a new SYN can arrive."""
+        client = self._client
+        assert client is not None
+        try:
+            return client.recv(1, socket.MSG_PEEK) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def _connected(self, client: socket.socket) -> None:
         """Hook for the RFC 2217 subclass."""
