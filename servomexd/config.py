@@ -143,11 +143,6 @@ class DeviceConfig(_Section):
             raise ValueError(
                 f'modbus_tcp needs port = "socket://HOST:PORT" (the gateway), but port is {port!r}'
             )
-        if scheme == "rfc2217" and value in ("modbus_rtu", "modbus_ascii", "auto"):
-            raise ValueError(
-                f"{value} over rfc2217:// is not supported: set the device server's serial "
-                'settings and use port = "socket://HOST:PORT"'
-            )
         return value
 
     def warnings(self) -> list[str]:

@@ -100,10 +100,10 @@ def test_a_baud_rate_on_socket_is_a_warning_and_on_rfc2217_is_fine(
     assert "warning" not in capsys.readouterr().err
 
 
-def test_modbus_over_rfc2217_is_refused_with_the_way_out(tmp_path: Path) -> None:
-    with pytest.raises(ConfigInvalid) as info:
-        load_settings(write(tmp_path, device("rfc2217://h:4001", 'protocol = "modbus_rtu"\n')))
-    assert any("use port = \"socket://HOST:PORT\"" in p[2] for p in info.value.problems)
+@pytest.mark.parametrize("protocol", ["modbus_rtu", "modbus_ascii", "auto"])
+def test_modbus_and_auto_over_rfc2217_are_accepted(tmp_path: Path, protocol: str) -> None:
+    text = device("rfc2217://h:4001", f'protocol = "{protocol}"\nbaudrate = 9600\n')
+    assert load_settings(write(tmp_path, text)).devices[0].protocol == protocol
 
 
 def test_rtu_devices_on_one_device_server_share_a_bus(tmp_path: Path) -> None:

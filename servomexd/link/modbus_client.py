@@ -6,7 +6,10 @@ Which client carries the frames depends only on ``port`` and the framing:
 * ``socket://HOST:PORT`` with RTU or ASCII: ``AsyncModbusTcpClient`` with that framer,
   i.e. the serial frames carried unchanged over TCP by a device server;
 * ``socket://HOST:PORT`` with Modbus TCP: ``AsyncModbusTcpClient`` with the socket
-  (MBAP) framer; the address becomes the MBAP unit identifier.
+  (MBAP) framer; the address becomes the MBAP unit identifier;
+* ``rfc2217://HOST:PORT`` with RTU or ASCII: ``AsyncModbusSerialClient`` whose
+  transport is an ``Rfc2217Link`` (``servomexd.link.transport``): pymodbus cannot open
+  RFC 2217 without blocking the loop, but it still frames every request and reply.
 
 pymodbus does the framing for all three; this module only builds the client,
 connects it within ``connect_timeout`` (the host is resolved at every connect),
@@ -16,7 +19,9 @@ pymodbus's own reconnect and retries stay off: the supervisor owns both.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -24,8 +29,11 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from servomexd.errors import ServomexConnectionError
-from servomexd.link.endpoint import is_network_port, parse_network_port
+from servomexd.link.endpoint import NetworkEndpoint, is_network_port, parse_network_port
+from servomexd.link.rfc2217 import Rfc2217Link
+from servomexd.link.serial import SerialSettings
 from servomexd.link.tcp import CONNECT_TIMEOUT, connect_error, enable_keepalive
+from servomexd.link.transport import LinkTransport
 
 __all__ = ["ModbusClient", "connect_modbus_client"]
 
@@ -61,10 +69,30 @@ async def connect_modbus_client(
         await _connect(client, lambda error: _serial_error(port, framer, error))
         return client
     endpoint = parse_network_port(port)
-    if endpoint.scheme != "socket":
-        raise ServomexConnectionError(
-            "Modbus needs socket://HOST:PORT", context={"port": port, "framer": framer.value}
+    if endpoint.scheme == "rfc2217":
+        if framer is FramerType.SOCKET:
+            raise ServomexConnectionError(
+                "Modbus TCP needs socket://HOST:PORT", context={"port": port}
+            )
+        line = SerialSettings(port, baudrate, bytesize, parity, stopbits)
+        client = AsyncModbusSerialClient(
+            endpoint.url,
+            framer=framer,
+            baudrate=baudrate,
+            bytesize=bytesize,
+            parity=parity,
+            stopbits=stopbits,
+            name=endpoint.url,
+            reconnect_delay=0,
+            reconnect_delay_max=0,
+            timeout=response_timeout,
+            retries=0,
         )
+        client.ctx.call_create = partial(
+            _create_rfc2217, client, endpoint, line.serial_kwargs(), connect_timeout
+        )
+        await _connect(client, lambda error: connect_error(endpoint, error, connect_timeout))
+        return client
     # pymodbus uses ``timeout`` both to connect and as its response backstop; our own
     # per-request timeout is shorter and fires first.
     client = AsyncModbusTcpClient(
@@ -99,12 +127,30 @@ async def _connect(client: ModbusClient, failure: Callable[[BaseException], Exce
     client.ctx.call_create = recording_create
     try:
         connected = await client.connect()
+    except ServomexConnectionError:
+        client.close()
+        raise  # already says what failed (the RFC 2217 link)
     except (OSError, ModbusException) as error:
         client.close()
         raise failure(error) from error
     if not connected:
         client.close()
         raise failure(errors[0] if errors else TimeoutError())
+
+
+async def _create_rfc2217(
+    client: AsyncModbusSerialClient,
+    endpoint: NetworkEndpoint,
+    serial_kwargs: dict[str, Any],
+    connect_timeout: float,
+) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+    """pymodbus's ``call_create`` for RFC 2217: our link (negotiation off the loop) under
+    an asyncio transport; pymodbus still does all the Modbus framing."""
+    link = await Rfc2217Link.open(endpoint, serial_kwargs, connect_timeout=connect_timeout)
+    protocol = client.ctx.handle_new_connection()
+    transport = LinkTransport(link, protocol)
+    asyncio.get_running_loop().call_soon(transport.start)
+    return transport, protocol
 
 
 def _serial_error(port: str, framer: FramerType, error: BaseException) -> Exception:

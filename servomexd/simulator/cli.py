@@ -28,8 +28,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     if len(targets) != 1:
         print("servomexd simulate: give one of --link, --listen, --rfc2217", file=sys.stderr)
         return 2
-    if args.rfc2217 is not None and args.protocol != "continuous":
-        print("servomexd simulate: --rfc2217 serves continuous mode only", file=sys.stderr)
+    if args.rfc2217 is not None and args.protocol == "modbus_tcp":
+        print("servomexd simulate: modbus_tcp is served with --listen only", file=sys.stderr)
         return 2
     if args.protocol == "modbus_tcp" and args.listen is None:
         print("servomexd simulate: modbus_tcp needs --listen HOST:PORT", file=sys.stderr)

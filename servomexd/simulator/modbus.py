@@ -42,7 +42,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from servomexd.model import ChannelId, ChannelStatus, ProtocolKind
 from servomexd.protocol import modbus as mb
-from servomexd.simulator.tcp import split_host_port
+from servomexd.simulator.tcp import Rfc2217Bridge, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -749,10 +749,11 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
     duration: float | None = getattr(args, "duration", None)
     listen: str | None = getattr(args, "listen", None)
+    rfc2217: str | None = getattr(args, "rfc2217", None)
     async with ModbusSimulator(
         protocol=protocol,
         addresses=addresses,
-        link=args.link if listen is None else None,
+        link=args.link if listen is None and rfc2217 is None else None,
         listen=split_host_port(listen) if listen is not None else None,
         period=float(getattr(args, "period", 1.0) or 1.0),
         seed=int(getattr(args, "seed", 0) or 0),
@@ -761,8 +762,14 @@ async def _serve(
         corrupt_every=getattr(args, "corrupt_every", None),
     ) as sim:
         # Same first line as the continuous simulator: parents wait for it.
-        target = sim.link_path if listen is not None else sim.relay.master_path
-        print(f"ready {sim.link_path} -> {target}", flush=True)
+        bridge: Rfc2217Bridge | None = None
+        if rfc2217 is not None:
+            # An RFC 2217 device server in front of the simulated RS485 line.
+            bridge = Rfc2217Bridge(*split_host_port(rfc2217), sim.relay.master_path).open()
+            print(f"ready {bridge.link} -> {sim.relay.master_path}", flush=True)
+        else:
+            target = sim.link_path if listen is not None else sim.relay.master_path
+            print(f"ready {sim.link_path} -> {target}", flush=True)
         log.info("modbus simulator: %s slaves %s", protocol.value, addresses)
         unplug_after: float | None = getattr(args, "unplug_after", None)
         replug_after: float | None = getattr(args, "replug_after", None)
@@ -778,6 +785,8 @@ async def _serve(
         else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
+        if bridge is not None:
+            bridge.close()
     return 0
 
 

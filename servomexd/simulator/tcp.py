@@ -27,12 +27,12 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import serial
 import serial.rfc2217
 
-__all__ = ["Rfc2217Wire", "TcpWire", "split_host_port"]
+__all__ = ["Rfc2217Bridge", "Rfc2217Wire", "TcpWire", "split_host_port"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class TcpWire:
     def stalled(self) -> bool:
         return self._stalled
 
-    def open(self) -> TcpWire:
+    def open(self) -> Self:
         if self._listener is not None:
             return self
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -287,3 +287,48 @@ class Rfc2217Wire(TcpWire):
     def _deliver(self, client: socket.socket, data: bytes) -> None:
         if client is self._client and not self._stalled:
             self._send(client, data)
+
+
+class Rfc2217Bridge(Rfc2217Wire):
+    """An RFC 2217 device server in front of a real serial line (a simulator's pty): what
+    the client sends goes to the line, what the line answers goes back. Used to put the
+    Modbus simulator behind RFC 2217; the client's settings are logged, not paced (the
+    Modbus simulator's relay does its own pacing)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        serial_path: str,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__(host, port, on_event=on_event)
+        # Settings and modem lines stay on ``line`` (loop://: a pty has no modem lines);
+        # the bytes go through the pty.
+        self.pty = serial.Serial(serial_path, timeout=0)
+        asyncio.get_running_loop().add_reader(self.pty.fileno(), self._from_line)
+
+    def _from_line(self) -> None:
+        try:
+            data = self.pty.read(4096)
+        except serial.SerialException:
+            return
+        client = self._client
+        if data and client is not None and self._manager is not None and not self._stalled:
+            self._send(client, b"".join(self._manager.escape(data)))
+
+    def _received(self, data: bytes) -> None:
+        manager = self._manager
+        if manager is None:
+            return
+        payload = b"".join(manager.filter(data))
+        self._note_settings()
+        if payload:
+            self.pty.write(payload)
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(RuntimeError, ValueError, serial.SerialException):
+            asyncio.get_running_loop().remove_reader(self.pty.fileno())
+            self.pty.close()

@@ -12,7 +12,7 @@ from servomexd.config import DeviceConfig
 from servomexd.model import Frame, ProtocolKind
 from servomexd.simulator.continuous import ContinuousSimulator
 from servomexd.simulator.modbus import ModbusSimulator
-from servomexd.simulator.tcp import TcpWire
+from servomexd.simulator.tcp import Rfc2217Bridge, TcpWire
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,3 +75,18 @@ async def test_auto_finds_continuous_behind_a_device_server(buses: ModbusBusRegi
     assert session.protocol is ProtocolKind.CONTINUOUS
     assert len(frames) == 3
     assert wire.refused == 0, "each probe's connection was closed before the next one"
+
+
+async def test_auto_finds_modbus_behind_an_rfc2217_server(buses: ModbusBusRegistry) -> None:
+    async with ModbusSimulator(protocol=ProtocolKind.MODBUS_ASCII, addresses=[7]) as sim:
+        bridge = Rfc2217Bridge("127.0.0.1", 0, sim.relay.master_path).open()
+        try:
+            session = await build_modbus_factory(auto_device(bridge.link), buses).open()
+            try:
+                frames = await first_frames(session, 2)
+            finally:
+                await session.aclose()
+        finally:
+            bridge.close()
+    assert session.protocol is ProtocolKind.MODBUS_ASCII
+    assert len(frames) == 2

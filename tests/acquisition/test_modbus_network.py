@@ -20,6 +20,7 @@ from servomexd.config import DeviceConfig
 from servomexd.errors import ServomexConnectionError
 from servomexd.model import ChannelId, Frame, ProtocolKind
 from servomexd.simulator.modbus import ModbusSimulator, request_address
+from servomexd.simulator.tcp import Rfc2217Bridge
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -158,3 +159,53 @@ async def test_gateway_restart_ends_the_session_and_a_new_one_connects(
         finally:
             await session.aclose()
         assert sim.connections == 2
+
+
+@pytest.mark.parametrize("protocol", [ProtocolKind.MODBUS_RTU, ProtocolKind.MODBUS_ASCII])
+async def test_modbus_over_rfc2217_sets_the_line_and_polls(
+    protocol: ProtocolKind, buses: ModbusBusRegistry
+) -> None:
+    async with ModbusSimulator(protocol=protocol, addresses=[30, 31]) as sim:
+        bridge = Rfc2217Bridge("127.0.0.1", 0, sim.relay.master_path).open()
+        try:
+            sessions = []
+            for address in (30, 31):
+                dev = device(bridge.link, protocol.value, address, baudrate=9600, parity="E")
+                session = await build_modbus_factory(dev, buses).open()
+                assert isinstance(session, ModbusSession)
+                sessions.append(session)
+            try:
+                got = await asyncio.gather(*(frames(s, 3) for s in sessions))
+            finally:
+                for session in sessions:
+                    await session.aclose()
+        finally:
+            bridge.close()
+        assert bridge.connections == 1, "one RFC 2217 session for both slaves"
+        assert bridge.settings_log[-1]["baudrate"] == 9600
+        assert bridge.settings_log[-1]["parity"] == "E"
+        for address, polled in zip((30, 31), got, strict=True):
+            served = [values for a, _, values in sim.served if a == address]
+            for frame in polled:
+                o2 = frame.reading(ChannelId.I1).value
+                assert any(abs(o2 - (v[ChannelId.I1] or 0)) < 1e-3 for v in served)
+
+
+async def test_rfc2217_server_gone_ends_the_modbus_session(buses: ModbusBusRegistry) -> None:
+    async with ModbusSimulator(protocol=ProtocolKind.MODBUS_RTU, addresses=[30]) as sim:
+        bridge = Rfc2217Bridge("127.0.0.1", 0, sim.relay.master_path).open()
+        try:
+            dev = device(bridge.link, "modbus_rtu", 30, timeout_streak=2)
+            session = await build_modbus_factory(dev, buses).open()
+            assert isinstance(session, ModbusSession)
+            await frames(session, 1)
+            bridge.unplug()
+            with pytest.raises(ServomexConnectionError):
+                async with asyncio.timeout(10):
+                    async for _ in session.events():
+                        pass
+            await session.aclose()
+        finally:
+            bridge.close()
+        with pytest.raises(ServomexConnectionError, match="refused"):
+            await build_modbus_factory(dev, buses).open()

@@ -198,15 +198,21 @@ def modbus_polls(db: Path, device: str) -> dict[int, dict[str, float]]:
     return out
 
 
-@pytest.mark.parametrize("protocol", ["modbus_rtu", "modbus_tcp"])
-def test_modbus_over_the_network_stores_what_was_served(tmp_path: Path, protocol: str) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "serve"),
+    [("modbus_rtu", "--listen"), ("modbus_tcp", "--listen"), ("modbus_ascii", "--rfc2217")],
+)
+def test_modbus_over_the_network_stores_what_was_served(
+    tmp_path: Path, protocol: str, serve: str
+) -> None:
     sim = NetSimulator(
-        tmp_path, protocol, "--listen", "127.0.0.1:0", "--protocol", protocol,
+        tmp_path, protocol, serve, "127.0.0.1:0", "--protocol", protocol,
         "--address", "30", "--address", "31", period=0.2,
     )  # fmt: skip
     db = tmp_path / "samples.sqlite"
     try:
-        assert sim.url.startswith("socket://127.0.0.1:")
+        scheme = "socket" if serve == "--listen" else "rfc2217"
+        assert sim.url.startswith(f"{scheme}://127.0.0.1:")
         devices = [
             {
                 "name": f"kiln{address}",

@@ -128,7 +128,7 @@ def test_mbap_unit_id_is_the_address() -> None:
     [
         (["--link", "/tmp/x", "--listen", "127.0.0.1:0"], "one of --link, --listen, --rfc2217"),
         ([], "one of --link, --listen, --rfc2217"),
-        (["--rfc2217", "127.0.0.1:0", "--protocol", "modbus_rtu"], "continuous mode only"),
+        (["--rfc2217", "127.0.0.1:0", "--protocol", "modbus_tcp"], "with --listen only"),
         (["--link", "/tmp/x", "--protocol", "modbus_tcp"], "modbus_tcp needs --listen"),
         (["--link", "/tmp/never-created", "--stall-after", "1"], "stall_after needs"),
     ],
