@@ -262,3 +262,25 @@ def test_check_config_modbus_tcp_with_a_device_path_exits_78(tmp_path: Path) -> 
     )  # fmt: skip
     assert result.returncode == 78, result
     assert "devices[0].protocol" in result.stderr and "socket://HOST:PORT" in result.stderr
+
+
+def test_garbage_over_tcp_is_counted_and_stored_as_error_rows(tmp_path: Path) -> None:
+    sim = NetSimulator(
+        tmp_path, "noisy", "--listen", "127.0.0.1:0", "--noise-every", "4", "--corrupt-every", "5"
+    )
+    try:
+        device = {"name": "stack-6", "port": sim.url}
+        daemon, frames = run_continuous(tmp_path, sim, device, until=20)
+        entries = sim.entries()
+    finally:
+        sim.stop()
+    rows = sqlite_rows(tmp_path / "samples.sqlite")
+    errors = [r[5] for r in rows if r[0] == "stack-6" and r[5] is not None]
+    noise_sent = sum(1 for e in entries if "noise" in e and not e.get("dropped"))
+    corrupt_sent = sum(1 for f in frames if f.get("corrupt"))
+    assert noise_sent and corrupt_sent
+    # One error row per bad line, give or take the lines sent after the daemon stopped.
+    assert noise_sent + corrupt_sent - 3 <= len(errors) <= noise_sent + corrupt_sent
+    result = compare([f for f in frames if not f.get("corrupt")], rows, "stack-6")
+    assert result.duplicates == {}
+    assert daemon.proc.returncode == 0
