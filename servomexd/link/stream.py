@@ -78,9 +78,10 @@ class Receiver:
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.readable.set()
-        if len(self.buffer) >= self.high_water and not self.paused and self.pause is not None:
-            self.paused = True
-            self.pause()
+        if len(self.buffer) >= self.high_water and not self.paused:
+            self.paused = True  # a reader thread without a pause hook polls this flag
+            if self.pause is not None:
+                self.pause()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
