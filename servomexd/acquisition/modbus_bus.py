@@ -337,7 +337,7 @@ class ModbusBus:
             client = self._client
             if client is None or not client.connected:
                 raise ServomexConnectionError(
-                    "serial port is not open", context={"port": self.settings.port}
+                    "port or connection is not open (lost)", context={"port": self.settings.port}
                 )
             wait = self._last_end + self.idle_gap - monotonic()
             if wait > 0:
@@ -353,12 +353,13 @@ class ModbusBus:
                 return None
             except ConnectionException as exc:
                 raise ServomexConnectionError(
-                    "serial port lost", context={"port": self.settings.port, "error": str(exc)}
+                    "port or connection lost",
+                    context={"port": self.settings.port, "error": str(exc)},
                 ) from exc
             except ModbusIOException:
                 if not client.connected:
                     raise ServomexConnectionError(
-                        "serial port lost", context={"port": self.settings.port}
+                        "port or connection lost", context={"port": self.settings.port}
                     ) from None
                 self._suspect.add(address)
                 return None  # pymodbus gave up waiting (its backstop timeout)

@@ -773,13 +773,16 @@ async def _serve(
         log.info("modbus simulator: %s slaves %s", protocol.value, addresses)
         unplug_after: float | None = getattr(args, "unplug_after", None)
         replug_after: float | None = getattr(args, "replug_after", None)
+        # Behind RFC 2217 the faults are the device server's: its socket closes or stalls.
+        unplug, replug = (bridge.unplug, bridge.open) if bridge else (sim.unplug, sim.replug)
+        stall = bridge.stall if bridge else sim.stall
         if unplug_after is not None:
-            loop.call_later(unplug_after, sim.unplug)
+            loop.call_later(unplug_after, unplug)
             if replug_after is not None:
-                loop.call_later(unplug_after + replug_after, sim.replug)
+                loop.call_later(unplug_after + replug_after, replug)
         stall_after: float | None = getattr(args, "stall_after", None)
         if stall_after is not None:
-            loop.call_later(stall_after, sim.stall)
+            loop.call_later(stall_after, stall)
         if duration is None:
             await stop.wait()
         else:
