@@ -269,7 +269,7 @@ def test_garbage_over_tcp_is_counted_and_stored_as_error_rows(tmp_path: Path) ->
         tmp_path, "noisy", "--listen", "127.0.0.1:0", "--noise-every", "4", "--corrupt-every", "5"
     )
     try:
-        device = {"name": "stack-6", "port": sim.url}
+        device = {"name": "stack-6", "port": sim.url, "baudrate": 9600}
         daemon, frames = run_continuous(tmp_path, sim, device, until=20)
         entries = sim.entries()
     finally:
@@ -284,3 +284,6 @@ def test_garbage_over_tcp_is_counted_and_stored_as_error_rows(tmp_path: Path) ->
     result = compare([f for f in frames if not f.get("corrupt")], rows, "stack-6")
     assert result.duplicates == {}
     assert daemon.proc.returncode == 0
+    # A baud rate cannot apply on socket://: the daemon says so once at start.
+    ignored = daemon.events("config.setting_ignored")
+    assert len(ignored) == 1 and "baudrate ignored on socket://" in ignored[0]
