@@ -210,7 +210,7 @@ def test_inline_basic_auth_hashes_are_masked(
     )
     assert (code, err) == (0, "")
     assert hashed not in out
-    assert "prometheus" in out and "********" in out
+    assert "prometheus" in out and 'prometheus = "***"' in out
 
 
 @pytest.mark.parametrize(

@@ -345,14 +345,14 @@ class ModbusSessionFactory:
 
 
 def build_modbus_factory(device: ModbusDeviceSettings, buses: ModbusBusRegistry) -> SessionFactory:
-    """The session factory for a ``modbus_rtu`` or ``modbus_ascii`` device on ``buses``."""
+    """The session factory for a ``modbus_rtu``, ``modbus_ascii`` or ``modbus_tcp`` device."""
     try:
         protocol = ProtocolKind(device.protocol)
     except ValueError:
         protocol = None
     if protocol not in FRAMERS or protocol is None:
         raise ServomexConfigError(
-            "build_modbus_factory needs a modbus_rtu or modbus_ascii device",
+            "build_modbus_factory needs a modbus_rtu, modbus_ascii or modbus_tcp device",
             context={"device": device.name, "protocol": device.protocol},
         )
     buses.declare(device)

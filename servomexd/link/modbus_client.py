@@ -34,7 +34,7 @@ from servomexd.link.endpoint import NetworkEndpoint, is_network_port, parse_netw
 from servomexd.link.rfc2217 import Rfc2217Link
 from servomexd.link.serial import SerialSettings
 from servomexd.link.tcp import CONNECT_TIMEOUT, connect_error, enable_keepalive
-from servomexd.link.transport import LinkTransport
+from servomexd.link.transport import LinkTransport, settle_closes
 
 __all__ = ["ModbusClient", "connect_modbus_client"]
 
@@ -148,6 +148,7 @@ async def _create_rfc2217(
 ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
     """pymodbus's ``call_create`` for RFC 2217: our link (negotiation off the loop) under
     an asyncio transport; pymodbus still does all the Modbus framing."""
+    await settle_closes()
     link = await Rfc2217Link.open(endpoint, serial_kwargs, connect_timeout=connect_timeout)
     protocol = client.ctx.handle_new_connection()
     transport = LinkTransport(link, protocol)

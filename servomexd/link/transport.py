@@ -23,7 +23,7 @@ class WritableLink(ByteLink, Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-__all__ = ["LinkTransport"]
+__all__ = ["LinkTransport", "settle_closes"]
 
 
 class StreamProtocol(Protocol):
@@ -108,3 +108,16 @@ class LinkTransport(asyncio.Transport):
 
 _CLOSING: set[asyncio.Task[None]] = set()
 """Closes in flight (a task needs a strong reference until it is done)."""
+
+
+async def settle_closes(timeout: float = 8.0) -> None:
+    """Wait (bounded) for the links this module is still closing.
+
+    A device server that takes one client frees its slot only once the old connection
+    is closed; AUTO switching framings reconnects at once and would be refused.
+    """
+    if not _CLOSING:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*_CLOSING, return_exceptions=True)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from servomexd.acquisition.modbus import ModbusBusRegistry, build_modbus_factory
+from servomexd.acquisition.factory import build_session_factory
+from servomexd.acquisition.modbus import ModbusBusRegistry
 from servomexd.config import DeviceConfig
 from servomexd.model import Frame, ProtocolKind
 from servomexd.simulator.continuous import ContinuousSimulator
@@ -53,7 +54,7 @@ async def test_auto_finds_modbus_behind_a_device_server(
     protocol: ProtocolKind, buses: ModbusBusRegistry
 ) -> None:
     async with ModbusSimulator(protocol=protocol, addresses=[7], listen=("127.0.0.1", 0)) as sim:
-        factory = build_modbus_factory(auto_device(sim.link_path), buses)
+        factory = build_session_factory(auto_device(sim.link_path), buses)
         session = await factory.open()
         try:
             frames = await first_frames(session, 2)
@@ -66,7 +67,7 @@ async def test_auto_finds_modbus_behind_a_device_server(
 async def test_auto_finds_continuous_behind_a_device_server(buses: ModbusBusRegistry) -> None:
     wire = TcpWire("127.0.0.1", 0)
     async with ContinuousSimulator("unused", period=0.1, wire=wire) as simulator:
-        factory = build_modbus_factory(auto_device(str(simulator.link)), buses)
+        factory = build_session_factory(auto_device(str(simulator.link)), buses)
         session = await factory.open()
         try:
             frames = await first_frames(session, 3)
@@ -81,7 +82,7 @@ async def test_auto_finds_modbus_behind_an_rfc2217_server(buses: ModbusBusRegist
     async with ModbusSimulator(protocol=ProtocolKind.MODBUS_ASCII, addresses=[7]) as sim:
         bridge = Rfc2217Bridge("127.0.0.1", 0, sim.relay.master_path).open()
         try:
-            session = await build_modbus_factory(auto_device(bridge.link), buses).open()
+            session = await build_session_factory(auto_device(bridge.link), buses).open()
             try:
                 frames = await first_frames(session, 2)
             finally:

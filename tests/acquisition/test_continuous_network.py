@@ -18,15 +18,14 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from servomexd.acquisition.backoff import Backoff
 from structlog.testing import capture_logs
 
-from servomexd.acquisition.base import Rejection
 from servomexd.acquisition.continuous import ContinuousSession, ContinuousSessionFactory
 from servomexd.acquisition.supervisor import DeviceSupervisor
+from servomexd.backoff import Backoff
 from servomexd.link.serial import SerialSettings
 from servomexd.metrics import Metrics
-from servomexd.model import ChannelId, Frame, Sample
+from servomexd.model import ChannelId, Frame, Rejection, Sample
 from servomexd.protocol.continuous import ContinuousFramer, build_frame
 from servomexd.simulator.continuous import ContinuousSimulator, simulated_blocks
 from servomexd.simulator.tcp import Rfc2217Wire, TcpWire

@@ -106,8 +106,8 @@ async def test_two_devices_on_one_endpoint_share_one_connection_and_the_gap(
             for session in sessions:
                 await session.aclose()
         assert sim.connections == 1, "one TCP connection for both slaves"
-        bus = buses.bus_for(sim.link_path)
-        assert bus is not None and bus.opened == 1
+        bus = sessions[0].bus
+        assert sessions[1].bus is bus and bus.opened == 1
         # Server side: never two requests outstanding, and at least the gap between a
         # reply leaving and the next request arriving (whichever slave it addresses).
         packets = sim.tcp_packets
