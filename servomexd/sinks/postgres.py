@@ -41,7 +41,7 @@ from servomexd.errors import (
     ServomexSinkWriteError,
 )
 from servomexd.model import Sample
-from servomexd.rows import ROW_COLUMNS, Record
+from servomexd.rows import Record
 from servomexd.sinks.base import (
     CHECKPOINT_TABLE,
     BaseSink,
@@ -54,20 +54,8 @@ from servomexd.sinks.base import (
     validate_checkpoint,
 )
 from servomexd.sinks.encoding import RowEncoder
+from servomexd.sinks.pg_fleet import FleetLayout
 from servomexd.sinks.postgres_config import PostgresConfig
-
-_CREATE_TYPES = {
-    "value": "double precision",
-    "latency_s": "double precision",
-    "monotonic_ns": "bigint",
-    "ok": "boolean",
-    "fault": "boolean",
-    "maintenance": "boolean",
-    "calibrating": "boolean",
-    "warming_up": "boolean",
-    "received_at": "timestamptz",
-    "requested_at": "timestamptz",
-}
 
 _TEXT_TYPES = frozenset({"text", "character varying", "character", "name", "citext", "bpchar"})
 _FLOAT_TYPES = frozenset({"double precision", "real"})
@@ -175,6 +163,9 @@ class PostgresSink(BaseSink):
         self._qualified = f'"{schema}"."{table}"'
         self._checkpoints = f'"{schema}"."{CHECKPOINT_TABLE}"'
         self._insert_sql = ""
+        self._fleet = FleetLayout(config)
+        self._copy_columns: tuple[str, ...] = ()
+        self._site: tuple[str, ...] = ()  # appended to each row when the table has "site"
         self._upsert_sql = (
             f"INSERT INTO {self._checkpoints} (stream, seq, updated_at) "  # noqa: S608 - identifiers validated
             "VALUES ($1, $2, now()) "
@@ -270,21 +261,7 @@ class PostgresSink(BaseSink):
     async def _lock_schema(self, conn: Any) -> None:
         config = self.config
         if config.create_table:
-            async with conn.transaction():
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_namespace WHERE nspname = $1", config.schema
-                )
-                if not exists:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{config.schema}"')
-                columns = ", ".join(
-                    f'"{name}" {_CREATE_TYPES.get(name, "text")}' for name in ROW_COLUMNS
-                )
-                await conn.execute(f"CREATE TABLE IF NOT EXISTS {self._qualified} ({columns})")
-                index = f"{config.table[:40]}_device_time_idx"
-                await conn.execute(
-                    f'CREATE INDEX IF NOT EXISTS "{index}" ON {self._qualified} '
-                    '("device", "channel", "received_at")'
-                )
+            await self._fleet.create_layout(conn)
         rows = await conn.fetch(
             "SELECT column_name, data_type, udt_name FROM information_schema.columns "
             "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
@@ -302,13 +279,26 @@ class PostgresSink(BaseSink):
              else row["data_type"])
             for row in rows
         ]
+        site_type = dict(target).get("site")
+        if config.site is not None and site_type is not None:
+            if site_type not in _TEXT_TYPES:
+                raise ServomexSinkSchemaError(
+                    f"column 'site' has type {site_type}; it must be text to hold the site",
+                    context={"column": "site", "type": site_type},
+                )
+            target = [item for item in target if item[0] != "site"]
+            self._site = (config.site,)
+        else:
+            self._site = ()
         plan = build_plan(
             f"postgres:{config.schema}.{config.table}", target, _converter, warned=self._warned
         )
-        names = ", ".join(f'"{name}"' for name in plan.columns)
-        values = ", ".join(f"${index}" for index in range(1, len(plan.columns) + 1))
+        self._copy_columns = plan.columns + (("site",) if self._site else ())
+        names = ", ".join(f'"{name}"' for name in self._copy_columns)
+        values = ", ".join(f"${index}" for index in range(1, len(self._copy_columns) + 1))
         self._insert_sql = f"INSERT INTO {self._qualified} ({names}) VALUES ({values})"  # noqa: S608 - identifiers validated
         self._plan = plan
+        await self._fleet.check_layout(conn)
 
     async def _terminate_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -372,11 +362,16 @@ class PostgresSink(BaseSink):
     async def _write(self, records: Sequence[Record], checkpoint: Checkpoint | None) -> None:
         plan = self._plan
         assert plan is not None
-        rows = plan.apply(records if isinstance(records, list) else list(records))
+        source = records if isinstance(records, list) else list(records)
+        rows = plan.apply(source)
+        if self._site:
+            site = self._site
+            rows = [row + site for row in rows]
         async with self._lock:
             try:
                 conn = await self._connection()
-                await self._guarded(conn, self._write_on(conn, rows, checkpoint), len(rows))
+                work = self._write_on(conn, rows, source, checkpoint)
+                await self._guarded(conn, work, len(rows))
             except BaseException as exc:
                 # Start the next write on a clean connection, whatever state this one
                 # is in (a cancelled COPY, a dead socket).
@@ -384,12 +379,48 @@ class PostgresSink(BaseSink):
                 if isinstance(exc, self._driver_errors()):
                     self._raise("write", exc)
                 raise
-        self._checkpoint_ready = self._checkpoint_ready or checkpoint is not None
+            self._checkpoint_ready = self._checkpoint_ready or checkpoint is not None
+            fleet = self._fleet
+            fleet.note_write(source, None if checkpoint is None else checkpoint[0])
+            if fleet.due():
+                await self._housekeeping(conn)
 
-    async def _write_on(self, conn: Any, rows: list[Record], checkpoint: Checkpoint | None) -> None:
+    async def _housekeeping(self, conn: Any) -> None:
+        """Partitions, retention, registry heartbeat: never fails the committed batch."""
+        try:
+            await self._fleet.after_write(conn)
+        except self._driver_errors() as exc:
+            await self._drop_connection()
+            log.warning(
+                "sink.maintenance_failed",
+                target=self.config.target(),
+                error=self.config.scrub(f"{type(exc).__name__}: {exc}"),
+            )
+
+    async def run_maintenance(self) -> None:
+        """Run partition upkeep and retention now (also runs on its own when due)."""
+        self._require_open()
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                await self._fleet.maintain(conn)
+            except BaseException as exc:
+                await self._drop_connection()
+                if isinstance(exc, self._driver_errors()):
+                    self._raise("maintenance", exc)
+                raise
+
+    async def _write_on(
+        self,
+        conn: Any,
+        rows: list[Record],
+        records: list[Record],
+        checkpoint: Checkpoint | None,
+    ) -> None:
         config = self.config
         timeout = config.command_timeout_s
-        if checkpoint is None and config.use_copy:
+        rolled = self._fleet.has_rollups
+        if checkpoint is None and config.use_copy and not rolled:
             # COPY is atomic on its own: no BEGIN/COMMIT round trips.
             await self._copy(conn, rows, timeout)
             return
@@ -401,6 +432,9 @@ class PostgresSink(BaseSink):
                     await conn.executemany(self._insert_sql, rows, timeout=timeout)
             if checkpoint is not None:
                 await self._advance_checkpoint(conn, checkpoint, timeout)
+            if rolled and records:
+                # Same transaction as the rows and the checkpoint: exactly-once rollups.
+                await self._fleet.write_rollups(conn, records, timeout)
 
     async def _advance_checkpoint(
         self, conn: Any, checkpoint: Checkpoint, timeout: float  # noqa: ASYNC109 - per statement
@@ -475,7 +509,7 @@ class PostgresSink(BaseSink):
         await conn.copy_records_to_table(
             self.config.table,
             records=rows,
-            columns=plan.columns,
+            columns=self._copy_columns,
             schema_name=self.config.schema,
             timeout=limit,
         )
