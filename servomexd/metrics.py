@@ -279,7 +279,8 @@ class PostgresPartitionCollector:
     """Partition and retention figures of the Postgres sink's tables, read at scrape time.
 
     The sink publishes them in ``servomexd.sinks.pg_stats`` (it has no handle on this
-    registry); one series per ``schema.table`` the process writes, none otherwise.
+    registry); one series per ``schema.table`` the process writes. The families are
+    always described, with no series until a Postgres sink opens.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -290,8 +291,6 @@ class PostgresPartitionCollector:
 
     def collect(self) -> Iterator[Metric]:
         tables = pg_stats.snapshot()
-        if not tables:
-            return
         default = GaugeMetricFamily(
             "servomexd_pg_default_partition_rows",
             "Rows in the table's DEFAULT partition at the last maintenance (should be 0).",
