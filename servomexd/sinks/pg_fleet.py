@@ -66,9 +66,7 @@ class FleetLayout:
             parts.parse_duration(config.rollup_retention)
         )
         self.specs = [rollups.parse_rollup(text) for text in config.rollups]
-        self.rollup_sql = [
-            rollups.upsert_sql(config.schema, spec.table(config.table)) for spec in self.specs
-        ]
+        self.rollup_statements = rollups.plan_statements(config.schema, config.table, self.specs)
         self.stats = table_stats(f"{config.schema}.{config.table}")
         self._clock = clock
         self._partitioned = False
@@ -145,11 +143,11 @@ class FleetLayout:
         self, conn: Any, records: Sequence[Record], timeout: float  # noqa: ASYNC109
     ) -> None:
         site = self.site or ""
-        for sql, groups in zip(
-            self.rollup_sql, rollups.aggregate_all(records, self.specs), strict=True
-        ):
+        for statement in self.rollup_statements:
+            groups = rollups.aggregate(records, statement.seconds)
             if groups:
-                await conn.execute(sql, *rollups.upsert_args(site, groups), timeout=timeout)
+                args = rollups.upsert_args(site, groups)
+                await conn.execute(statement.sql, *args, timeout=timeout)
 
     # --- after the commit -----------------------------------------------------------------
 

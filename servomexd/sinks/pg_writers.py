@@ -47,27 +47,26 @@ def create_sql(schema: str) -> str:
 async def register(
     conn: Any, schema: str, site: str, devices: Iterable[str], stream: str
 ) -> list[OtherWriter]:
-    """Claim (site, device) for ``stream``; returns the other live writers found there."""
+    """Claim (site, device) for ``stream``; returns the other live writers found there.
+
+    One statement whatever the number of devices (it runs on the write path once a
+    minute): ``prev`` reads the rows as they were before ``up`` claims them, since every
+    part of a statement sees the same snapshot.
+    """
     table = qualified(schema, WRITERS_TABLE)
-    host, pid = socket.gethostname(), os.getpid()
-    others = []
-    async with conn.transaction():
-        for device in sorted(devices):
-            row = await conn.fetchrow(
-                f"SELECT stream, host, pid, extract(epoch FROM now() - seen_at) AS age "  # noqa: S608 - quoted
-                f"FROM {table} WHERE site = $1 AND device = $2 FOR UPDATE",
-                site,
-                device,
-            )
-            if row is not None and row["stream"] != stream and row["age"] < STALE_AFTER_S:
-                others.append(
-                    OtherWriter(site, device, row["host"], int(row["pid"]), float(row["age"]))
-                )
-            await conn.execute(
-                f"INSERT INTO {table} (site, device, stream, host, pid) "  # noqa: S608 - quoted
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (site, device) DO UPDATE SET "
-                "stream = EXCLUDED.stream, host = EXCLUDED.host, pid = EXCLUDED.pid, "
-                "seen_at = now()",
-                site, device, stream, host, pid,
-            )  # fmt: skip
-    return others
+    rows = await conn.fetch(
+        f"WITH prev AS (SELECT device, stream, host, pid, "  # noqa: S608 - quoted identifier
+        f"extract(epoch FROM now() - seen_at) AS age FROM {table} "
+        "WHERE site = $1 AND device = ANY($2::text[])), "
+        f"up AS (INSERT INTO {table} (site, device, stream, host, pid) "
+        "SELECT $1, d, $3, $4, $5 FROM unnest($2::text[]) AS d ORDER BY d "
+        "ON CONFLICT (site, device) DO UPDATE SET stream = EXCLUDED.stream, "
+        "host = EXCLUDED.host, pid = EXCLUDED.pid, seen_at = now()) "
+        "SELECT device, host, pid, age FROM prev WHERE stream <> $3 AND age < $6 "
+        "ORDER BY device",
+        site, sorted(devices), stream, socket.gethostname(), os.getpid(), STALE_AFTER_S,
+    )  # fmt: skip
+    return [
+        OtherWriter(site, row["device"], row["host"], int(row["pid"]), float(row["age"]))
+        for row in rows
+    ]

@@ -33,31 +33,40 @@ def test_parse_rollup_accepts_intervals_that_divide_a_day() -> None:
             rollups.parse_rollup(bad)
 
 
-def test_coarse_groups_from_fine_ones_equal_a_direct_pass() -> None:
+def test_aggregate_groups_every_row_once_into_aligned_buckets() -> None:
     rows = records_at(datetime(2026, 3, 1, 10, 58, 30, tzinfo=UTC), 60)
-    fine, coarse = rollups.aggregate_all(rows, [rollups.RollupSpec("1m", 60),
-                                               rollups.RollupSpec("1h", 3600)])
-    direct = rollups.aggregate(rows, 3600)
-    assert {k: vars_of(v) for k, v in coarse.items()} == {
-        k: vars_of(v) for k, v in direct.items()
-    }
-    assert len({key[4] for key in coarse}) == 2  # the batch crosses an hour boundary
-    assert sum(s.samples for s in fine.values()) == len(rows)
+    # the same reading with a NULL and an empty name must land in one group
+    rows.append((*rows[0][:3], None, *rows[0][4:]))
+    rows.append((*rows[0][:3], "", *rows[0][4:]))
+    groups = rollups.aggregate(rows, 3600)
+    assert sum(s.samples for s in groups.values()) == len(rows)
+    assert sum(s.errors for s in groups.values()) == sum(r[-1] is not None for r in rows)
+    assert {key[4] % 3600 for key in groups} == {0}
+    assert len({key[4] for key in groups}) == 2  # the batch crosses an hour boundary
+    values = [r[4] for r in rows if r[4] is not None]
+    assert sum(s.values for s in groups.values()) == len(values)
+    assert min(s.minimum for s in groups.values() if s.minimum is not None) == min(values)
 
 
-def vars_of(stats: object) -> tuple[object, ...]:
-    return tuple(
-        round(getattr(stats, name), 9) if name == "total" else getattr(stats, name)
-        for name in ("samples", "values", "ok", "errors", "minimum", "maximum", "total")
-    )
+def test_one_statement_per_base_interval() -> None:
+    specs = [rollups.parse_rollup(t) for t in ("1h", "1m", "1d", "45m")]
+    statements = rollups.plan_statements("public", "samples", specs)
+    assert [s.seconds for s in statements] == [60]  # 45m, 1h and 1d derive from 1m
+    assert statements[0].sql.count("INSERT INTO") == 4
+    assert [s.seconds for s in rollups.plan_statements(
+        "public", "samples", [rollups.parse_rollup("45m"), rollups.parse_rollup("1h")]
+    )] == [2700, 3600]
 
 
-@pytest.mark.parametrize("use_copy", [True, False])
+@pytest.mark.parametrize(
+    ("use_copy", "intervals"),
+    [(True, ("1m", "1h")), (False, ("1m", "1h")), (True, ("45m", "1h", "1d"))],
+)
 async def test_rollups_equal_raw_aggregates(
-    pg_dsn: str, conn: asyncpg.Connection, use_copy: bool
+    pg_dsn: str, conn: asyncpg.Connection, use_copy: bool, intervals: tuple[str, ...]
 ) -> None:
     cfg = PostgresConfig(
-        dsn=pg_dsn, create_table=True, partition="day", rollups=("1m", "1h"),
+        dsn=pg_dsn, create_table=True, partition="day", rollups=intervals,
         site="plant-b", use_copy=use_copy,
     )  # fmt: skip
     start = datetime.now(UTC) - timedelta(minutes=90)
@@ -66,14 +75,14 @@ async def test_rollups_equal_raw_aggregates(
             rows = records_at(start + timedelta(minutes=17 * batch), 25, f"an{batch % 2}")
             await sink.write_records(rows, checkpoint=("s", batch + 1))
         await sink.write_records(records_at(start, 5, "an9"))  # no checkpoint: still in a txn
-    for table, seconds in (("samples_1m", 60), ("samples_1h", 3600)):
-        total, bad = await rollup_mismatches(conn, "samples", table, seconds)
+    raw_rows = await conn.fetchval("SELECT count(*) FROM samples")
+    for spec in map(rollups.parse_rollup, intervals):
+        table = spec.table("samples")
+        total, bad = await rollup_mismatches(conn, "samples", table, spec.seconds)
         assert bad == []
         assert total > 0
-    assert await conn.fetchval("SELECT DISTINCT site FROM samples_1h") == "plant-b"
-    assert await conn.fetchval("SELECT sum(samples) FROM samples_1m") == await conn.fetchval(
-        "SELECT count(*) FROM samples"
-    )
+        assert await conn.fetchval(f"SELECT DISTINCT site FROM {table}") == "plant-b"
+        assert await conn.fetchval(f"SELECT sum(samples) FROM {table}") == raw_rows
 
 
 async def test_a_refused_write_leaves_rollups_untouched(
