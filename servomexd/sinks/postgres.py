@@ -515,6 +515,12 @@ class PostgresSink(BaseSink):
         )
 
     async def _create_checkpoint_table(self, conn: Any) -> None:
+        # Look first: CREATE ... IF NOT EXISTS needs CREATE on the schema even when the
+        # table exists, which a fleet's INSERT-only site role does not have.
+        if await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f"{self._checkpoints}"
+        ):
+            return
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self._checkpoints} ("
             "stream text PRIMARY KEY, seq bigint NOT NULL, "
