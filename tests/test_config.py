@@ -406,3 +406,52 @@ def test_loaded_secrets_registered_for_log_redaction(
     dsn = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\ndsn = "postgresql://u:in-dsn-pw@h/d"\n'
     load_settings(write(tmp_path, dsn, "d.toml"))
     assert logs.redact_text("x from-file-pw in-dsn-pw y") == "x *** *** y"
+
+
+# --- fleet: [daemon] site and the Postgres layout keys ---------------------------------------
+
+
+def test_site_defaults_to_the_host_name_and_check_config_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_config(str(write(tmp_path, MINIMAL))) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["daemon"]["site"] == socket.gethostname()
+
+
+def test_site_reaches_the_postgres_sink_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL + (
+        '[daemon]\nsite = "plant-a/line-2"\n[sink]\ntype = "postgres"\n'
+        '[sink.postgres]\nhost = "db"\npartition = "day"\nretention = "400d"\n'
+        'rollups = ["1m", "1h"]\nrollup_retention = "10y"\n'
+    )
+    path = write(tmp_path, text)
+    settings = load_settings(path)
+    config = settings.sink.postgres.to_sink_config(password=None)
+    assert (config.site, config.partition, config.retention) == ("plant-a/line-2", "day", "400d")
+    assert (config.rollups, config.rollup_retention) == (("1m", "1h"), "10y")
+    assert check_config(str(path)) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["daemon"]["site"] == "plant-a/line-2"
+    assert "site" not in shown["sink"]["postgres"]  # one place to set it: [daemon]
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ('[daemon]\nsite = ""\n', "daemon.site"),
+        ('[daemon]\nsite = "a\\nb"\n', "daemon.site"),
+        ('[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\nretention = "soon"\n',
+         "sink.postgres.retention"),
+        ('[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\nrollups = ["7m"]\n',
+         "sink.postgres.rollups"),
+        ('[sink.postgres]\npartition = "hour"\n', "sink.postgres.partition"),
+        ('[sink.postgres]\nsite = "x"\n', "sink.postgres.site"),
+    ],
+)
+def test_bad_fleet_settings_are_config_errors(tmp_path: Path, extra: str, where: str) -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        load_settings(write(tmp_path, MINIMAL + extra))
+    assert any(where in line for line in caught.value.lines()), caught.value.lines()
