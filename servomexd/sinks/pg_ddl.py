@@ -26,6 +26,7 @@ DDL_LOCK = "servomexd:ddl"
 LOCK_TIMEOUT = "2s"
 """How long a DDL statement may queue for a table lock before it gives up and retries:
 a waiting ACCESS EXCLUSIVE request blocks the writers queued behind it, so keep it short."""
+ADVISORY_WAIT = "20s"
 _RETRY_STATES = frozenset({"55P03", "40P01", "40001", "23505", "42P07"})
 """lock_not_available, deadlock, serialization failure, and the duplicate-object errors
 a DDL race can still raise when a non-servomexd session created the object meanwhile."""
@@ -68,15 +69,19 @@ async def locked_ddl(
     for attempt in range(attempts):
         try:
             async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 await conn.execute("SET LOCAL TimeZone = 'UTC'")
                 if wait:
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                                       DDL_LOCK)
+                    # Queueing for the advisory lock blocks no writer: wait longer for it
+                    # (another daemon may be creating a whole layout) than for table locks.
+                    await conn.execute(f"SET LOCAL lock_timeout = '{ADVISORY_WAIT}'")
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", DDL_LOCK
+                    )
                 elif not await conn.fetchval(
                     "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", DDL_LOCK
                 ):
                     return None
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 return await work(conn)
         except Exception as exc:
             state = getattr(exc, "sqlstate", None)

@@ -46,8 +46,17 @@ _CREATE_TYPES = {
 RAW_KEY = "received_at"
 ROLLUP_UNIT: parts.Granularity = "month"
 _RETRY_AFTER_FAILURE_S = 60.0
+_NO_PRIVILEGE = "42501"
 _RECEIVED = ROW_COLUMNS.index("received_at")
 _devices_of = itemgetter(ROW_COLUMNS.index("device"))
+
+
+async def _exists(conn: Any, schema: str, name: str) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT 1 FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace "
+        "WHERE n.nspname = $1 AND r.relname = $2",
+        schema, name,
+    ))  # fmt: skip
 
 
 class FleetLayout:
@@ -89,46 +98,50 @@ class FleetLayout:
         await locked_ddl(conn, self._create)
 
     async def _create(self, conn: Any) -> None:
+        # Each object is looked up before it is created: CREATE ... IF NOT EXISTS needs
+        # CREATE rights even when the object exists, which a site's role may not have.
         c = self.config
-        await run_formatted(conn, "CREATE SCHEMA IF NOT EXISTS %I", c.schema)
-        columns = [f'"{name}" {_CREATE_TYPES.get(name, "text")}' for name in ROW_COLUMNS]
-        if self.site is not None:
-            columns.insert(0, '"site" text')
-        tail = f" PARTITION BY RANGE ({RAW_KEY})" if self.unit is not None else ""
-        await run_formatted(
-            conn, f"CREATE TABLE IF NOT EXISTS %I.%I ({', '.join(columns)}){tail}",
-            c.schema, c.table,
-        )  # fmt: skip
-        await run_formatted(
-            conn,
-            "CREATE INDEX IF NOT EXISTS %I ON %I.%I (device, channel, received_at)",
-            f"{c.table[:40]}_device_time_idx", c.schema, c.table,
-        )  # fmt: skip
-        await conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{c.schema}"."{CHECKPOINT_TABLE}" ('
-            "stream text PRIMARY KEY, seq bigint NOT NULL, "
-            "updated_at timestamptz NOT NULL DEFAULT now())"
-        )
-        if self.site is not None:
+        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", c.schema):
+            await run_formatted(conn, "CREATE SCHEMA IF NOT EXISTS %I", c.schema)
+        if not await _exists(conn, c.schema, c.table):
+            columns = [f'"{name}" {_CREATE_TYPES.get(name, "text")}' for name in ROW_COLUMNS]
+            if self.site is not None:
+                columns.insert(0, '"site" text')
+            tail = f" PARTITION BY RANGE ({RAW_KEY})" if self.unit is not None else ""
+            await run_formatted(
+                conn, f"CREATE TABLE IF NOT EXISTS %I.%I ({', '.join(columns)}){tail}",
+                c.schema, c.table,
+            )  # fmt: skip
+        index = f"{c.table[:40]}_device_time_idx"
+        if not await _exists(conn, c.schema, index):
+            await run_formatted(
+                conn,
+                "CREATE INDEX IF NOT EXISTS %I ON %I.%I (device, channel, received_at)",
+                index, c.schema, c.table,
+            )  # fmt: skip
+        if not await _exists(conn, c.schema, CHECKPOINT_TABLE):
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{c.schema}"."{CHECKPOINT_TABLE}" ('
+                "stream text PRIMARY KEY, seq bigint NOT NULL, "
+                "updated_at timestamptz NOT NULL DEFAULT now())"
+            )
+        if self.site is not None and not await _exists(conn, c.schema, writers.WRITERS_TABLE):
             await conn.execute(writers.create_sql(c.schema))
         for spec in self.specs:
-            await rollups.create_rollup_table(
-                conn, c.schema, spec.table(c.table), partitioned=self.unit is not None
-            )
-        if await parts.is_partitioned(conn, c.schema, c.table):
+            if not await _exists(conn, c.schema, spec.table(c.table)):
+                await rollups.create_rollup_table(
+                    conn, c.schema, spec.table(c.table), partitioned=self.unit is not None
+                )
+        if await parts.is_partitioned(conn, c.schema, c.table) and not await _exists(
+            conn, c.schema, parts.default_name(c.table)
+        ):
             await parts.ensure_default(conn, c.schema, c.table)
 
     async def check_layout(self, conn: Any) -> None:
         """At open: the rollup tables must exist; then the first maintenance run."""
         c = self.config
         for spec in self.specs:
-            found = await conn.fetchval(
-                "SELECT 1 FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace "
-                "WHERE n.nspname = $1 AND r.relname = $2",
-                c.schema,
-                spec.table(c.table),
-            )
-            if not found:
+            if not await _exists(conn, c.schema, spec.table(c.table)):
                 raise ServomexSinkSchemaError(
                     f"rollup table {c.schema}.{spec.table(c.table)} does not exist; create "
                     "it (docs/operations.md) or set create_table",
@@ -233,15 +246,26 @@ class FleetLayout:
         try:
             await self._maintain(conn)
         except Exception as exc:
-            if raise_errors or getattr(exc, "sqlstate", None) is None:
+            state = getattr(exc, "sqlstate", None)
+            if raise_errors or state is None:
                 raise
-            self._next_maintenance = self._clock() + _RETRY_AFTER_FAILURE_S
+            # Without the rights (a site's INSERT-only role) retrying soon cannot help.
+            retry = (
+                self.config.maintenance_interval_s if state == _NO_PRIVILEGE
+                else _RETRY_AFTER_FAILURE_S
+            )
+            self._next_maintenance = self._clock() + retry
             self.stats.maintenance_failures += 1
             log.warning(
                 "sink.partition_maintenance_failed",
                 table=f"{self.config.schema}.{self.config.table}",
                 error=f"{type(exc).__name__}: {exc}",
-                retry_in_s=_RETRY_AFTER_FAILURE_S,
+                retry_in_s=retry,
+                hint=(
+                    "this role may not create or drop partitions: set partition = \"none\" "
+                    "and no retention on site daemons; the owner's daemon keeps partitions "
+                    "(docs/operations.md)" if state == _NO_PRIVILEGE else None
+                ),
             )
 
     async def _maintain(self, conn: Any) -> None:

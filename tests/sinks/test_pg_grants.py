@@ -43,13 +43,18 @@ async def test_insert_only_site_role_writes_rows_rollups_and_checkpoints(pg_dsn:
     conn = await asyncpg.connect(pg_dsn)
     try:
         await conn.execute(GRANTS.format(role=role))
-        site = PostgresConfig(dsn=as_user(pg_dsn, role), create_table=False, partition="none",
-                              rollups=("1m", "1h"), site="plant-a")  # fmt: skip
-        rows = records_at(datetime.now(UTC), 6)
+        rows = records_at(datetime.now(UTC), 3)
         with capture_logs() as logs:
-            async with PostgresSink(site) as sink:
-                await sink.write_records(rows, checkpoint=("spool-a", 1))
-                assert await sink.read_checkpoint("spool-a") == 1
+            # create_table = true (the daemon's default) finds everything there: no DDL
+            for seq, create in enumerate((False, True), start=1):
+                site = PostgresConfig(
+                    dsn=as_user(pg_dsn, role), create_table=create, partition="none",
+                    rollups=("1m", "1h"), site="plant-a",
+                )  # fmt: skip
+                async with PostgresSink(site) as sink:
+                    await sink.write_records(rows, checkpoint=("spool-a", seq))
+                    assert await sink.read_checkpoint("spool-a") == seq
+        rows = rows + rows
         assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
         assert await conn.fetchval("SELECT count(*) FROM samples WHERE site = 'plant-a'") == len(
             rows
