@@ -148,6 +148,14 @@ class FleetLayout:
                     context={"target": c.target()},
                 )
         self._partitioned = await parts.is_partitioned(conn, c.schema, c.table)
+        log.info(
+            "sink.layout",
+            table=f"{c.schema}.{c.table}",
+            partitioned=self._partitioned,
+            partition_upkeep=self.unit if self._partitioned else None,
+            rollups=",".join(spec.label for spec in self.specs) or None,
+            site=self.site,
+        )
         await self.maintain(conn, raise_errors=False)
 
     # --- inside the batch's transaction ---------------------------------------------------

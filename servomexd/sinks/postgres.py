@@ -13,7 +13,12 @@ ISO-8601). With ``create_table=True`` the table is created as::
     error text
 
 with an index on (device, channel, received_at), so Grafana can query a time
-range per channel directly. ``write_records(..., checkpoint=(stream, seq))``
+range per channel directly; with ``site`` set, a leading ``site text`` column (filled in
+on every row of any table that has one); with ``partition`` day/week/month, range
+partitions on ``received_at`` and a DEFAULT partition. Partitions, retention, exact
+rollups (updated in the batch's transaction) and the writers registry are
+``pg_fleet.FleetLayout``'s job; this module calls it at open, in each write's
+transaction and after each commit. ``write_records(..., checkpoint=(stream, seq))``
 commits the rows and the ``servomexd_checkpoints`` row in one transaction.
 
 Failures raise ``ServomexSinkWriteError`` with the driver error chained and
