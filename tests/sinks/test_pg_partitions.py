@@ -249,3 +249,26 @@ async def test_plain_user_table_without_site_works_as_before(
         await sink.run_maintenance()
     assert not await parts.is_partitioned(conn, "public", "plain")
     assert await conn.fetchval("SELECT count(*) FROM plain") == len(rows)
+
+
+async def test_rollup_retention_drops_old_rollup_partitions_only(
+    pg_dsn: str, conn: asyncpg.Connection
+) -> None:
+    cfg = config(pg_dsn, "rr", partition="day", rollups=("1h",), rollup_retention="60d")
+    old = parts.floor_time(datetime.now(UTC) - timedelta(days=200), "month")
+    async with PostgresSink(cfg) as sink:
+        await conn.execute(
+            f"CREATE TABLE rr_1h_old PARTITION OF rr_1h FOR VALUES FROM "
+            f"('{old.isoformat()}') TO ('{parts.next_start(old, 'month').isoformat()}')"
+        )
+        await sink.write_records(records_at(old + timedelta(days=1), 3), checkpoint=("s", 1))
+        await sink.write_records(records_at(datetime.now(UTC), 3), checkpoint=("s", 2))
+        assert await conn.fetchval("SELECT count(*) FROM rr_1h_old") > 0
+        await sink.run_maintenance()
+    found = await partitions(conn, "rr_1h")
+    assert "rr_1h_old" not in found and "rr_1h_default" in found
+    assert parts.partition_name("rr_1h", parts.floor_time(datetime.now(UTC), "month"),
+                                "month") in found  # fmt: skip
+    assert await conn.fetchval("SELECT count(*) FROM rr_1h") > 0
+    # the raw rows have no retention here: all kept
+    assert await conn.fetchval("SELECT count(*) FROM rr") == 2 * len(records_at(old, 3))
