@@ -183,9 +183,12 @@ class FleetLayout:
             return
         first, last = records[0][_RECEIVED], records[-1][_RECEIVED]
         low, high = covered
-        if low <= first < high and low <= last < high:
-            return  # batches are in arrival order: the usual case costs two comparisons
-        outside = [r[_RECEIVED] for r in records if not low <= r[_RECEIVED] < high]
+        try:
+            if low <= first < high and low <= last < high:
+                return  # batches are in arrival order: the usual case costs two comparisons
+            outside = [r[_RECEIVED] for r in records if not low <= r[_RECEIVED] < high]
+        except TypeError:  # a naive or missing timestamp from a library caller: not ours
+            return
         if outside:
             self.stats.rows_to_default += len(outside)
             log.warning(
