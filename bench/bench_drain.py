@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from servomexd.config import PostgresSettings, SinkSettings  # noqa: E402
+from servomexd.delivery import Writer  # noqa: E402
 from servomexd.destination import Destination  # noqa: E402
 from servomexd.metrics import Metrics  # noqa: E402
 from servomexd.rows import Record  # noqa: E402
 from servomexd.spool import Spool  # noqa: E402
-from servomexd.writer import Writer  # noqa: E402
 
 CHANNELS = (("I1", "transducer", "Oxygen", "%"), ("I2", "transducer", "CO", "%"),
             ("I3", "transducer", "CO2", "%"), ("E1", "external_input", None, "mA"),
@@ -82,7 +82,7 @@ async def main(args: argparse.Namespace) -> None:
                             max_write_rows=args.chunk)
             started = time.perf_counter()
             task = asyncio.create_task(writer.run())
-            while spool.stats.samples > 0 or not writer.sink_up:
+            while spool.stats.samples > 0 or not writer.health.up:
                 if task.done():
                     task.result()
                     raise RuntimeError("writer stopped early")

@@ -255,7 +255,7 @@ async def bench_features(args: argparse.Namespace, dsn: str) -> None:
 
 def readings_sql() -> str:
     panels = json.loads(DASHBOARD.read_text())["panels"]
-    return next(p for p in panels if p["title"] == "Readings: $device")["targets"][0]["rawSql"]
+    return next(p for p in panels if p["title"] == "Readings: $gas")["targets"][0]["rawSql"]
 
 
 def expand(sql: str, start: datetime, end: datetime, group_s: int, guard_ms: int) -> str:
@@ -267,6 +267,7 @@ def expand(sql: str, start: datetime, end: datetime, group_s: int, guard_ms: int
                  rf"\1 BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'", sql)
     sql = sql.replace("${table:raw}", "public.samples")
     sql = sql.replace("$site", "'bench'").replace("$device", "'an-00'")
+    sql = sql.replace("$gas", "SELECT DISTINCT name FROM public.samples_1h WHERE name <> ''")
     return sql.replace("$channel", "'I1','I2','I3','E1','E2'")
 
 

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         help=f"TOML configuration (default: $SERVOMEXD_CONFIG or {DEFAULT_CONFIG_PATH})",
     )
+    check.add_argument(
+        "--no-port-check",
+        action="store_true",
+        help="do not look at the serial ports (when building an image without adapters)",
+    )
 
     demo = commands.add_parser(
         "demo", help="simulated analyser + daemon recording into SQLite in ./servomexd-demo"
@@ -128,16 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_simulate(args)
     if command == "run":
-        from servomexd.daemon import run_daemon
-
-        return run_daemon(args.config)
+        return _run(args.config)
     if command == "check-config":
         from servomexd.config import check_config
 
-        return check_config(args.config)
+        return check_config(args.config, port_check=not args.no_port_check)
     if command == "demo":
         from servomexd.demo import run_demo
 
         return run_demo(args)
     print(f"servomexd: unknown command {command}", file=sys.stderr)
     return 2
+
+
+def _run(config: str | None) -> int:
+    """``servomexd run``: an invalid configuration is reported with journald priority
+    ``<3>`` (logging is not configured yet) and exit 78, by ``run_daemon``."""
+    from servomexd.daemon import run_daemon
+
+    return run_daemon(config)

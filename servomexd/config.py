@@ -30,9 +30,9 @@ import sys
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -49,6 +49,9 @@ from pydantic_settings import (
 )
 
 from servomexd.errors import ServomexConfigError, ServomexValidationError
+from servomexd.link.line import BAUDRATES, MODBUS_PROTOCOLS, port_key, sharing_problem
+from servomexd.redaction import MASK, is_secret_name, mask_text, register_secret
+from servomexd.sinks.registry import default_path
 
 if TYPE_CHECKING:
     from servomexd.sinks.postgres_config import PostgresConfig
@@ -60,17 +63,23 @@ EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the unit file sets RestartPreventExitStatus=78."""
 
 DEFAULT_METRICS_PORT = 9723
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always fullmatch: "$" allows "\n"
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
-STANDARD_BAUDRATES: tuple[int, ...] = (
-    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
-)  # fmt: skip
-"""Mirrors ``servomexd.link.serial.BAUDRATES`` (kept here so check-config does not import
-the serial driver; a test keeps the two equal)."""
-
 Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "auto"]
-MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "auto"})
+
+
+def _sql_identifier(value: str) -> str:
+    """The sinks' own identifier rule (imported here, not at the top: the sinks package
+    must stay free to import this module)."""
+    from servomexd.sinks.base import IDENTIFIER_RE
+
+    # fullmatch, never "$": "$" also matches before a trailing "\n".
+    if not IDENTIFIER_RE.fullmatch(value):
+        raise ValueError(f"must be an SQL identifier: {IDENTIFIER_RE.pattern}")
+    return value
+
+
+SqlIdentifier = Annotated[str, AfterValidator(_sql_identifier)]
 
 
 class _Section(BaseModel):
@@ -113,8 +122,8 @@ class DeviceConfig(_Section):
     @classmethod
     def _standard_rate(cls, value: int) -> int:
         # A non-standard rate is nearly always a typo (1920, 192000).
-        if value not in STANDARD_BAUDRATES:
-            raise ValueError(f"must be one of {', '.join(map(str, STANDARD_BAUDRATES))}")
+        if value not in BAUDRATES:
+            raise ValueError(f"must be one of {', '.join(map(str, BAUDRATES))}")
         return value
 
     @field_validator("port")
@@ -141,9 +150,6 @@ class DeviceConfig(_Section):
     def is_modbus(self) -> bool:
         return self.protocol in MODBUS_PROTOCOLS
 
-    def serial_key(self) -> tuple[int, int, str, int]:
-        return (self.baudrate, self.bytesize, self.parity, self.stopbits)
-
 
 class PostgresSettings(_Section):
     """Mirrors ``servomexd.sinks.PostgresConfig``; the password has three sources."""
@@ -155,14 +161,21 @@ class PostgresSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     database: str | None = None
-    schema_: Annotated[str, Field(alias="schema")] = "public"
-    table: str = "samples"
+    schema_: Annotated[SqlIdentifier, Field(alias="schema")] = "public"
+    table: SqlIdentifier = "samples"
     pool_min_size: Annotated[int, Field(ge=0)] = 1
     pool_max_size: Annotated[int, Field(ge=1)] = 4
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 30000
     command_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     create_table: bool = True
     use_copy: bool = True
+    # TLS as libpq spells it (servomexd.sinks.postgres_tls); the DSN's query string may
+    # carry the same keys instead. None: the DSN's value, else sslmode "prefer".
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    """Client key path; unset: the credential ``$CREDENTIALS_DIRECTORY/pg-sslkey``."""
     # --- fleet: partitions, retention, rollups (docs/operations.md) ---
     partition: Literal["day", "week", "month", "none"] = "month"
     retention: str | None = None
@@ -173,12 +186,10 @@ class PostgresSettings(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @field_validator("schema_", "table")
+    @field_validator("sslrootcert", "sslcert", "sslkey")
     @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
-        return value
+    def _tls_path(cls, value: str | None) -> str | None:
+        return None if value is None else _file_path_not_pem(value)
 
     @model_validator(mode="after")
     def _one_target(self) -> PostgresSettings:
@@ -193,51 +204,82 @@ class PostgresSettings(_Section):
         # Imported here: check-config need not load the sinks package otherwise.
         from servomexd.sinks.postgres_config import PostgresConfig
 
-        return PostgresConfig(
-            dsn=None if self.dsn is None else self.dsn.get_secret_value(),
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=password,
-            database=self.database,
-            schema=self.schema_,
-            table=self.table,
-            pool_min_size=self.pool_min_size,
-            pool_max_size=self.pool_max_size,
-            statement_timeout_ms=self.statement_timeout_ms,
-            command_timeout_s=self.command_timeout_s,
-            create_table=self.create_table,
-            use_copy=self.use_copy,
-            site=self._site,
-            partition=self.partition,
-            retention=self.retention,
-            rollups=tuple(self.rollups),
-            rollup_retention=self.rollup_retention,
-        )
+        # Every field but the secrets and the password's sources goes over by name
+        # (TOML names: ``schema``), so a field added to both cannot be forgotten here.
+        shared = self.model_dump(by_alias=True, exclude={"dsn", "password", "password_file"})
+        dsn = None if self.dsn is None else self.dsn.get_secret_value()
+        shared["rollups"] = tuple(shared["rollups"])
+        return PostgresConfig(dsn=dsn, password=password, site=self._site, **shared)
 
     def resolve_password(self) -> str | None:
         """``password``, else ``password_file``, else ``$CREDENTIALS_DIRECTORY/pg-password``."""
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
-            return _read_secret(self.password_file, "sink.postgres.password_file")
+            return _read_secret(self.password_file)
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         if creds:
             candidate = Path(creds) / CREDENTIAL_NAME
             if candidate.is_file():
-                return _read_secret(candidate, f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}")
+                try:
+                    return _read_secret(candidate)
+                except ServomexConfigError as exc:
+                    raise ServomexConfigError(
+                        f"systemd credential {CREDENTIAL_NAME}: {exc.message}"
+                    ) from None
         return None
 
 
-def _read_secret(path: Path, what: str) -> str:
+def _file_path_not_pem(value: str) -> str:
+    """A certificate or key setting is a path: refuse pasted PEM (never echoed back)."""
+    if "-----BEGIN" in value or "\n" in value:
+        raise ValueError("must be the path of a PEM file, not its contents")
+    return value
+
+
+def _read_secret(path: Path) -> str:
+    """The password in ``path``; the error names the file (a path is not a secret) and the
+    OS reason, never the content. The caller (ConfigInvalid) names the setting, once."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        # Name the file and the OS reason only: never the content.
         raise ServomexConfigError(
-            f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+            f"cannot read {path}: {exc.strerror or type(exc).__name__}"
         ) from None
-    return text.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ServomexConfigError(f"{path} is not UTF-8 text") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ServomexConfigError(
+            f"{path} is empty: write the password into it, or remove the setting"
+        )
+    return password
+
+
+def password_source(settings: Settings) -> str:
+    """Which password the PostgreSQL sink will use, said without its value (check-config)."""
+    pg = settings.sink.postgres
+    if settings.sink.type != "postgres":
+        return "not used (the sink is not postgres)"
+    if pg.password is not None:
+        return "sink.postgres.password (in the configuration)"
+    if pg.password_file is not None:
+        return f"sink.postgres.password_file {pg.password_file}"
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / CREDENTIAL_NAME).is_file():
+        return (
+            f"systemd credential {CREDENTIAL_NAME} "
+            f"($CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} = {Path(creds) / CREDENTIAL_NAME})"
+        )
+    if pg.dsn is not None:
+        from servomexd.sinks.postgres_config import dsn_password
+
+        if dsn_password(pg.dsn.get_secret_value()):
+            return "the password inside sink.postgres.dsn"
+    return (
+        "none configured (peer/trust authentication, ~/.pgpass or $PGPASSWORD); "
+        f"under systemd put it in the {CREDENTIAL_NAME} credential"
+    )
 
 
 class ParquetSettings(_Section):
@@ -246,13 +288,13 @@ class ParquetSettings(_Section):
 
 
 SinkType = Literal["sqlite", "postgres", "csv", "jsonl", "parquet"]
-_SINK_SUFFIXES = {"sqlite": "sqlite", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
+_DATA_DIRECTORY = Path("/var/lib/servomexd")
 
 
 class SinkSettings(_Section):
     type: SinkType = "sqlite"
     path: Path = Path("/var/lib/servomexd/samples.sqlite")
-    table: str = "samples"
+    table: SqlIdentifier = "samples"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 64
     flush_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
@@ -263,21 +305,14 @@ class SinkSettings(_Section):
     postgres: PostgresSettings = PostgresSettings()
     parquet: ParquetSettings = ParquetSettings()
 
-    @field_validator("table")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
-        return value
-
     @model_validator(mode="before")
     @classmethod
     def _default_path_per_type(cls, data: Any) -> Any:
         # type = "csv" without a path writes samples-<time>.csv, not a ".sqlite" CSV.
         if isinstance(data, dict) and "path" not in data:
-            suffix = _SINK_SUFFIXES.get(str(data.get("type", "sqlite")))
-            if suffix is not None:
-                data = {**data, "path": f"/var/lib/servomexd/samples.{suffix}"}
+            path = default_path(str(data.get("type", "sqlite")), _DATA_DIRECTORY)
+            if path is not None:
+                data = {**data, "path": str(path)}
         return data
 
     @model_validator(mode="after")
@@ -314,9 +349,44 @@ class SpoolSettings(_Section):
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
 
 
+METRICS_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
 class MetricsSettings(_Section):
     enabled: bool = True
     listen: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    # TLS and basic auth (servomexd.webconfig): an exporter-toolkit web-config.yml
+    # (preferred), or the same inline; not both.
+    web_config: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    """Mutual TLS: only clients with a certificate from this CA may connect."""
+    basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
+    """user -> bcrypt hash."""
+    public_paths: list[Literal["/metrics", "/healthz", "/readyz"]] = ["/healthz"]
+    """Served without basic auth (the Docker HEALTHCHECK, systemd probes)."""
+
+    @field_validator("web_config", "tls_cert", "tls_key", "client_ca")
+    @classmethod
+    def _tls_path(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(_file_path_not_pem(str(value)))
+
+    @model_validator(mode="after")
+    def _one_security_source(self) -> MetricsSettings:
+        inline = [
+            name for name in ("tls_cert", "tls_key", "client_ca", "basic_auth_users")
+            if getattr(self, name)
+        ]
+        if self.web_config is not None and inline:
+            raise ValueError(
+                f"give web_config or the inline {', '.join(inline)}, not both"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -420,22 +490,11 @@ class Settings(BaseSettings):
             names.add(device.name)
         by_port: dict[str, list[DeviceConfig]] = {}
         for device in self.devices:
-            by_port.setdefault(device.port, []).append(device)
-        for port, shared in by_port.items():
-            if len(shared) < 2:
-                continue
-            if not all(d.is_modbus for d in shared):
-                raise ValueError(
-                    f"port {port} is shared by {', '.join(d.name for d in shared)}: only "
-                    "Modbus devices (RS485 multidrop) may share a port"
-                )
-            addresses = [d.address for d in shared]
-            if len(set(addresses)) != len(addresses):
-                raise ValueError(f"devices on port {port} need distinct Modbus addresses")
-            if len({d.serial_key() for d in shared}) != 1:
-                raise ValueError(
-                    f"devices on port {port} must share baudrate, bytesize, parity and stopbits"
-                )
+            by_port.setdefault(port_key(device.port), []).append(device)
+        for shared in by_port.values():
+            problem = sharing_problem(shared)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -453,7 +512,13 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ServomexConfigError(f"{path}: configuration file not found") from None
+        hint = ""
+        if str(path) == DEFAULT_CONFIG_PATH:
+            hint = (
+                f"; mount your configuration at {DEFAULT_CONFIG_PATH} (Docker: "
+                "-v /etc/servomexd:/etc/servomexd:ro), install one there, or pass --config"
+            )
+        raise ServomexConfigError(f"{path}: configuration file not found{hint}") from None
     except IsADirectoryError:
         raise ServomexConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as exc:
@@ -469,17 +534,59 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 class ConfigInvalid(ServomexConfigError):
-    """Validation failed; ``problems`` lists (dotted path, shown value, reason)."""
+    """Validation failed; ``problems`` lists (dotted path, shown value, reason).
 
-    def __init__(self, path: Path, problems: list[tuple[str, str, str]]) -> None:
+    An empty shown value means the reason already says what was given. A problem whose
+    setting came from an environment variable is blamed on that variable, not the file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        problems: list[tuple[str, str, str]],
+        env_sources: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{path}: {len(problems)} invalid setting(s)")
         self.path = path
         self.problems = problems
+        self.env_sources = dict(env_sources or {})
+
+    def source_of(self, loc: str) -> str:
+        """``$SERVOMEXD_...`` when an environment variable set ``loc``, else the file."""
+        variable = env_variable_for(loc, self.env_sources)
+        return f"environment variable {variable}" if variable else str(self.path)
 
     def lines(self) -> list[str]:
         return [
-            f"{self.path}: {loc}: {reason} (got {shown})" for loc, shown, reason in self.problems
+            f"{self.source_of(loc)}: {loc}: {reason}" + (f" (got {shown})" if shown else "")
+            for loc, shown, reason in self.problems
         ]
+
+
+ENV_PREFIX = "SERVOMEXD_"
+
+
+def env_settings_sources() -> dict[str, str]:
+    """Dotted setting path (lower case) -> the ``SERVOMEXD_...`` variable that sets it."""
+    out: dict[str, str] = {}
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
+            continue
+        out[upper[len(ENV_PREFIX) :].lower().replace("__", ".")] = name
+    return out
+
+
+def env_variable_for(loc: str, sources: dict[str, str]) -> str | None:
+    """The variable behind ``loc`` (``devices[0].port`` comes from ``SERVOMEXD_DEVICES``)."""
+    lowered = loc.lower()
+    for key, variable in sources.items():
+        if lowered == key or lowered.startswith((key + ".", key + "[")):
+            return variable
+    for key, variable in sources.items():
+        if key.startswith(lowered + "."):
+            return variable  # SERVOMEXD_DEVICES__0__PORT made ``devices`` a table
+    return None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -489,15 +596,20 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         settings = Settings(**table)
     except ValidationError as exc:
-        raise ConfigInvalid(resolved, describe_errors(exc)) from None
+        sources = env_settings_sources()
+        raise ConfigInvalid(resolved, describe_errors(exc, sources), sources) from None
     _check_password_source(resolved, settings)
+    from servomexd.portcheck import same_adapter_problems
+
+    aliases = same_adapter_problems(settings.devices)
+    if aliases:
+        raise ConfigInvalid(resolved, aliases)
     _register_secrets(settings)
     return settings
 
 
 def _register_secrets(settings: Settings) -> None:
     """Tell the log redactor the configured secrets, so no log line can carry them."""
-    from servomexd.logs import register_secret
     from servomexd.sinks.postgres_config import dsn_password
 
     pg = settings.sink.postgres
@@ -516,28 +628,30 @@ def _check_password_source(path: Path, settings: Settings) -> None:
     try:
         settings.sink.postgres.resolve_password()
     except ServomexConfigError as exc:
-        raise ConfigInvalid(
-            path, [("sink.postgres.password_file", "'***'", exc.message)]
-        ) from None
+        pg = settings.sink.postgres
+        loc = "sink.postgres.password_file" if pg.password_file is not None else (
+            f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
+        )
+        # The path is shown in the reason; "(got ...)" would only repeat it.
+        raise ConfigInvalid(path, [(loc, "", exc.message)]) from None
 
 
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "dsn")
+def _is_pem(value: Any) -> bool:
+    """PEM text (a key pasted where a path belongs) is never echoed, whatever the key."""
+    return isinstance(value, str) and "-----BEGIN" in value
 
 
-def _is_secret_loc(loc: str) -> bool:
-    lowered = loc.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
+def describe_errors(
+    exc: ValidationError, env_sources: dict[str, str] | None = None
+) -> list[tuple[str, str, str]]:
     problems: list[tuple[str, str, str]] = []
     for error in exc.errors(include_url=False):
         loc = _dotted(error.get("loc", ()))
         value = error.get("input")
-        if _is_secret_loc(loc) or (
-            isinstance(value, dict) and any(_is_secret_loc(str(k)) for k in value)
+        if is_secret_name(loc) or _is_pem(value) or (
+            isinstance(value, dict) and any(is_secret_name(str(k)) for k in value)
         ):
-            shown = "'***'" if not isinstance(value, dict) else "{...}"
+            shown = f"'{MASK}'" if not isinstance(value, dict) else _short_repr(value)
         elif error.get("type") == "missing":
             shown = "nothing"
         else:
@@ -548,10 +662,16 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
         if error.get("type") == "extra_forbidden":
             reason = "unknown key (not a servomexd setting; check the spelling)"
         if loc == "devices" and error.get("type") == "list_type" and isinstance(value, dict):
-            reason += (
-                "; SERVOMEXD_DEVICES__<n>__<key> cannot override one device: replace the "
-                "whole list with SERVOMEXD_DEVICES='[{...}]' (JSON)"
-            )
+            if env_variable_for(loc, env_sources or {}):
+                reason += (
+                    "; SERVOMEXD_DEVICES__<n>__<key> cannot override one device: replace the "
+                    "whole list with SERVOMEXD_DEVICES='[{...}]' (JSON)"
+                )
+            else:
+                reason = (
+                    "each analyser is a [[devices]] table: write [[devices]] (double "
+                    "brackets) above each analyser's keys, not [devices]"
+                )
         problems.append((loc or "(top level)", shown, reason))
     return problems
 
@@ -570,7 +690,8 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 def _short_repr(value: Any, limit: int = 80) -> str:
     if isinstance(value, dict):
-        return "{...}"
+        keys = ", ".join(sorted(str(k) for k in value))
+        return f"a table with keys {keys}"[:limit] if keys else "an empty table"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -578,33 +699,12 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 # --- printing (check-config) -----------------------------------------------------------
 
 
-MASK = "********"
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``MASK`` (user and host kept for debugging)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return MASK
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-        netloc = f"{userinfo}@{hostinfo}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1" + MASK, parts.query)
-    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    # key=value DSNs (libpq style): "host=... password=..."
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1" + MASK, masked)
-
-
 def effective_config(settings: Settings) -> dict[str, Any]:
     """Plain data with every secret masked: safe to print or log."""
     data = settings.model_dump(mode="python", by_alias=True)
     pg = data["sink"]["postgres"]
     dsn = settings.sink.postgres.dsn
-    pg["dsn"] = None if dsn is None else mask_dsn(dsn.get_secret_value())
+    pg["dsn"] = None if dsn is None else mask_text(dsn.get_secret_value())
     pg["password"] = None if settings.sink.postgres.password is None else MASK
     plain: dict[str, Any] = _plain(data)
     return plain
@@ -661,8 +761,13 @@ def to_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def check_config(path: str | os.PathLike[str] | None) -> int:
-    """``servomexd check-config``: print the effective config (masked) or every problem."""
+def check_config(path: str | os.PathLike[str] | None, *, port_check: bool = True) -> int:
+    """``servomexd check-config``: print the effective config (masked) or every problem.
+
+    With ``port_check`` the serial ports are looked at too (``--no-port-check`` skips it
+    when building an image, where the adapters are absent): a port that can never work is
+    an error (exit 78), one that may yet appear or be fixed is a warning (exit 0).
+    """
     try:
         settings = load_settings(path)
     except ConfigInvalid as exc:
@@ -672,6 +777,25 @@ def check_config(path: str | os.PathLike[str] | None) -> int:
     except ServomexConfigError as exc:
         print(f"servomexd: {exc.message}", file=sys.stderr)
         return EX_CONFIG
+    from servomexd.tls_check import security_findings
+
+    problems, warnings = security_findings(settings)
+    for warning in warnings:
+        print(f"servomexd: warning: {warning}", file=sys.stderr)
+    if problems:
+        for problem in problems:
+            print(f"{config_path(path)}: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    code = 0
+    if port_check:
+        from servomexd.portcheck import port_findings
+
+        for finding in port_findings(settings.devices):
+            print(f"servomexd: {finding.line()}", file=sys.stderr)
+            if finding.error:
+                code = EX_CONFIG
     print(f"# effective configuration from {config_path(path)} (secrets masked)")
+    if settings.sink.type == "postgres":
+        print(f"# PostgreSQL password source: {password_source(settings)}")
     sys.stdout.write(to_toml(effective_config(settings)))
-    return 0
+    return code

@@ -1,14 +1,16 @@
 """``servomexd run``: wires the pieces together; reads top to bottom like uvicorn's server.
 
-startup   load config (exit 78 when invalid), logging, metrics registry, spool, sink
-          (a sink that cannot be reached is NOT fatal: the spool holds the data and the
-          writer keeps retrying), metrics/health server, one supervisor per device, the
-          writer, then READY=1
+startup   load config (exit 78 when invalid), logging, metrics registry, then, each
+          registering its close on one ``AsyncExitStack`` as it opens: signal handlers,
+          the metrics/health server, the spool, the writer (a sink that cannot be
+          reached is NOT fatal: the spool holds the data and the writer keeps
+          retrying), one supervisor per device; then READY=1
 main      a TaskGroup of supervisors, writer and sd_notify loop, until a signal
 shutdown  SIGTERM/SIGINT only set an event; then: stop acquisition (ports closed), flush
           the memory buffer to the spool, deliver to the sink within
           ``sink.shutdown_timeout`` (what is left stays spooled for the next start),
-          close everything, STOPPING=1, exit 0 well within 10 s
+          the stack closes everything in reverse order, STOPPING=1, exit 0 well
+          within 10 s
 
 SIGHUP reopens the sink's output file (CSV starts a new timestamped file, JSONL reopens
 its path after logrotate, Parquet closes the current file and starts the next). It does
@@ -24,17 +26,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
 
-from servomexd import __version__
-from servomexd.acquisition.backoff import Backoff
+from servomexd import __version__, status
 from servomexd.acquisition.factory import build_session_factory
-from servomexd.acquisition.supervisor import DeviceSupervisor
+from servomexd.acquisition.supervisor import DeviceSupervisor, LinkHealth
+from servomexd.backoff import Backoff
 from servomexd.config import (
     EX_CONFIG,
     ConfigInvalid,
@@ -42,16 +44,16 @@ from servomexd.config import (
     config_path,
     load_settings,
 )
+from servomexd.delivery import DeliveryHealth, Writer
+from servomexd.destination import Destination
 from servomexd.errors import ServomexConfigError, ServomexError
-from servomexd.logs import configure_logging
+from servomexd.logs import configure_logging, early_line
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
+from servomexd.signals import capture_signals
+from servomexd.sinks.registry import resolve_credentials
 from servomexd.spool import Spool
-from servomexd.writer import Writer
-
-if TYPE_CHECKING:
-    from servomexd.acquisition.modbus import ModbusBusRegistry
-    from servomexd.destination import Destination
+from servomexd.startup_checks import metrics_listen_error, spool_open_error
 
 log = structlog.get_logger("servomexd.daemon")
 
@@ -78,18 +80,15 @@ class Daemon:
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.notifier = notifier if notifier is not None else Notifier()
         self.supervisors: list[DeviceSupervisor] = []
-        self.spool: Spool | None = None
         self.writer: Writer | None = None
-        self.destination: Destination | None = None
-        self.buses: ModbusBusRegistry | None = None
-        self.http: Any = None
+        """Set once the delivery side is built; None while starting."""
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._tasks: list[asyncio.Task[None]] = []
         self._writer_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
-        self._stop_deadline: float | None = None
+        self._budget = StopBudget()
         self.ready = asyncio.Event()
 
     # --- control ---------------------------------------------------------------------------
@@ -116,54 +115,18 @@ class Daemon:
 
     # --- health, status, liveness ----------------------------------------------------------
 
+    def _links(self) -> list[LinkHealth]:
+        return [sup.health() for sup in self.supervisors]
+
+    def _delivery(self) -> DeliveryHealth | None:
+        return None if self.writer is None else self.writer.snapshot()
+
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """For /readyz: every link up, and the sink up or the spool accepting."""
-        problems: list[str] = []
-        devices: dict[str, object] = {}
-        for sup in self.supervisors:
-            devices[sup.name] = "up" if sup.link_up else f"down: {sup.last_error or 'unknown'}"
-            if not sup.link_up:
-                problems.append(f"device {sup.name} link down")
-        writer, spool = self.writer, self.spool
-        sink: dict[str, object] = {"type": self.settings.sink.type, "up": False}
-        spool_info: dict[str, object] = {}
-        if writer is None or spool is None:
-            problems.append("starting")
-        else:
-            stats = spool.stats
-            accepting = writer.spool_ok and stats.bytes < self.settings.spool.max_bytes
-            sink = {
-                "type": self.settings.sink.type,
-                "up": writer.sink_up,
-                "error": writer.last_sink_error,
-            }
-            spool_info = {
-                "accepting": accepting,
-                "pending_samples": stats.samples,
-                "bytes": stats.bytes,
-                "oldest_age_s": round(stats.oldest_age(), 1),
-            }
-            if not writer.sink_up and not accepting:
-                problems.append("sink down and spool not accepting")
-        ready = not problems
-        return ready, {
-            "ready": ready,
-            "problems": problems,
-            "devices": devices,
-            "sink": sink,
-            "spool": spool_info,
-        }
+        return status.readiness(self._links(), self._delivery(), self.settings.sink.type)
 
     def status_line(self) -> str:
-        up = sum(1 for s in self.supervisors if s.link_up)
-        writer = self.writer
-        if writer is None:
-            return "starting"
-        sink = "up" if writer.sink_up else "DOWN"
-        return (
-            f"devices up {up}/{len(self.supervisors)}, "
-            f"samples written {writer.samples_written}, backlog {writer.backlog}, sink {sink}"
-        )
+        return status.status_line(self._links(), self._delivery())
 
     def alive(self) -> bool:
         """Watchdog: the loop runs this, and every supervisor and the writer still run."""
@@ -174,28 +137,30 @@ class Daemon:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def serve(self) -> int:
+        """Start, run until a stop signal, shut down; each component closes in reverse
+        order of opening, whichever step failed."""
         loop = asyncio.get_running_loop()
-        self._install_signals(loop)
-        try:
-            await self._startup()
-        except ServomexConfigError as exc:
-            log.critical("daemon.config_error", error=str(exc))
-            await self._close_all()
-            return EX_CONFIG
-        except (ServomexError, OSError) as exc:
-            log.critical("daemon.startup_failed", error=f"{type(exc).__name__}: {exc}")
-            await self._close_all()
-            return 1
-        try:
+        signals: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
+            signal.SIGINT: lambda: self.request_stop("SIGINT"),
+            signal.SIGHUP: self.reopen_outputs,
+        }
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(capture_signals(loop, signals))
+            try:
+                writer = await self._startup(stack)
+            except ServomexConfigError as exc:
+                log.critical("daemon.config_error", error=str(exc))
+                return EX_CONFIG
+            except (ServomexError, OSError) as exc:
+                log.critical("daemon.startup_failed", error=f"{type(exc).__name__}: {exc}")
+                return 1
             async with asyncio.TaskGroup() as tg:
-                await self._main(tg)
-        finally:
-            await self._close_all()
-            self._remove_signals(loop)
+                await self._main(tg, writer)
         self._log_summary()
         return 0
 
-    async def _startup(self) -> None:
+    async def _startup(self, stack: contextlib.AsyncExitStack) -> Writer:
         s = self.settings
         log.info(
             "daemon.starting",
@@ -205,78 +170,62 @@ class Daemon:
             sink=s.sink.type,
             spool=str(s.spool.path),
         )
-        self.spool = Spool(
+        if s.metrics.enabled:
+            await self._start_http(stack)
+        spool = Spool(
             s.spool.path,
             max_bytes=s.spool.max_bytes,
             synchronous=s.spool.synchronous,
             on_drop=lambda _batches, samples: self.metrics.spool_dropped_samples.inc(samples),
         )
-        await self.spool.open()
-        from servomexd.destination import Destination
-
-        password = s.sink.postgres.resolve_password() if s.sink.type == "postgres" else None
-        self.destination = Destination(s.sink, password=password)
-        del password
-        self.writer = Writer(
-            self.spool,
-            self.destination,
+        try:
+            await spool.open()
+        except ServomexError as exc:
+            raise spool_open_error(s.spool.path, exc) from exc
+        self._budget.closes(stack, spool.close, 1.0)
+        writer = Writer(
+            spool,
+            Destination(s.sink, password=resolve_credentials(s.sink)),
             self.metrics,
             batch_size=s.sink.batch_size,
             flush_interval=s.sink.flush_interval,
             max_write_rows=s.sink.max_write_rows,
             write_timeout=s.sink.write_timeout,
             retry_max_delay=s.sink.retry_max_delay,
+            spool_limit=s.spool.max_bytes,
         )
-        if any(d.is_modbus for d in s.devices):
-            from servomexd.acquisition.modbus import ModbusBusRegistry
+        self._budget.closes(stack, writer.aclose, 1.0)
+        self.supervisors = _supervisors(self.settings, writer, self.metrics, stack, self._budget)
+        self.writer = writer
+        return writer
 
-            self.buses = ModbusBusRegistry(self.metrics)
-        for device in s.devices:
-            try:
-                factory = build_session_factory(device, self.buses)
-            except ValueError as exc:  # ServomexValidationError is a ValueError
-                raise ServomexConfigError(f"device {device.name}: {exc}") from exc
-            self.supervisors.append(
-                DeviceSupervisor(
-                    device.name,
-                    factory,
-                    self.writer,
-                    self.metrics,
-                    silence_timeout=device.silence_timeout,
-                    backoff=Backoff(initial=0.5, cap=30.0, healthy_after=30.0),
-                )
-            )
-        if s.metrics.enabled:
-            await self._start_http()
-
-    async def _start_http(self) -> None:
+    async def _start_http(self, stack: contextlib.AsyncExitStack) -> None:
         try:
             from servomexd.http import MetricsServer
         except ImportError:  # pragma: no cover - http.py ships with the package
             log.warning("metrics.unavailable", reason="servomexd.http is missing")
             return
-        m = self.settings.metrics
-        self.http = MetricsServer(m.host, m.port, self.metrics.registry, self)
-        try:
-            await self.http.start()
-        except OSError as exc:
-            self.http = None
-            raise ServomexError(
-                f"cannot listen for metrics on {m.listen}: {exc.strerror or exc}",
-                context={"key": "metrics.listen"},
-            ) from exc
-        self.metrics_port = self.http.bound_port
+        from servomexd.webconfig import web_security
 
-    async def _main(self, tg: asyncio.TaskGroup) -> None:
-        assert self.writer is not None
-        self._writer_task = tg.create_task(self.writer.run(), name="writer")
+        m = self.settings.metrics
+        # A bad web config or certificate raises ServomexConfigError: exit 78.
+        http = MetricsServer(m.host, m.port, self.metrics.registry, self, security=web_security(m))
+        try:
+            await http.start()
+        except OSError as exc:
+            raise metrics_listen_error(m.listen, exc) from exc
+        self._budget.closes(stack, http.stop, 0.5)
+        self.metrics_port = http.bound_port
+
+    async def _main(self, tg: asyncio.TaskGroup, writer: Writer) -> None:
+        self._writer_task = tg.create_task(writer.run(), name="writer")
         self._tasks = [
             tg.create_task(sup.run(), name=f"device:{sup.name}") for sup in self.supervisors
         ]
         # READY once the sink has been tried (open + checkpoint), up or not.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_READY_SINK_WAIT):
-                await self.writer.first_sync.wait()
+                await writer.first_sync.wait()
         notify_task = tg.create_task(
             self.notifier.run(self.status_line, self.alive), name="sd_notify"
         )
@@ -285,21 +234,17 @@ class Daemon:
         log.info(
             "daemon.ready",
             devices=",".join(s.name for s in self.supervisors),
-            sink=self.destination.description if self.destination else None,
+            sink=writer.destination.description,
             metrics=None if self.metrics_port is None else
             f"{self.settings.metrics.host}:{self.metrics_port}",
         )
         await self._stop.wait()
-        await self._shutdown(notify_task)
+        await self._shutdown(writer, self._writer_task, notify_task)
 
-    def _remaining(self, cap: float) -> float:
-        """Time a shutdown step may take: its own cap, within the overall budget."""
-        if self._stop_deadline is None:
-            return cap
-        return max(0.1, min(cap, self._stop_deadline - time.monotonic()))
-
-    async def _shutdown(self, notify_task: asyncio.Task[None]) -> None:
-        self._stop_deadline = time.monotonic() + _STOP_BUDGET
+    async def _shutdown(
+        self, writer: Writer, writer_task: asyncio.Task[None], notify_task: asyncio.Task[None]
+    ) -> None:
+        self._budget.start(_STOP_BUDGET)
         log.info("daemon.stopping", reason=self._stop_reason)
         self.notifier.stopping("stopping: flushing samples")
         # 1. stop acquisition: supervisors close their ports
@@ -308,87 +253,116 @@ class Daemon:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=_SUPERVISOR_STOP_TIMEOUT)
         # 2. flush the buffer to the spool and deliver within the deadline
-        assert self.writer is not None and self._writer_task is not None
-        self.writer.request_stop()
+        writer.request_stop()
         # the closing steps after this one need about 2 s of the budget
         deadline = min(
-            self.settings.sink.shutdown_timeout + 1.0, self._remaining(_STOP_BUDGET) - 2.0
+            self.settings.sink.shutdown_timeout + 1.0, self._budget.remaining(_STOP_BUDGET) - 2.0
         )
-        done, _ = await asyncio.wait({self._writer_task}, timeout=max(0.5, deadline))
+        done, _ = await asyncio.wait({writer_task}, timeout=max(0.5, deadline))
         if not done:
             log.warning(
                 "daemon.shutdown_deadline",
                 seconds=deadline,
-                backlog_samples=self.writer.backlog,
+                backlog_samples=writer.backlog(),
                 note="undelivered samples stay in the spool for the next start",
             )
-            self._writer_task.cancel()
+            writer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer_task
+                await writer_task
             # the final flush may have been cut short: make sure the buffer is spooled
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.flush(), self._remaining(1.0))
+                await asyncio.wait_for(writer.flusher.flush(), self._budget.remaining(1.0))
         notify_task.cancel()
 
-    async def _close_all(self) -> None:
-        """Close whatever was opened (idempotent; each step independent)."""
-        if self.writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.writer.aclose(), self._remaining(1.0))
-        if self.buses is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.buses.aclose(), self._remaining(0.5))
-        if self.spool is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.spool.close(), self._remaining(1.0))
-        if self.http is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.http.stop(), self._remaining(0.5))
-            self.http = None
-
     def _log_summary(self) -> None:
-        writer = self.writer
-        stats = self.spool.stats if self.spool is not None else None
+        delivery = self._delivery()
+        links = self._links()
         log.info(
             "daemon.stopped",
             reason=self._stop_reason,
             uptime_s=round(time.monotonic() - self._started, 1),
-            samples_accepted=writer.samples_accepted if writer else 0,
-            samples_written=writer.samples_written if writer else 0,
-            left_in_spool=stats.samples if stats else 0,
-            frames=sum(s.frames for s in self.supervisors),
-            rejected=sum(s.rejections for s in self.supervisors),
-            reconnects=sum(s.reconnects for s in self.supervisors),
+            samples_accepted=delivery.samples_accepted if delivery else 0,
+            samples_written=delivery.samples_written if delivery else 0,
+            left_in_spool=delivery.spool.samples if delivery else 0,
+            frames=sum(link.frames for link in links),
+            rejected=sum(link.rejections for link in links),
+            reconnects=sum(link.reconnects for link in links),
         )
 
-    # --- signals ---------------------------------------------------------------------------
 
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        handlers: dict[int, Callable[[], None]] = {
-            signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
-            signal.SIGINT: lambda: self.request_stop("SIGINT"),
-            signal.SIGHUP: self.reopen_outputs,
-        }
-        for signum, handler in handlers.items():
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, handler)
+class StopBudget:
+    """The time left for shutdown steps: each has its own cap, all fit in one budget."""
 
-    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signum)
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+
+    def start(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+
+    def remaining(self, cap: float) -> float:
+        """Time a shutdown step may take: its own cap, within the overall budget."""
+        if self._deadline is None:
+            return cap
+        return max(0.1, min(cap, self._deadline - time.monotonic()))
+
+    def closes(
+        self, stack: contextlib.AsyncExitStack, close: Callable[[], Awaitable[Any]], cap: float
+    ) -> None:
+        """Register ``close`` on the stack, bounded by ``cap`` and the budget; a failing
+        close does not keep the others from running."""
+
+        async def bounded() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(close(), self.remaining(cap))
+
+        stack.push_async_callback(bounded)
+
+
+def _supervisors(
+    settings: Settings,
+    writer: Writer,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+    budget: StopBudget,
+) -> list[DeviceSupervisor]:
+    """One supervisor per device, each feeding the writer's flusher."""
+    buses = None
+    if any(d.is_modbus for d in settings.devices):
+        from servomexd.acquisition.modbus import ModbusBusRegistry
+
+        buses = ModbusBusRegistry(metrics)
+        budget.closes(stack, buses.aclose, 0.5)
+    supervisors = []
+    for device in settings.devices:
+        try:
+            factory = build_session_factory(device, buses)
+        except ValueError as exc:  # ServomexValidationError is a ValueError
+            raise ServomexConfigError(f"device {device.name}: {exc}") from exc
+        supervisors.append(
+            DeviceSupervisor(
+                device.name,
+                factory,
+                writer.flusher,
+                metrics,
+                silence_timeout=device.silence_timeout,
+                backoff=Backoff(initial=0.5, cap=30.0, healthy_after=30.0),
+            )
+        )
+    return supervisors
 
 
 def run_daemon(config: str | None) -> int:
     """``servomexd run``: returns the process exit status."""
+    # Logging is not configured yet: early_line still gives journald the priority, or
+    # `journalctl -p err` would hide why the unit failed.
     try:
         settings = load_settings(config)
     except ConfigInvalid as exc:
         for line in exc.lines():
-            print(f"servomexd: {line}", file=sys.stderr)
+            early_line(f"servomexd: {line}")
         return EX_CONFIG
     except ServomexConfigError as exc:
-        print(f"servomexd: {exc.message}", file=sys.stderr)
+        early_line(f"servomexd: {exc.message}")
         return EX_CONFIG
     configure_logging(settings.log.level, settings.log.format)
     log.debug("daemon.config_loaded", path=str(config_path(config)))

@@ -120,7 +120,7 @@ def _summary(daemon: Daemon, started: float, *, final: bool = False) -> str:
     frames = sum(s.frames for s in daemon.supervisors)
     rejected = sum(s.rejections for s in daemon.supervisors)
     writer = daemon.writer
-    written = writer.samples_written if writer else 0
+    written = writer.snapshot().samples_written if writer else 0
     latest = "-"
     for sup in daemon.supervisors:
         frame = sup.last_frame

@@ -1,18 +1,21 @@
-"""The configured sink as the daemon's writer uses it: built from ``[sink]``, opened,
+"""The configured sink as the delivery loop uses it: built from ``[sink]``, opened,
 reopened after a failure or on SIGHUP, and (for files) never overwriting earlier data.
 
-* sqlite, postgres: exactly-once; rows and the spool checkpoint commit together.
-* csv: the sink truncates on open by design, so every open (each start, each recovery,
-  each SIGHUP) writes a new file with a UTC timestamp in its name.
-* parquet: a file is only readable once its footer is written on close, so the writer
-  rolls to a new timestamped file every ``roll_interval`` seconds; a crash leaves every
-  earlier file readable and loses only the open one's footer.
-* jsonl: appended to as is; SIGHUP reopens the path (after logrotate moved the file).
+What a sink can do is read from its class (see ``servomexd.sinks.registry``):
 
-csv/jsonl/parquet keep no checkpoint: after a crash between a write and the spool ack
-the batch is written again (at-least-once), which is documented.
+* ``supports_checkpoint`` (sqlite, postgres): exactly-once; rows and the spool
+  checkpoint commit together. Without it delivery is at-least-once: after a crash
+  between a write and the spool ack the batch is written again (documented).
+* ``new_file_per_open`` (csv truncates on open, parquet starts a file): every open
+  (each start, each recovery, each SIGHUP or roll) writes a new file with a UTC
+  timestamp in its name.
+* ``rolls_periodically`` (parquet: a file is readable only once its footer is
+  written on close): the file is rolled every ``roll_interval`` seconds, so a crash
+  loses only the open file's footer.
+* ``reopens_on_hup`` (csv, jsonl, parquet): SIGHUP reopens the file (jsonl appends
+  to its path again after logrotate moved the old one).
 
-Only the writer's delivery task touches a ``Destination``: no locking needed.
+Only the delivery task touches a ``Destination``: no locking needed.
 """
 
 from __future__ import annotations
@@ -26,19 +29,9 @@ from pathlib import Path
 
 from servomexd.config import SinkSettings
 from servomexd.rows import Record
-from servomexd.sinks import (
-    CsvSink,
-    JsonlSink,
-    ParquetSink,
-    PostgresConfig,
-    PostgresSink,
-    RecordSink,
-    SqliteSink,
-)
-from servomexd.sinks.base import Checkpoint
+from servomexd.sinks.base import BaseSink, Checkpoint
+from servomexd.sinks.registry import sink_type
 
-TIMESTAMPED_KINDS = frozenset({"csv", "parquet"})
-CHECKPOINT_KINDS = frozenset({"sqlite", "postgres"})
 _FILES_REMEMBERED = 64
 
 
@@ -56,7 +49,7 @@ def timestamped_path(base: Path, now: datetime) -> Path:
 
 
 class Destination:
-    """Lifecycle wrapper around one ``RecordSink`` of the configured type."""
+    """Lifecycle wrapper around one sink of the configured type."""
 
     def __init__(
         self,
@@ -67,10 +60,20 @@ class Destination:
     ) -> None:
         self.settings = settings
         self.kind = settings.type
-        self.supports_checkpoint = self.kind in CHECKPOINT_KINDS
+        self._type = sink_type(settings.type)
+        capabilities = self._type.sink
+        self.supports_checkpoint = capabilities.supports_checkpoint
+        self.reopens_on_hup = capabilities.reopens_on_hup
+        self._writes_files = capabilities.file_suffix is not None
+        self._new_file_per_open = capabilities.new_file_per_open
+        roll = self._type.roll_interval
+        self.roll_interval: float | None = (
+            roll(settings) if capabilities.rolls_periodically and roll is not None else None
+        )
+        """Seconds a file stays open before the next one starts; None: never rolled."""
         self._password = password
         self._clock = clock
-        self._sink: RecordSink | None = None
+        self._sink: BaseSink | None = None
         self._opened_at = 0.0
         self.current_path: Path | None = None
         self.files_written: deque[Path] = deque(maxlen=_FILES_REMEMBERED)
@@ -84,36 +87,26 @@ class Destination:
     @property
     def description(self) -> str:
         """Log-safe target: a path, or ``host:port/db.schema.table`` (no password)."""
-        if self.kind == "postgres":
-            return self._postgres_config().target()
+        if self._type.target is not None:
+            return self._type.target(self.settings)
         path = self.current_path or self.settings.path
         return f"{self.kind}:{path}"
 
-    def _postgres_config(self) -> PostgresConfig:
-        return self.settings.postgres.to_sink_config(password=self._password)
-
-    def _build(self) -> RecordSink:
-        s = self.settings
-        path = s.path
-        if self.kind in TIMESTAMPED_KINDS:
-            path = timestamped_path(s.path, datetime.now(UTC))
-        self.current_path = path if self.kind != "postgres" else None
-        if self.kind == "sqlite":
-            return SqliteSink(path, table=s.table, synchronous=s.synchronous)
-        if self.kind == "postgres":
-            return PostgresSink(self._postgres_config())
-        if self.kind == "csv":
-            return CsvSink(path)
-        if self.kind == "jsonl":
-            return JsonlSink(path)
-        if self.kind == "parquet":
-            return ParquetSink(path, compression=s.parquet.compression)
-        raise ValueError(f"unknown sink type {self.kind!r}")
+    def _build(self) -> BaseSink:
+        path = self.settings.path
+        if self._new_file_per_open:
+            path = timestamped_path(path, datetime.now(UTC))
+        self.current_path = path if self._writes_files else None
+        return self._type.build(self.settings, path, self._password)
 
     async def open(self) -> None:
+        await self._opened()
+
+    async def _opened(self) -> BaseSink:
+        """The open sink; opens a new one when there is none."""
         if self._sink is not None:
-            return
-        if self.kind != "postgres":
+            return self._sink
+        if self._writes_files:
             self.settings.path.parent.mkdir(parents=True, exist_ok=True)
         sink = self._build()
         try:
@@ -126,6 +119,7 @@ class Destination:
         self._opened_at = self._clock()
         if self.current_path is not None and self.current_path not in self.files_written:
             self.files_written.append(self.current_path)
+        return sink
 
     async def close(self) -> None:
         """Close (idempotent); errors propagate after the sink is forgotten."""
@@ -136,29 +130,21 @@ class Destination:
     async def write_records(
         self, records: Sequence[Record], *, checkpoint: Checkpoint | None
     ) -> None:
-        if self._sink is None:
-            await self.open()
-        assert self._sink is not None
-        await self._sink.write_records(
+        sink = await self._opened()
+        await sink.write_records(
             records, checkpoint=checkpoint if self.supports_checkpoint else None
         )
 
     async def read_checkpoint(self, stream: str) -> int:
         if not self.supports_checkpoint:
             return 0
-        if self._sink is None:
-            await self.open()
-        assert self._sink is not None
-        return await self._sink.read_checkpoint(stream)
+        sink = await self._opened()
+        return await sink.read_checkpoint(stream)
 
     def roll_due(self) -> bool:
-        """A Parquet file has been open for ``roll_interval``: close it, start the next."""
+        """The file has been open for ``roll_interval``: close it, start the next."""
         return (
-            self.kind == "parquet"
+            self.roll_interval is not None
             and self._sink is not None
-            and self._clock() - self._opened_at >= self.settings.parquet.roll_interval
+            and self._clock() - self._opened_at >= self.roll_interval
         )
-
-    @property
-    def reopens_on_hup(self) -> bool:
-        return self.kind in {"csv", "jsonl", "parquet"}

@@ -2,7 +2,8 @@
 
 Errors are meant to be read in a journal line, so each carries the raw bytes it
 choked on (shortened) and a small context mapping (port, device, field...), and
-renders both in ``str()``. ``reason`` is the short machine label used for the
+renders both in ``str()``, with the value of any context key that names a secret
+masked (``servomexd.redaction``). ``reason`` is the short machine label used for the
 ``servomexd_frames_rejected_total{reason=...}`` metric.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from servomexd.redaction import MASK, is_secret_name
 
 _RAW_PREVIEW_BYTES = 64
 
@@ -35,7 +38,9 @@ class ServomexError(Exception):
             self.reason = reason
 
     def __str__(self) -> str:
-        parts = [f"{key}={value}" for key, value in self.context.items()]
+        parts = [
+            f"{key}={MASK if is_secret_name(key) else value}" for key, value in self.context.items()
+        ]
         if self.raw is not None:
             preview = self.raw[:_RAW_PREVIEW_BYTES]
             suffix = f"...(+{len(self.raw) - _RAW_PREVIEW_BYTES} bytes)" if len(
@@ -199,7 +204,22 @@ class ServomexSinkCheckpointConflict(ServomexSinkWriteError):
     reason = "sink_checkpoint_conflict"
 
 
-class ServomexSinkDependencyError(ServomexSinkError):
-    """An optional dependency (an extra such as ``servomexd[postgres]``) is missing."""
+class ServomexSinkFault(ServomexSinkWriteError):
+    """The sink cannot work until an operator fixes something (a certificate the server
+    presents fails verification, a client key cannot be loaded). Retrying soon will not
+    help, so the daemon reports it as not ready and retries slowly; ``context["check"]``
+    names what failed."""
+
+    reason = "sink_fault"
+
+
+
+class ServomexSinkDependencyError(ServomexSinkError, ServomexConfigError):
+    """An optional dependency (an extra such as ``servomexd[postgres]``) is missing, or
+    the sink cannot run here (``PostgresSink`` under trio: asyncpg is asyncio-only).
+
+    Also a ``ServomexConfigError``, as in the published library: ``except
+    ServomexConfigError`` around ``open()`` catches a missing extra.
+    """
 
     reason = "sink_dependency"

@@ -194,27 +194,6 @@ class Metrics:
         for reason in REJECTION_REASONS:
             self.frames_rejected.labels(device, reason)
 
-    def unregister_device(self, device: str) -> None:
-        """Remove every series of ``device`` (a device dropped from the configuration)."""
-        for metric in (
-            self.link_up,
-            self.reconnects,
-            self.frames,
-            self.samples_received,
-            self.last_sample_timestamp,
-            self.polls_missed,
-        ):
-            _remove_quietly(metric, device)
-        for reason in REJECTION_REASONS:
-            _remove_quietly(self.frames_rejected, device, reason)
-        with self._cache_lock:
-            self._devices.pop(device, None)
-            for key in [k for k in self._channels if k[0] == device]:
-                series = self._channels.pop(key)
-                _remove_quietly(self.reading, device, key[1], *series.labels)
-                for flag in STATUS_FLAGS:
-                    _remove_quietly(self.channel_status, device, key[1], flag)
-
     def register_sink(self, sink: str) -> None:
         """Create the per-sink series so a sink that never wrote still shows up."""
         self.samples_written.labels(sink)

@@ -152,17 +152,6 @@ def test_rejection_counts_reason_and_error_sample() -> None:
     assert value(m, "servomexd_frames_total", device="ana1") == 0
 
 
-def test_unregister_device_removes_every_series() -> None:
-    m = Metrics(CollectorRegistry())
-    for device in ("ana1", "ana2"):
-        m.register_device(device)
-        m.observe_frame(device, frame(reading(ChannelId.I1, "O2", 20.9)))
-    m.unregister_device("ana1")
-    leftovers = [key for key in samples(m) if ("device", "ana1") in key[1]]
-    assert leftovers == []
-    assert value(m, "servomexd_frames_total", device="ana2") == 1
-
-
 def test_two_instances_do_not_share_state() -> None:
     a, b = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     a.register_device("x")

@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, SessionFactory
+from servomexd.acquisition.base import DeviceSession, SessionFactory
+from servomexd.acquisition.settings import ContinuousDeviceSettings
+from servomexd.link.line import line_of
 from servomexd.link.serial import SerialLink, SerialSettings
-from servomexd.model import ProtocolKind
+from servomexd.model import AcquisitionEvent, ProtocolKind
 from servomexd.protocol.continuous import DEFAULT_MAX_LINE, ContinuousFramer
 
 __all__ = ["ContinuousSession", "ContinuousSessionFactory"]
@@ -80,6 +82,11 @@ class ContinuousSessionFactory:
         self._settings = settings
         self._read_timeout = read_timeout
         self._max_line = max_line
+
+    @classmethod
+    def for_device(cls, device: ContinuousDeviceSettings) -> ContinuousSessionFactory:
+        """The factory for a configured device: its line and its ``read_timeout``."""
+        return cls(SerialSettings(**line_of(device)), read_timeout=device.read_timeout)
 
     @property
     def settings(self) -> SerialSettings:

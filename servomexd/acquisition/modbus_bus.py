@@ -22,10 +22,10 @@ import contextlib
 import heapq
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from time import monotonic, monotonic_ns
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient
@@ -39,6 +39,14 @@ from servomexd.errors import (
     ServomexModbusError,
     ServomexProtocolError,
     ServomexTimeoutError,
+)
+from servomexd.link.diagnose import diagnose, is_url, probe_open
+from servomexd.link.line import (
+    LineUser,
+    SerialLineSettings,
+    describe_line,
+    line_of,
+    sharing_problem,
 )
 from servomexd.model import ProtocolKind
 from servomexd.protocol import modbus as mb
@@ -59,21 +67,6 @@ _BACKSTOP_TIMEOUT = 30.0
 """pymodbus's own response timeout; ours (per attempt, ``request_timeout``) fires first."""
 
 
-class SerialLineSettings(Protocol):
-    """The line settings of a configured device (``DeviceConfig`` fits, read-only)."""
-
-    @property
-    def port(self) -> str: ...
-    @property
-    def baudrate(self) -> int: ...
-    @property
-    def bytesize(self) -> int: ...
-    @property
-    def parity(self) -> str: ...
-    @property
-    def stopbits(self) -> int: ...
-
-
 @dataclass(frozen=True, slots=True)
 class BusSettings:
     port: str
@@ -85,9 +78,7 @@ class BusSettings:
 
     @classmethod
     def of(cls, device: SerialLineSettings, protocol: ProtocolKind) -> BusSettings:
-        return cls(
-            device.port, protocol, device.baudrate, device.bytesize, device.parity, device.stopbits
-        )
+        return cls(protocol=protocol, **line_of(device))
 
 
 class SendStamp:
@@ -233,12 +224,16 @@ class ModbusBus:
         except (OSError, ModbusException) as exc:
             client.close()
             raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "error": str(exc)}
+                f"cannot open serial port: {diagnose(s.port, exc)}",
+                context={"port": s.port, "protocol": s.protocol.value},
             ) from exc
         if not connected:
             client.close()
+            # pymodbus dropped the errno: open the port ourselves to learn why.
+            cause = await asyncio.to_thread(probe_open, s.port)
             raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "protocol": s.protocol.value}
+                f"cannot open serial port: {diagnose(s.port, cause)}",
+                context={"port": s.port, "protocol": s.protocol.value},
             )
         self._client = client
         self.opened += 1
@@ -412,17 +407,35 @@ class ModbusBusRegistry:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
         self._buses: dict[str, ModbusBus] = {}
-        self._declared: dict[str, tuple[str, BusSettings]] = {}
+        self._declared: dict[str, list[LineUser]] = {}
+        self._spellings: dict[str, str] = {}
 
-    @staticmethod
-    def _key(port: str) -> str:
+    def _key(self, port: str) -> str:
         # The configured path, not its target: a replugged adapter behind a by-id link
-        # comes back as another ttyUSBn, and must still be the same bus. (Naming one
-        # adapter by two paths gives two buses; the second open then fails as busy.)
-        return os.path.normpath(port)
+        # comes back as another ttyUSBn, and must still be the same bus. Another spelling
+        # of an adapter already seen (ttyUSB0 for its by-id link) is mapped, when first
+        # seen, to the first spelling: one adapter, one bus, whatever the names.
+        if is_url(port):
+            return port
+        path = os.path.normpath(port)
+        known = self._spellings.get(path)
+        if known is not None:
+            return known
+        real = os.path.realpath(path)
+        for spelling in set(self._spellings.values()):
+            if os.path.realpath(spelling) == real:
+                self._spellings[path] = spelling
+                return spelling
+        self._spellings[path] = path
+        return path
+
+    def _canonical(self, settings: BusSettings) -> BusSettings:
+        key = self._key(settings.port)
+        return settings if key == settings.port else replace(settings, port=key)
 
     def bus(self, settings: BusSettings) -> ModbusBus:
         """The bus on ``settings.port``; refuses a second framing or line setting on it."""
+        settings = self._canonical(settings)
         key = self._key(settings.port)
         bus = self._buses.get(key)
         if bus is not None and bus.settings != settings:
@@ -431,8 +444,8 @@ class ModbusBusRegistry:
                     "devices on one port must share protocol and serial settings",
                     context={
                         "port": settings.port,
-                        "in_use": _settings_text(bus.settings),
-                        "requested": _settings_text(settings),
+                        "in_use": describe_line(bus.settings),
+                        "requested": describe_line(settings),
                     },
                 )
             bus = None  # idle bus with other settings (e.g. after AUTO): replace it
@@ -441,27 +454,24 @@ class ModbusBusRegistry:
             self._buses[key] = bus
         return bus
 
-    def declare(self, device: str, settings: BusSettings) -> None:
-        """Note a configured device's line settings; refuse a conflict at start-up.
+    def declare(self, device: LineUser) -> None:
+        """Note a configured device; refuse one that cannot share its port, at start-up.
 
-        Devices sharing a port share one line: one framing, one baud rate. Catching a
-        mismatch while building factories makes it a configuration error (exit 78)
-        instead of a link that fails to open forever.
+        The rule is ``link.line.sharing_problem``, the one configuration applies too.
+        Catching a mismatch while building factories makes it a configuration error
+        (exit 78) instead of a link that fails to open forever.
         """
-        key = self._key(settings.port)
-        first = self._declared.setdefault(key, (device, settings))
-        if first[1] != settings:
+        key = self._key(device.port)
+        # Declaring a device again (a factory rebuilt for it) replaces its entry.
+        users = [user for user in self._declared.get(key, []) if user.name != device.name]
+        users.append(device)
+        problem = sharing_problem(users)
+        if problem is not None:
             raise ServomexConfigError(
-                "devices on one port must share protocol and serial settings",
-                context={
-                    "port": settings.port,
-                    first[0]: _settings_text(first[1]),
-                    device: _settings_text(settings),
-                },
+                problem,
+                context={"port": device.port, **{u.name: describe_line(u) for u in users}},
             )
-
-    def bus_for(self, port: str) -> ModbusBus | None:
-        return self._buses.get(self._key(port))
+        self._declared[key] = users
 
     def users_on(self, port: str) -> int:
         bus = self._buses.get(self._key(port))
@@ -476,13 +486,6 @@ class ModbusBusRegistry:
         for bus in self._buses.values():
             await bus.aclose()
         self._buses.clear()
-
-
-def _settings_text(settings: BusSettings) -> str:
-    return (
-        f"{settings.protocol.value} {settings.baudrate} "
-        f"{settings.bytesize}{settings.parity}{settings.stopbits}"
-    )
 
 
 __all__ = [

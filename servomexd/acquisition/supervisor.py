@@ -21,14 +21,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
-from servomexd.acquisition.backoff import Backoff
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, Rejection, SessionFactory
+from servomexd.acquisition.base import DeviceSession, SessionFactory
+from servomexd.acquisition.rejections import RejectionLog
+from servomexd.backoff import Backoff
+from servomexd.errors import ServomexError
 from servomexd.metrics import Metrics
-from servomexd.model import Frame, Sample
+from servomexd.model import AcquisitionEvent, Frame, Rejection, Sample
 
 log = structlog.get_logger("servomexd.supervisor")
 
@@ -41,6 +43,17 @@ class SampleBuffer(Protocol):
     """Where acquired samples go (the writer's in-memory buffer); must never block."""
 
     def add_samples(self, samples: Sequence[Sample]) -> None: ...
+
+
+class LinkHealth(NamedTuple):
+    """One device's link as readiness, the status line and the summary see it."""
+
+    name: str
+    up: bool
+    error: str | None
+    frames: int
+    rejections: int
+    reconnects: int
 
 
 class _Silence(Exception):
@@ -80,7 +93,14 @@ class DeviceSupervisor:
         self.last_error: str | None = "not connected yet"
         self._last_reason: str | None = None
         self._log = log.bind(device=name)
+        self._rejection_log = RejectionLog(self._log, clock)
         metrics.register_device(name)
+
+    def health(self) -> LinkHealth:
+        return LinkHealth(
+            self.name, self.link_up, self.last_error, self.frames, self.rejections,
+            self.reconnects,
+        )
 
     async def run(self) -> None:
         """Supervise until cancelled. Never raises anything but ``CancelledError``."""
@@ -118,7 +138,7 @@ class DeviceSupervisor:
             opening.cancel()
             raise
         except Exception as exc:  # contained: a device's failure must not leave its task
-            return f"cannot open {self.factory.description}: {_describe(exc)}"
+            return _describe(exc)
         self.sessions_opened += 1
         if self.sessions_opened > 1:
             self.reconnects += 1
@@ -165,6 +185,7 @@ class DeviceSupervisor:
 
     def _on_frame(self, frame: Frame, first: bool) -> None:
         self.frames += 1
+        self._rejection_log.frame()
         self.last_frame = frame
         self.metrics.observe_frame(self.name, frame)
         self.buffer.add_samples(frame.as_samples(self.name))
@@ -185,9 +206,10 @@ class DeviceSupervisor:
         self.rejections += 1
         self.metrics.observe_rejection(self.name, rejection.reason)
         self.buffer.add_samples([rejection.as_sample(self.name)])
-        self._log.debug(
-            "device.frame_rejected", reason=rejection.reason, error=str(rejection.error)
-        )
+        if not self._rejection_log.rejected(rejection.reason, str(rejection.error)):
+            self._log.debug(
+                "device.frame_rejected", reason=rejection.reason, error=str(rejection.error)
+            )
 
     def _set_link(self, up: bool) -> None:
         self.link_up = up
@@ -208,8 +230,16 @@ class DeviceSupervisor:
 
 
 def _describe(exc: BaseException) -> str:
+    """The reason for a log line that carries the port as ``target`` already: a
+    servomexd error's message and context without its port, else type and text."""
+    if isinstance(exc, ServomexError):
+        extra = [f"{k}={v}" for k, v in exc.context.items() if k not in _NAMED_ELSEWHERE]
+        return exc.message + (f" [{', '.join(extra)}]" if extra else "")
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_NAMED_ELSEWHERE = frozenset({"port", "target"})
 
 
 async def _close(session: DeviceSession, logger: structlog.typing.FilteringBoundLogger) -> None:

@@ -6,6 +6,11 @@ column set and order; a row column the destination lacks is dropped with ONE
 ``sink.unknown_column_dropped`` warning per column; a destination column the
 rows lack is left NULL (or its DEFAULT). Values are coerced to the destination
 column's type by a per-column converter chosen once, when the schema is locked.
+
+Event loops: the sinks and ``pipe`` are backend-neutral (AnyIO), so an asyncio or a
+trio application can use them; blocking drivers run on each sink's ``SinkWorker``
+thread. ``PostgresSink`` is the exception: asyncpg is asyncio-only, so under trio its
+``open()`` raises ``ServomexSinkDependencyError`` saying so.
 """
 
 from __future__ import annotations
@@ -222,7 +227,19 @@ class BaseSink:
     """Lifecycle shared by the built-in sinks: ``async with``, idempotent close."""
 
     kind: ClassVar[str] = "sink"
+    # What the sink can do, read by the daemon instead of switching on its type name.
     supports_checkpoint: bool = False
+    """Rows and the delivery checkpoint commit in one transaction (exactly-once)."""
+    file_suffix: ClassVar[str | None] = None
+    """Writes a local file, named ``samples.<suffix>`` by default; None: a server."""
+    new_file_per_open: ClassVar[bool] = False
+    """Opening truncates or starts a file: every open gets a new timestamped name."""
+    reopens_on_hup: ClassVar[bool] = False
+    """SIGHUP reopens its file (logrotate moved it)."""
+    rolls_periodically: ClassVar[bool] = False
+    """A file is complete only once closed: the daemon rolls to a new one periodically."""
+    needs_credentials: ClassVar[bool] = False
+    """A secret (a password) is read at startup and handed to its builder."""
 
     def __init__(self) -> None:
         self._is_open = False

@@ -1,9 +1,10 @@
 """Fast builders of the long-format row tuples the sinks write.
 
 ``servomexd.rows`` holds the reference conversion (``sample_to_record``,
-``record_to_text_record``, ``sample_to_row``). The functions here produce the
-same tuples (a test proves it on every flag combination) but are written for
-throughput: the published sinks spent nine tenths of their time building
+``record_to_text_record``, ``sample_to_row``). ``RowEncoder`` is the one encoder
+that production code uses (the daemon's buffer, every ``write_many`` and
+``write_records``); it produces the same tuples (a property test proves it) but
+is written for throughput: the published sinks spent nine tenths of their time building
 dictionaries. So: tuples only, no per-row function calls, and what a frame
 shares is computed once per frame or once per sink:
 
@@ -14,7 +15,8 @@ Enum members (``ChannelId``, ``Unit``...) are ``StrEnum``s, i.e. ``str``
 subclasses. Native records keep them (asyncpg encodes any ``str``), but text rows
 get plain ``str``: sqlite3 looks for an adapter (``__conform__``, a failing
 attribute lookup) for every non-exact ``str`` parameter, which measured 25% of a
-write.
+write. Native records get plain ``str`` too: they go to the spool, whose marshal
+format does not take ``str`` subclasses.
 """
 
 from __future__ import annotations
@@ -117,9 +119,13 @@ class RowEncoder:
             requested_iso = None if requested is None else requested.isoformat()
             error_text = None if error is None else str(error)
             if reading is None:
+                # Set when the error belongs to one channel (a failed Modbus read of it).
+                failed: str | None = sample.channel
+                if failed is not None:
+                    failed = plain(failed, failed)
                 append(
                     (
-                        device, None, None, None, None, None,
+                        device, failed, None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, last_iso, requested_iso, latency, error_text,
                     )
@@ -145,23 +151,29 @@ class RowEncoder:
         return out
 
     def native_records(self, samples: Iterable[Sample]) -> list[Record]:
-        """Records as ``sample_to_record`` values: bool, datetime, float, int, str."""
+        """Records as ``sample_to_record`` values: bool, datetime, float, int, plain str.
+
+        The daemon's hot path: every acquired sample passes here on its way to the
+        spool (whose marshal format takes plain ``str`` only, not ``StrEnum``).
+        """
         out: list[Record] = []
         append = out.append
         cache = self._native_status
         unknown = _UNKNOWN
         sample_fields = _SAMPLE_FIELDS
         reading_fields = _READING_FIELDS
+        plain = _PLAIN.get
         for sample in samples:
             (
                 device, reading, protocol, monotonic_ns,
                 received, requested, latency, error,
             ) = sample_fields(sample)
+            protocol = plain(protocol, protocol)
             error_text = None if error is None else str(error)
             if reading is None:
                 append(
                     (
-                        device, None, None, None, None, None,
+                        device, sample.channel, None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, received, requested, latency, error_text,
                     )
@@ -176,7 +188,8 @@ class RowEncoder:
             ok, fault, maintenance, calibrating, warming_up = flags
             append(
                 (
-                    device, channel, kind, name, value, unit,
+                    device, plain(channel, channel), plain(kind, kind), name, value,
+                    plain(unit, unit),
                     ok, fault, maintenance, calibrating, warming_up,
                     protocol, monotonic_ns, received, requested, latency, error_text,
                 )

@@ -83,6 +83,9 @@ class CsvSink(_FileSink):
     """
 
     kind = "csv"
+    file_suffix = "csv"
+    new_file_per_open = True  # open truncates by design
+    reopens_on_hup = True
     _mode = "wb"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -113,6 +116,8 @@ class JsonlSink(_FileSink):
     """
 
     kind = "jsonl"
+    file_suffix = "jsonl"
+    reopens_on_hup = True
     _mode = "ab"
 
     def _encode(self, rows: list[Record]) -> bytes:

@@ -27,6 +27,10 @@ _ARROW_TYPES = {"value": "float64", "latency_s": "float64", "monotonic_ns": "int
 
 class ParquetSink(ThreadedTextSink):
     kind = "parquet"
+    file_suffix = "parquet"
+    new_file_per_open = True
+    reopens_on_hup = True
+    rolls_periodically = True  # the footer is written on close: only closed files read
 
     def __init__(
         self,

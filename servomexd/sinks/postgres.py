@@ -26,6 +26,9 @@ Failures raise ``ServomexSinkWriteError`` with the driver error chained and
 restarting, timeout, disk full) from one that a retry will not fix (a value the
 column rejects, a missing privilege). After a server restart the pool reconnects
 on the next write.
+
+asyncio only (asyncpg is): under trio ``open()`` raises ``ServomexSinkDependencyError``
+naming the backend, before any connection is tried.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from servomexd.errors import (
     ServomexSinkCheckpointConflict,
     ServomexSinkDependencyError,
     ServomexSinkError,
+    ServomexSinkFault,
     ServomexSinkSchemaError,
     ServomexSinkWriteError,
 )
@@ -61,6 +65,8 @@ from servomexd.sinks.base import (
 from servomexd.sinks.encoding import RowEncoder
 from servomexd.sinks.pg_fleet import FleetLayout
 from servomexd.sinks.postgres_config import PostgresConfig
+from servomexd.sinks.postgres_tls import TlsSetupError, asyncpg_ssl, classify
+from servomexd.sinks.worker import current_backend, running_asyncio_loop
 
 _TEXT_TYPES = frozenset({"text", "character varying", "character", "name", "citext", "bpchar"})
 _FLOAT_TYPES = frozenset({"double precision", "real"})
@@ -152,6 +158,7 @@ async def _no_session_reset(connection: Any) -> None:
 class PostgresSink(BaseSink):
     kind = "postgres"
     supports_checkpoint = True
+    needs_credentials = True
 
     def __init__(self, config: PostgresConfig) -> None:
         super().__init__()
@@ -189,6 +196,14 @@ class PostgresSink(BaseSink):
     # --- errors -------------------------------------------------------------------------
 
     def _write_error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+        tls_fault = classify(exc)
+        if tls_fault is not None:
+            check, explanation = tls_fault
+            return ServomexSinkFault(
+                f"postgres {action} failed: TLS check {check!r} failed: "
+                f"{self.config.scrub(explanation)}",
+                context={"target": self.config.target(), "check": check, "retryable": False},
+            )
         transient = _is_transient(exc, self._asyncpg)
         text = self.config.scrub(f"{type(exc).__name__}: {exc}")
         return ServomexSinkWriteError(
@@ -211,6 +226,13 @@ class PostgresSink(BaseSink):
     async def open(self) -> None:
         if self._is_open:
             return
+        if running_asyncio_loop() is None:
+            backend = current_backend()
+            raise ServomexSinkDependencyError(
+                f"the Postgres sink runs on asyncio only (asyncpg is asyncio-only), not "
+                f"under {backend}: run it under asyncio or use another sink",
+                context={"backend": backend, "requires": "asyncio"},
+            )
         try:
             import asyncpg
         except ImportError as exc:
@@ -230,6 +252,11 @@ class PostgresSink(BaseSink):
                 "statement_timeout": str(config.statement_timeout_ms),
             },
         }
+        try:
+            # Given explicitly, so it wins over the DSN's sslmode (merged into tls()).
+            connect["ssl"] = asyncpg_ssl(config.tls())
+        except TlsSetupError as exc:
+            self._raise("TLS setup", exc)
         if "reset" in inspect.signature(asyncpg.create_pool).parameters:  # asyncpg >= 0.30
             connect["reset"] = _no_session_reset
         if config.dsn is not None:
@@ -260,7 +287,9 @@ class PostgresSink(BaseSink):
         except BaseException:
             await self._terminate_pool()
             raise
-        log.info("sink.opened", sink=self.kind, target=config.target(), columns=len(self.columns))
+        log.debug(
+            "sink.postgres.schema_ready", target=config.target(), columns=len(self.columns)
+        )
         self._is_open = True
 
     async def _lock_schema(self, conn: Any) -> None:

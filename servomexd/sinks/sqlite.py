@@ -88,6 +88,7 @@ def _converter(column: str, source: str, declared: str) -> Converter | None:
 class SqliteSink(BaseSink):
     kind = "sqlite"
     supports_checkpoint = True
+    file_suffix = "sqlite"
 
     def __init__(
         self,

@@ -16,8 +16,7 @@ import asyncpg
 import pytest
 from obs_tools import REPO, iter_panels
 
-from servomexd.acquisition.base import Rejection
-from servomexd.model import Frame, Sample
+from servomexd.model import Frame, Rejection, Sample
 from servomexd.protocol.continuous import ContinuousFramer
 from servomexd.sinks import PostgresConfig, PostgresSink
 
@@ -25,7 +24,9 @@ DASHBOARD = REPO / "deploy" / "grafana" / "postgres.json"
 CAPTURE = Path(__file__).resolve().parents[1] / "fixtures" / "continuous_4100_live_5ch.bin"
 
 
-def expand(sql: str, start: datetime, end: datetime, interval_ms: int = 10_000) -> str:
+def expand(
+    sql: str, start: datetime, end: datetime, interval_ms: int = 10_000, gas: str | None = None
+) -> str:
     """Grafana's macro and variable expansion for the PostgreSQL datasource."""
     sql = sql.replace("$__interval_ms", str(interval_ms))
     sql = re.sub(
@@ -41,6 +42,10 @@ def expand(sql: str, start: datetime, end: datetime, interval_ms: int = 10_000) 
     sql = sql.replace("${table:raw}", "public.samples")
     sql = sql.replace("$site", "'plant-a/line-2'")
     sql = sql.replace("$device", "'bench'").replace("$channel", "'I1','I2','I3','E1','E2'")
+    if gas is not None:  # Grafana sends the values themselves
+        sql = sql.replace("$gas", gas)
+    # Every stored gas name: what "All" of the gas variable selects.
+    sql = sql.replace("$gas", "SELECT DISTINCT name FROM public.samples WHERE name IS NOT NULL")
     assert "$" not in sql, f"unexpanded Grafana syntax in {sql!r}"
     return sql
 
@@ -56,6 +61,15 @@ def queries() -> list[tuple[str, str]]:
         for v in dashboard["templating"]["list"] if v["type"] == "query"
     ]
     return found
+
+
+def test_one_readings_panel_per_gas() -> None:
+    """O2 (around 21 %) and CO or CO2 (around 0.1 %) never share an axis."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    readings = [p for p in iter_panels(dashboard["panels"]) if p["type"] == "timeseries"
+                and "avg(value)" in p["targets"][0]["rawSql"]]  # fmt: skip
+    assert [p["repeat"] for p in readings] == ["gas"]
+    assert "AND name IN ($gas)" in readings[0]["targets"][0]["rawSql"]
 
 
 def test_dashboard_shape() -> None:
@@ -111,9 +125,12 @@ async def test_every_query_runs_on_the_sink_table(pg_dsn: str) -> None:
             assert [tuple(r) for r in results["panel 'Error rows'"]] == [(1,)]
             assert [r["device"] for r in results["variable device"]] == ["bench"]
             assert [r["site"] for r in results["variable site"]] == ["plant-a/line-2"]
+            gases = {r["name"] for r in results["variable gas"]}
+            assert gases == {s.reading.name for s in samples if s.reading and s.reading.name}
+            assert len(gases) > 1  # one readings panel each
         # the 1 min rollup gives the raw averages exactly (same one-minute groups)
         raw, rolled = (
-            [tuple(r) for r in by_interval[ms]["panel 'Readings: $device'"]]
+            [tuple(r) for r in by_interval[ms]["panel 'Readings: $gas'"]]
             for ms in (10_000, 60_000)
         )
         assert [r[:2] for r in raw] == [r[:2] for r in rolled]
@@ -138,10 +155,10 @@ async def test_each_panel_reads_one_table_for_its_interval(
     now = datetime.now(UTC)
     conn = await asyncpg.connect(pg_dsn)
     try:
-        sql = dict(queries())["panel 'Readings: $device'"]
+        sql = dict(queries())["panel 'Readings: $gas'"]
         plan = "\n".join(
             r[0] for r in await conn.fetch(
-                "EXPLAIN " + expand(sql, now - timedelta(hours=1), now, interval_ms)
+                "EXPLAIN " + expand(sql, now - timedelta(hours=1), now, interval_ms, "'Oxygen'")
             )
         )
     finally:

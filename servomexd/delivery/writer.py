@@ -1,0 +1,102 @@
+"""The delivery side as one component: memory buffer -> spool -> sink -> ack.
+
+Three parts, one job each: ``Flusher`` (buffer to spool, the durability point),
+``Deliverer`` (spool to sink, exactly once: the argument is in ``deliverer.py``) and
+``SinkHealth`` (up/down, its logs and metrics). ``Writer`` builds them, runs the two
+loops in one task group, and reports a ``DeliveryHealth`` snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from servomexd.backoff import Backoff
+from servomexd.delivery.deliverer import Deliverer
+from servomexd.delivery.flusher import Flusher
+from servomexd.delivery.health import DeliveryHealth, SinkHealth
+from servomexd.destination import Destination
+from servomexd.metrics import Metrics
+from servomexd.spool import Spool
+
+
+class Writer:
+    """The flusher, the deliverer and the sink's health, started and stopped together."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        destination: Destination,
+        metrics: Metrics,
+        *,
+        batch_size: int = 64,
+        flush_interval: float = 1.0,
+        max_write_rows: int = 20_000,
+        write_timeout: float = 60.0,
+        retry_max_delay: float = 30.0,
+        backoff: Backoff | None = None,
+        spool_limit: int | None = None,
+    ) -> None:
+        self.spool = spool
+        self.destination = destination
+        self.spool_limit = spool_limit
+        """Readiness counts the spool as full from this many bytes (None: no limit)."""
+        self._stop = asyncio.Event()
+        self.flusher = Flusher(
+            spool, metrics, batch_size=batch_size, flush_interval=flush_interval
+        )
+        self.health = SinkHealth(destination.kind, lambda: destination.description, metrics)
+        self.deliverer = Deliverer(
+            spool,
+            destination,
+            self.flusher,
+            self.health,
+            metrics,
+            stop=self._stop,
+            backlog=self.backlog,
+            backoff=backoff or Backoff(initial=0.5, cap=retry_max_delay, healthy_after=10.0),
+            max_write_rows=max_write_rows,
+            write_timeout=write_timeout,
+        )
+
+    @property
+    def first_sync(self) -> asyncio.Event:
+        """Set once the sink has been tried at start (opened or failed)."""
+        return self.deliverer.first_sync
+
+    def backlog(self) -> int:
+        """Samples accepted but not yet committed to the sink (spool + memory)."""
+        return self.spool.stats.samples + self.flusher.buffered
+
+    def snapshot(self) -> DeliveryHealth:
+        stats = self.spool.stats
+        below_limit = self.spool_limit is None or stats.bytes < self.spool_limit
+        return DeliveryHealth(
+            sink_type=self.destination.kind,
+            sink_up=self.health.up,
+            sink_error=self.health.last_error,
+            sink_fault=self.health.fault,
+            spool_accepting=self.flusher.spool_ok and below_limit,
+            spool=stats,
+            buffered=self.flusher.buffered,
+            samples_accepted=self.flusher.samples_accepted,
+            samples_written=self.health.samples_written,
+        )
+
+    def request_reopen(self) -> None:
+        """SIGHUP: reopen the sink's file between two writes."""
+        self.deliverer.request_reopen()
+
+    def request_stop(self) -> None:
+        """Flush what is buffered, deliver what can be delivered, then return from run()."""
+        self._stop.set()
+        self.flusher.wake()
+        self.flusher.spooled.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.flusher.run(self._stop), name="writer-flusher")
+            tg.create_task(self.deliverer.run(), name="writer-deliverer")
+
+    async def aclose(self) -> None:
+        """Close the sink (after ``run()`` returned or was cancelled)."""
+        await self.deliverer.aclose()

@@ -1,0 +1,62 @@
+"""What the daemon reports about itself, from its components' health snapshots:
+/readyz's verdict and details, and sd_notify's STATUS= line.
+
+Pure functions of ``LinkHealth`` (one per device) and ``DeliveryHealth`` (None while
+starting), so the rules read in one place and test without a running daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from servomexd.acquisition.supervisor import LinkHealth
+from servomexd.delivery import DeliveryHealth
+
+
+def readiness(
+    links: Sequence[LinkHealth], delivery: DeliveryHealth | None, sink_type: str
+) -> tuple[bool, dict[str, object]]:
+    """Ready: every link up, and the sink up or the spool accepting."""
+    problems: list[str] = []
+    devices: dict[str, object] = {}
+    for link in links:
+        devices[link.name] = "up" if link.up else f"down: {link.error or 'unknown'}"
+        if not link.up:
+            problems.append(f"device {link.name} link down")
+    sink: dict[str, object] = {"type": sink_type, "up": False}
+    spool: dict[str, object] = {}
+    if delivery is None:
+        problems.append("starting")
+    else:
+        stats = delivery.spool
+        sink = {"type": delivery.sink_type, "up": delivery.sink_up, "error": delivery.sink_error}
+        spool = {
+            "accepting": delivery.spool_accepting,
+            "pending_samples": stats.samples,
+            "bytes": stats.bytes,
+            "oldest_age_s": round(stats.oldest_age(), 1),
+        }
+        if not delivery.sink_up and not delivery.spool_accepting:
+            problems.append("sink down and spool not accepting")
+        if delivery.sink_fault:
+            problems.append(f"sink needs an operator: {delivery.sink_fault}")
+    ready = not problems
+    details: dict[str, object] = {
+        "ready": ready,
+        "problems": problems,
+        "devices": devices,
+        "sink": sink,
+        "spool": spool,
+    }
+    return ready, details
+
+
+def status_line(links: Sequence[LinkHealth], delivery: DeliveryHealth | None) -> str:
+    if delivery is None:
+        return "starting"
+    up = sum(1 for link in links if link.up)
+    sink = "up" if delivery.sink_up else "DOWN"
+    return (
+        f"devices up {up}/{len(links)}, samples written {delivery.samples_written}, "
+        f"backlog {delivery.backlog}, sink {sink}"
+    )

@@ -1,0 +1,72 @@
+"""servomexd/delivery/flusher.py: memory buffer -> spool, on time or size, never blocking."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+from rig import Rig, rec, stored, until
+
+
+async def test_steady_state_exactly_once_and_timer_flush(tmp_path: Path) -> None:
+    async with Rig(tmp_path) as rig:
+        rig.add([rec(i) for i in range(25)])
+        await until(lambda: len(stored(rig.db)) == 25)
+        # 3 samples: below batch_size, must still be written by the timer
+        rig.add([rec(i) for i in range(25, 28)])
+        await until(lambda: len(stored(rig.db)) == 28, within=2)
+        await until(lambda: rig.spool.stats.batches == 0)
+        assert rig.writer.health.up
+        assert rig.metric("servomexd_samples_written_total", sink="sqlite") == 28
+        assert rig.metric("servomexd_sink_up", sink="sqlite") == 1
+    assert stored(rig.db) == [float(i) for i in range(28)]
+
+
+async def test_stop_flushes_buffer_and_delivers(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, flush_interval=30.0, batch_size=10_000)
+    async with rig:
+        rig.add([rec(i) for i in range(7)])
+        await asyncio.sleep(0.05)
+        assert stored(rig.db) == []  # only buffered so far
+        await rig.stop()
+    assert stored(rig.db) == [float(i) for i in range(7)]
+
+
+async def test_add_never_blocks_and_memory_is_bounded_when_spool_fails(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    async with rig:
+        await rig.spool.close()  # appends now fail
+        rig.add([rec(i) for i in range(rig.writer.flusher.buffer_cap + 500)])
+        await until(lambda: not rig.writer.flusher.spool_ok)
+        assert rig.writer.flusher.buffered <= rig.writer.flusher.buffer_cap
+        assert rig.writer.flusher.dropped >= 500
+        assert rig.metric("servomexd_spool_dropped_samples_total") >= 500
+        rig.writer.request_stop()
+        await asyncio.wait_for(rig.task, 5)
+
+
+async def test_flush_cancelled_while_the_spool_is_busy_loses_nothing(tmp_path: Path) -> None:
+    """The shutdown deadline cancels the writer while its final append waits behind
+    another spool call (a prefetch read): the records must still be spooled, once."""
+    rig = Rig(tmp_path)
+    await rig.spool.open()
+    try:
+        gate = threading.Event()
+        busy = asyncio.ensure_future(rig.spool._call(gate.wait, 5.0))
+        rig.add([rec(i) for i in range(5)])
+        flushing = asyncio.create_task(rig.writer.flusher.flush())
+        await asyncio.sleep(0.05)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        gate.set()
+        await busy
+        assert await rig.writer.flusher.flush()  # what the daemon does after cancelling the writer
+        await until(lambda: rig.spool.stats.samples >= 5, within=3)
+        await asyncio.sleep(0.05)
+        values = [r[4] for b in await rig.spool.peek() for r in b.records]
+        assert values == [float(i) for i in range(5)]
+    finally:
+        await rig.spool.close()
