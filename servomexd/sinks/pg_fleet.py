@@ -76,6 +76,9 @@ class FleetLayout:
         )
         self.specs = [rollups.parse_rollup(text) for text in config.rollups]
         self.rollup_statements = rollups.plan_statements(config.schema, config.table, self.specs)
+        self.checkpointed_statements = rollups.plan_statements(
+            config.schema, config.table, self.specs, CHECKPOINT_TABLE
+        )
         self.stats = table_stats(f"{config.schema}.{config.table}")
         self._clock = clock
         self._partitioned = False
@@ -169,6 +172,31 @@ class FleetLayout:
             if groups:
                 args = rollups.upsert_args(site, groups)
                 await conn.execute(statement.sql, *args, timeout=timeout)
+
+    async def write_rollups_and_checkpoint(
+        self,
+        conn: Any,
+        records: Sequence[Record],
+        checkpoint: tuple[str, int, int],
+        timeout: float,  # noqa: ASYNC109 - per statement
+    ) -> int | None:
+        """Advance the checkpoint and merge the rollups in one round trip.
+
+        Returns the stored seq, or None when the checkpoint refused the write (then no
+        rollup was touched either; the caller raises the conflict and rolls back).
+        """
+        site = self.site or ""
+        first, *rest = self.checkpointed_statements
+        args = rollups.upsert_args(site, rollups.aggregate(records, first.seconds))
+        stored: int | None = await conn.fetchval(first.sql, *args, *checkpoint, timeout=timeout)
+        if stored is None:
+            return None
+        for statement in rest:
+            groups = rollups.aggregate(records, statement.seconds)
+            if groups:
+                more = rollups.upsert_args(site, groups)
+                await conn.execute(statement.sql, *more, timeout=timeout)
+        return stored
 
     # --- after the commit -----------------------------------------------------------------
 

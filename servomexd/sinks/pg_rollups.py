@@ -152,32 +152,60 @@ class RollupStatement:
 
 
 def plan_statements(
-    schema: str, raw_table: str, specs: Sequence[RollupSpec]
+    schema: str,
+    raw_table: str,
+    specs: Sequence[RollupSpec],
+    checkpoint_table: str | None = None,
 ) -> list[RollupStatement]:
     """As few statements (round trips) as possible: one per interval others derive from.
 
     The finest interval's groups go to the server once; each coarser interval that is a
     multiple of it is merged from those groups by the same statement (data-modifying
     CTEs), in key order so that concurrent writers never deadlock.
+
+    With ``checkpoint_table`` the first statement also advances the write's checkpoint,
+    exactly as the sink's own upsert does (``$14`` stream, ``$15`` seq, ``$16`` first
+    seq), merges the rollups only when it moved, and answers the stored seq or no row:
+    one round trip for checkpoint and rollups, which matters at 64-row batches.
     """
     remaining = sorted(specs, key=lambda s: s.seconds)
-    out = []
+    out: list[RollupStatement] = []
     while remaining:
         base = remaining.pop(0)
         derived = [s for s in remaining if s.seconds % base.seconds == 0]
         remaining = [s for s in remaining if s not in derived]
-        out.append(RollupStatement(_statement(schema, raw_table, base, derived), base.seconds))
+        cp = checkpoint_table if not out else None
+        out.append(
+            RollupStatement(_statement(schema, raw_table, base, derived, cp), base.seconds)
+        )
     return out
 
 
-def _statement(schema: str, raw_table: str, base: RollupSpec, derived: list[RollupSpec]) -> str:
+def _statement(
+    schema: str,
+    raw_table: str,
+    base: RollupSpec,
+    derived: list[RollupSpec],
+    checkpoint_table: str | None,
+) -> str:
     arrays = ", ".join(f"${i}::{kind}[]" for i, kind in enumerate(_ARRAY_TYPES, start=1))
     names = ", ".join(KEY_COLUMNS + STAT_COLUMNS)
-    ctes = [
-        f"input AS (SELECT * FROM unnest({arrays}) AS i({names}))",  # noqa: S608 - quoted
+    ctes = [f"input AS (SELECT * FROM unnest({arrays}) AS i({names}))"]  # noqa: S608 - quoted
+    gate = ""
+    if checkpoint_table is not None:
+        target = qualified(schema, checkpoint_table)
+        ctes.append(
+            f"cp AS (INSERT INTO {target} (stream, seq, updated_at) "  # noqa: S608 - quoted
+            "VALUES ($14::text, $15::bigint, now()) ON CONFLICT (stream) DO UPDATE "
+            f"SET seq = EXCLUDED.seq, updated_at = now() WHERE {target}.seq < $16::bigint "
+            "RETURNING seq)"
+        )
+        gate = " WHERE EXISTS (SELECT 1 FROM cp)"
+    ctes.append(
         f"r0 AS (INSERT INTO {qualified(schema, base.table(raw_table))} AS t ({names}) "  # noqa: S608
-        f"SELECT * FROM input ORDER BY {_KEYS} ON CONFLICT ({_KEYS}) DO UPDATE SET {_UPDATE})",
-    ]
+        f"SELECT * FROM input{gate} ORDER BY {_KEYS} "
+        f"ON CONFLICT ({_KEYS}) DO UPDATE SET {_UPDATE})"
+    )
     for index, spec in enumerate(derived, start=1):
         n = spec.seconds
         ctes.append(
@@ -185,10 +213,11 @@ def _statement(schema: str, raw_table: str, base: RollupSpec, derived: list[Roll
             f"({names}) SELECT site, device, channel, name, unit, "
             f"to_timestamp(floor(extract(epoch FROM bucket) / {n}) * {n}), sum(samples), "
             "sum(n_values), sum(n_ok), sum(n_errors), min(v_min), max(v_max), sum(v_sum) "
-            "FROM input GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6 "
+            f"FROM input{gate} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6 "
             f"ON CONFLICT ({_KEYS}) DO UPDATE SET {_UPDATE})"
         )
-    return "WITH " + ", ".join(ctes) + " SELECT 1"
+    tail = " SELECT seq FROM cp" if checkpoint_table is not None else " SELECT 1"
+    return "WITH " + ", ".join(ctes) + tail
 
 
 def upsert_args(site: str, groups: dict[Key, Stats]) -> list[list[Any]]:

@@ -464,14 +464,20 @@ class PostgresSink(BaseSink):
                     await self._copy(conn, rows, timeout)
                 else:
                     await conn.executemany(self._insert_sql, rows, timeout=timeout)
+            # Rollups in the same transaction as the rows and the checkpoint: exactly once.
             if checkpoint is not None:
-                await self._advance_checkpoint(conn, checkpoint, timeout)
-            if rolled and records:
-                # Same transaction as the rows and the checkpoint: exactly-once rollups.
+                await self._advance_checkpoint(
+                    conn, checkpoint, timeout, records if rolled and records else None
+                )
+            elif rolled and records:
                 await self._fleet.write_rollups(conn, records, timeout)
 
     async def _advance_checkpoint(
-        self, conn: Any, checkpoint: Checkpoint, timeout: float  # noqa: ASYNC109 - per statement
+        self,
+        conn: Any,
+        checkpoint: Checkpoint,
+        timeout: float,  # noqa: ASYNC109 - per statement
+        rollup_records: list[Record] | None = None,
     ) -> None:
         """Move the checkpoint forward in the write's transaction, or refuse the write.
 
@@ -480,14 +486,21 @@ class PostgresSink(BaseSink):
         another connection, it waits for that COMMIT, then (READ COMMITTED re-checks ON
         CONFLICT against the new row) finds the batches already there and updates
         nothing. The conflict then rolls the whole write back. It runs after the COPY
-        because taking the lock first cost about 10 % of the backlog drain rate.
+        because taking the lock first cost about 10 % of the backlog drain rate. With
+        ``rollup_records`` the same statement merges the rollups when the checkpoint moved
+        (``FleetLayout.write_rollups_and_checkpoint``): one round trip for both.
         """
         if not self._checkpoint_ready:
             await self._create_checkpoint_table(conn)
         first = checkpoint_first_seq(checkpoint)
-        stored = await conn.fetchval(
-            self._upsert_sql, checkpoint[0], checkpoint[1], first, timeout=timeout
-        )
+        if rollup_records is not None:
+            stored = await self._fleet.write_rollups_and_checkpoint(
+                conn, rollup_records, (checkpoint[0], checkpoint[1], first), timeout
+            )
+        else:
+            stored = await conn.fetchval(
+                self._upsert_sql, checkpoint[0], checkpoint[1], first, timeout=timeout
+            )
         if stored is None:
             current = await conn.fetchval(
                 f"SELECT seq FROM {self._checkpoints} WHERE stream = $1",  # noqa: S608 - validated

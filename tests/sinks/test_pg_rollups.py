@@ -56,6 +56,9 @@ def test_one_statement_per_base_interval() -> None:
     assert [s.seconds for s in rollups.plan_statements(
         "public", "samples", [rollups.parse_rollup("45m"), rollups.parse_rollup("1h")]
     )] == [2700, 3600]
+    checked = rollups.plan_statements("public", "samples", specs, "servomexd_checkpoints")
+    assert "cp AS (INSERT INTO" in checked[0].sql and checked[0].sql.endswith("SELECT seq FROM cp")
+    assert checked[0].sql.count("WHERE EXISTS (SELECT 1 FROM cp)") == 4
 
 
 @pytest.mark.parametrize(
@@ -105,3 +108,34 @@ async def test_missing_rollup_table_is_a_schema_error(
     cfg = PostgresConfig(dsn=pg_dsn, table="raw", rollups=("1h",))
     with pytest.raises(ServomexSinkSchemaError, match="raw_1h"):
         await PostgresSink(cfg).open()
+
+
+async def test_a_retry_blocked_by_a_commit_in_flight_merges_no_rollup(
+    pg_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The checkpoint guard's race with rollups on: the retry waits for the late COMMIT,
+    is refused, and leaves the rollups exactly as the committed writes made them."""
+    import asyncio
+
+    cfg = PostgresConfig(dsn=pg_dsn, create_table=True, rollups=("1m", "1h"), site="x")
+    first = records_at(datetime.now(UTC), 2)
+    async with PostgresSink(cfg) as sink:
+        await sink.write_records(first, checkpoint=("s", 1, 1))
+        late = await asyncpg.connect(pg_dsn)
+        try:
+            tx = late.transaction()
+            await tx.start()
+            await late.execute("UPDATE servomexd_checkpoints SET seq = 3 WHERE stream = 's'")
+            retry = asyncio.create_task(
+                sink.write_records(records_at(datetime.now(UTC), 3), checkpoint=("s", 4, 2))
+            )
+            await asyncio.sleep(0.3)
+            assert not retry.done()  # blocked on the checkpoint row
+            await tx.commit()
+            with pytest.raises(ServomexSinkCheckpointConflict):
+                await asyncio.wait_for(retry, 10)
+        finally:
+            await late.close()
+    for table in ("samples_1m", "samples_1h"):
+        assert await conn.fetchval(f"SELECT sum(samples) FROM {table}") == len(first)
+    assert await conn.fetchval("SELECT count(*) FROM samples") == len(first)
