@@ -90,11 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate", help="a simulated analyser on a pseudo-terminal linked at --link"
     )
-    simulate.add_argument("--link", required=True, help="path of the symlink to create")
+    simulate.add_argument("--link", help="path of the symlink to create (a pty)")
+    simulate.add_argument(
+        "--listen", help="serve over raw TCP on HOST:PORT instead (port 0: any free port)"
+    )
+    simulate.add_argument(
+        "--rfc2217", help="serve as an RFC 2217 device server on HOST:PORT (continuous)"
+    )
     simulate.add_argument(
         "--protocol",
         default="continuous",
-        choices=["continuous", "modbus_rtu", "modbus_ascii"],
+        choices=["continuous", "modbus_rtu", "modbus_ascii", "modbus_tcp"],
     )
     simulate.add_argument(
         "--address",
@@ -117,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--replug-after", type=_positive_float, help="bring it back S seconds after unplugging"
     )
+    simulate.add_argument(
+        "--stall-after",
+        type=_positive_float,
+        help="network only: stop sending after S seconds but keep the connection (half-open)",
+    )
     simulate.add_argument("--seed", type=int, default=0, help="seed for the simulated values")
     return parser
 
@@ -135,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "run":
         return _run(args.config)
     if command == "check-config":
-        from servomexd.config import check_config
+        from servomexd.check import check_config
 
         return check_config(args.config, port_check=not args.no_port_check)
     if command == "demo":

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import socket
-import sys
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -39,6 +38,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -49,6 +49,7 @@ from pydantic_settings import (
 )
 
 from servomexd.errors import ServomexConfigError, ServomexValidationError
+from servomexd.link.endpoint import is_network_port, parse_network_port
 from servomexd.link.line import BAUDRATES, MODBUS_PROTOCOLS, port_key, sharing_problem
 from servomexd.redaction import MASK, is_secret_name, mask_text, register_secret
 from servomexd.sinks.registry import default_path
@@ -65,7 +66,7 @@ EX_CONFIG = 78
 DEFAULT_METRICS_PORT = 9723
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
-Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "auto"]
+Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "modbus_tcp", "auto"]
 
 
 def _sql_identifier(value: str) -> str:
@@ -106,6 +107,11 @@ class DeviceConfig(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     timeout_streak: Annotated[int, Field(ge=1)] = 3
     expected_frame_period: Annotated[float, Field(gt=0)] = 2.0
+    # --- network ports (socket://, rfc2217://) ---
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    # Modbus TCP requests in flight per gateway connection. Only 1: pymodbus serialises
+    # its transactions, and gateways to RS485 cannot overlap requests anyway.
+    max_in_flight: Annotated[int, Field(ge=1, le=1)] = 1
 
     @field_validator("name")
     @classmethod
@@ -131,7 +137,35 @@ class DeviceConfig(_Section):
     def _port_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty (use a /dev/serial/by-id/... path)")
+        if is_network_port(value):
+            return parse_network_port(value).url  # ValueError names what is wrong
         return value
+
+    @field_validator("protocol")
+    @classmethod
+    def _transport_fits_protocol(cls, value: str, info: ValidationInfo) -> str:
+        # ``port`` is declared (hence validated) before ``protocol``: it is in info.data.
+        port = info.data.get("port")
+        if not isinstance(port, str):
+            return value  # port itself is invalid and reported on its own
+        scheme = parse_network_port(port).scheme if is_network_port(port) else None
+        if value == "modbus_tcp" and scheme != "socket":
+            raise ValueError(
+                f'modbus_tcp needs port = "socket://HOST:PORT" (the gateway), but port is {port!r}'
+            )
+        return value
+
+    def warnings(self) -> list[str]:
+        """Settings that are accepted but have no effect, for check-config and the log."""
+        if not is_network_port(self.port) or parse_network_port(self.port).scheme != "socket":
+            return []
+        ignored = sorted({"baudrate", "bytesize", "parity", "stopbits"} & self.model_fields_set)
+        if not ignored:
+            return []
+        return [
+            f"{', '.join(ignored)} ignored on socket://: raw TCP cannot set the line, the "
+            "device server's own serial settings apply (use rfc2217:// to set them from here)"
+        ]
 
     @model_validator(mode="after")
     def _silence_outlasts_a_poll(self) -> DeviceConfig:
@@ -759,43 +793,3 @@ def to_toml(data: dict[str, Any]) -> str:
 
     table("", data, None)
     return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def check_config(path: str | os.PathLike[str] | None, *, port_check: bool = True) -> int:
-    """``servomexd check-config``: print the effective config (masked) or every problem.
-
-    With ``port_check`` the serial ports are looked at too (``--no-port-check`` skips it
-    when building an image, where the adapters are absent): a port that can never work is
-    an error (exit 78), one that may yet appear or be fixed is a warning (exit 0).
-    """
-    try:
-        settings = load_settings(path)
-    except ConfigInvalid as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return EX_CONFIG
-    except ServomexConfigError as exc:
-        print(f"servomexd: {exc.message}", file=sys.stderr)
-        return EX_CONFIG
-    from servomexd.tls_check import security_findings
-
-    problems, warnings = security_findings(settings)
-    for warning in warnings:
-        print(f"servomexd: warning: {warning}", file=sys.stderr)
-    if problems:
-        for problem in problems:
-            print(f"{config_path(path)}: {problem}", file=sys.stderr)
-        return EX_CONFIG
-    code = 0
-    if port_check:
-        from servomexd.portcheck import port_findings
-
-        for finding in port_findings(settings.devices):
-            print(f"servomexd: {finding.line()}", file=sys.stderr)
-            if finding.error:
-                code = EX_CONFIG
-    print(f"# effective configuration from {config_path(path)} (secrets masked)")
-    if settings.sink.type == "postgres":
-        print(f"# PostgreSQL password source: {password_source(settings)}")
-    sys.stdout.write(to_toml(effective_config(settings)))
-    return code

@@ -366,6 +366,9 @@ def run_daemon(config: str | None) -> int:
         return EX_CONFIG
     configure_logging(settings.log.level, settings.log.format)
     log.debug("daemon.config_loaded", path=str(config_path(config)))
+    for device in settings.devices:  # accepted settings that cannot apply (check-config too)
+        for warning in device.warnings():
+            log.warning("config.setting_ignored", device=device.name, warning=warning)
     try:
         code = _run(Daemon(settings).serve())
     except KeyboardInterrupt:  # a signal before the handlers were installed

@@ -85,6 +85,7 @@ class ProtocolKind(StrEnum):
     CONTINUOUS = "continuous"
     MODBUS_RTU = "modbus_rtu"
     MODBUS_ASCII = "modbus_ascii"
+    MODBUS_TCP = "modbus_tcp"
 
 
 STATUS_FLAGS: tuple[str, ...] = (

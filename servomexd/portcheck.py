@@ -21,7 +21,8 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from servomexd.link.diagnose import diagnose, is_url, probe_open
+from servomexd.link.diagnose import diagnose, probe_open
+from servomexd.link.endpoint import is_network_port
 from servomexd.link.line import MODBUS_PROTOCOLS, LineUser, sharing_problem
 
 __all__ = ["PortFinding", "port_findings", "same_adapter_problems"]
@@ -35,7 +36,7 @@ def same_adapter_problems(devices: Sequence[LineUser]) -> list[tuple[str, str, s
     """ConfigInvalid problems for devices naming one adapter by different paths."""
     groups: dict[str, list[LineUser]] = {}
     for device in devices:
-        if not is_url(device.port):
+        if not is_network_port(device.port):
             groups.setdefault(_resolved(device.port), []).append(device)
     problems: list[tuple[str, str, str]] = []
     for real, shared in groups.items():
@@ -77,7 +78,7 @@ def port_findings(devices: Sequence[LineUser]) -> list[PortFinding]:
     seen: set[str] = set()
     for device in devices:
         port = device.port
-        if is_url(port) or port in seen:
+        if is_network_port(port) or port in seen:
             continue
         seen.add(port)
         try:

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from servomexd.check import check_config
 from servomexd.config import (
     EX_CONFIG,
     ConfigInvalid,
     DeviceConfig,
     Settings,
-    check_config,
     effective_config,
     load_settings,
     to_toml,

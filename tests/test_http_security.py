@@ -284,6 +284,6 @@ async def test_startup_log_names_the_security() -> None:
     with capture_logs() as logs:
         async with MetricsServer("127.0.0.1", 0, CollectorRegistry(), FakeHealth()):
             pass
-    listening = [e for e in logs if e["event"] == "metrics_listening"]
+    listening = [e for e in logs if e["event"] == "metrics.listening"]
     assert listening[0]["tls"] is False and listening[0]["basic_auth"] is False
     assert not [e for e in logs if e["event"] == "metrics.exposed"]

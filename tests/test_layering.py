@@ -43,6 +43,9 @@ LAYERS: dict[str, int] = {
     "delivery": 4,
     "http": 4,
     "status": 4,
+    "webconfig": 4,
+    "tls_check": 5,
+    "check": 6,
     # 5: the wiring
     "daemon": 5,
     "demo": 6,

@@ -12,7 +12,8 @@ import pytest
 from tlscerts import CertificateAuthority
 
 from servomexd import tls_check
-from servomexd.config import EX_CONFIG, check_config
+from servomexd.check import check_config
+from servomexd.config import EX_CONFIG
 
 DEVICE = '[[devices]]\nname = "a"\nport = "/dev/ttyX"\n'
 
@@ -38,7 +39,7 @@ def run_check(
 ) -> tuple[int, str, str]:
     path = tmp_path / "servomexd.toml"
     path.write_text(DEVICE + body)
-    code = check_config(str(path))
+    code = check_config(str(path), port_check=False)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -260,15 +260,16 @@ class AutoSessionFactory:
         if self.buses.users_on(self.device.port):
             tried.append("continuous: skipped, port shared with Modbus devices")
             return None
-        from servomexd.link.serial import SerialLink
+        from servomexd.link.connect import open_link
         from servomexd.protocol.continuous import ContinuousFramer
 
         continuous = self._continuous()
         window = listen_window(self.device.expected_frame_period)
         framer = ContinuousFramer()
         frame: Frame | None = None
+        after: list[AcquisitionEvent] = []  # what came in the same read after the frame
         rejected = 0
-        link = await SerialLink.open(continuous.settings)
+        link = await open_link(continuous.settings, connect_timeout=continuous.connect_timeout)
         try:
             link.reset_input()
             deadline = monotonic() + window
@@ -278,35 +279,41 @@ class AutoSessionFactory:
                     break
                 data = await link.read(remaining)
                 for event in framer.feed(data):
-                    if isinstance(event, Frame):
+                    if frame is not None:
+                        after.append(event)
+                    elif isinstance(event, Frame):
                         frame = event
-                        break
-                    rejected += 1  # a partial first line, noise: keep listening
-        finally:
+                    else:
+                        rejected += 1  # a partial first line, noise: keep listening
+        except BaseException:
             await link.close()
+            raise
         if frame is None:
+            await link.close()
             tried.append(f"continuous: no valid frame in {window:g} s ({rejected} rejected lines)")
             return None
         tried.append(f"continuous: valid frame with {len(frame.readings)} channels")
-        session = await continuous.open()
-        return PrimedSession(session, frame)
+        # The session keeps the link the frame came on: a device server that takes one
+        # client at a time may not have freed its slot for a reconnect yet.
+        return PrimedSession(continuous.session_on(link, framer), frame, *after)
 
 
 class PrimedSession:
-    """A continuous session that first yields the frame AUTO detected it with."""
+    """A continuous session that first yields the frame AUTO detected it with, and what
+    arrived in the same read after it."""
 
-    def __init__(self, session: DeviceSession, first: Frame) -> None:
+    def __init__(self, session: DeviceSession, first: Frame, *rest: AcquisitionEvent) -> None:
         self._session = session
-        self._first: Frame | None = first
+        self._first: list[AcquisitionEvent] = [first, *rest]
 
     @property
     def protocol(self) -> ProtocolKind:
         return self._session.protocol
 
     async def events(self) -> AsyncIterator[AcquisitionEvent]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
+        first, self._first = self._first, []
+        for event in first:
+            yield event
         async for event in self._session.events():
             yield event
 

@@ -58,11 +58,12 @@ log = structlog.get_logger("servomexd.modbus")
 
 
 def describe_target(device: ModbusDeviceSettings, protocol: str | None = None) -> str:
-    """Log-safe ``/dev/ttyUSB0 @19200 8N1 modbus_rtu addr 30``."""
-    return (
-        f"{device.port} @{device.baudrate} {device.bytesize}{device.parity}{device.stopbits} "
-        f"{protocol or device.protocol} addr {device.address}"
-    )
+    """Log-safe ``/dev/ttyUSB0 @19200 8N1 modbus_rtu addr 30``; on ``socket://`` the line
+    settings are the device server's, so they are left out."""
+    line = f" @{device.baudrate} {device.bytesize}{device.parity}{device.stopbits}"
+    if device.port.startswith("socket://"):
+        line = ""
+    return f"{device.port}{line} {protocol or device.protocol} addr {device.address}"
 
 
 # --- the polling session -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The shared Modbus line: one serial port, one pymodbus client, every slave on it.
+"""The shared Modbus line: one port or connection, one pymodbus client, every slave on it.
 
 On RS485 several analysers share one serial line, so every device configured on a
 port goes through one ``ModbusBus``: one client, one idle-gap clock, one queue for
@@ -13,6 +13,11 @@ pymodbus's own reconnect and retries are off: our supervisor owns reconnect and
 backoff, and our retries honour the idle gap (pymodbus resends at once). A bus
 closes its port when its last user detaches and is reopened by the first user that
 attaches again, so a failed USB adapter is reopened once, not once per slave.
+
+The same holds over the network (``servomexd.link.modbus_client`` picks the client):
+RTU/ASCII devices behind one ``socket://`` device server share one bus as on RS485,
+and Modbus TCP devices behind one gateway share one connection with one request in
+flight (gateways to RS485 cannot overlap requests; pymodbus serialises them too).
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from time import monotonic, monotonic_ns
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
@@ -40,7 +44,7 @@ from servomexd.errors import (
     ServomexProtocolError,
     ServomexTimeoutError,
 )
-from servomexd.link.diagnose import diagnose, is_url, probe_open
+from servomexd.link.endpoint import is_network_port
 from servomexd.link.line import (
     LineUser,
     SerialLineSettings,
@@ -48,6 +52,8 @@ from servomexd.link.line import (
     line_of,
     sharing_problem,
 )
+from servomexd.link.modbus_client import ModbusClient, connect_modbus_client
+from servomexd.link.tcp import CONNECT_TIMEOUT
 from servomexd.model import ProtocolKind
 from servomexd.protocol import modbus as mb
 
@@ -62,7 +68,11 @@ _PYMODBUS_LOGGER = logging.getLogger("pymodbus.logging")
 if _PYMODBUS_LOGGER.level == logging.NOTSET:
     _PYMODBUS_LOGGER.setLevel(logging.CRITICAL)
 
-FRAMERS = {ProtocolKind.MODBUS_RTU: FramerType.RTU, ProtocolKind.MODBUS_ASCII: FramerType.ASCII}
+FRAMERS = {
+    ProtocolKind.MODBUS_RTU: FramerType.RTU,
+    ProtocolKind.MODBUS_ASCII: FramerType.ASCII,
+    ProtocolKind.MODBUS_TCP: FramerType.SOCKET,  # MBAP header, over socket:// only
+}
 _BACKSTOP_TIMEOUT = 30.0
 """pymodbus's own response timeout; ours (per attempt, ``request_timeout``) fires first."""
 
@@ -75,10 +85,15 @@ class BusSettings:
     bytesize: int = 8
     parity: str = "N"
     stopbits: int = 1
+    connect_timeout: float = CONNECT_TIMEOUT
 
     @classmethod
     def of(cls, device: SerialLineSettings, protocol: ProtocolKind) -> BusSettings:
-        return cls(protocol=protocol, **line_of(device))
+        return cls(
+            protocol=protocol,
+            connect_timeout=float(getattr(device, "connect_timeout", CONNECT_TIMEOUT)),
+            **line_of(device),
+        )
 
 
 class SendStamp:
@@ -162,7 +177,7 @@ class ModbusBus:
 
     def __init__(self, settings: BusSettings) -> None:
         self.settings = settings
-        self._client: AsyncModbusSerialClient | None = None
+        self._client: ModbusClient | None = None
         self._line = _Line()
         self._suspect: set[int] = set()
         self._users: dict[int, float] = {}
@@ -206,36 +221,16 @@ class ModbusBus:
     async def _open(self) -> None:
         self._close()
         s = self.settings
-        client = AsyncModbusSerialClient(
+        self._client = await connect_modbus_client(
             s.port,
-            framer=FRAMERS[s.protocol],
+            FRAMERS[s.protocol],
             baudrate=s.baudrate,
             bytesize=s.bytesize,
             parity=s.parity,
             stopbits=s.stopbits,
-            name=s.port,
-            reconnect_delay=0,  # no pymodbus reconnect: the supervisor owns it
-            reconnect_delay_max=0,
-            timeout=_BACKSTOP_TIMEOUT,
-            retries=0,  # our retries wait for the idle gap; pymodbus's would not
+            response_timeout=_BACKSTOP_TIMEOUT,
+            connect_timeout=s.connect_timeout,
         )
-        try:
-            connected = await client.connect()
-        except (OSError, ModbusException) as exc:
-            client.close()
-            raise ServomexConnectionError(
-                f"cannot open serial port: {diagnose(s.port, exc)}",
-                context={"port": s.port, "protocol": s.protocol.value},
-            ) from exc
-        if not connected:
-            client.close()
-            # pymodbus dropped the errno: open the port ourselves to learn why.
-            cause = await asyncio.to_thread(probe_open, s.port)
-            raise ServomexConnectionError(
-                f"cannot open serial port: {diagnose(s.port, cause)}",
-                context={"port": s.port, "protocol": s.protocol.value},
-            )
-        self._client = client
         self.opened += 1
         self._last_end = monotonic()
         log.info("modbus.port_opened", port=s.port, protocol=s.protocol.value)
@@ -331,7 +326,7 @@ class ModbusBus:
             client = self._client
             if client is None or not client.connected:
                 raise ServomexConnectionError(
-                    "serial port is not open", context={"port": self.settings.port}
+                    "port or connection is not open (lost)", context={"port": self.settings.port}
                 )
             wait = self._last_end + self.idle_gap - monotonic()
             if wait > 0:
@@ -347,12 +342,13 @@ class ModbusBus:
                 return None
             except ConnectionException as exc:
                 raise ServomexConnectionError(
-                    "serial port lost", context={"port": self.settings.port, "error": str(exc)}
+                    "port or connection lost",
+                    context={"port": self.settings.port, "error": str(exc)},
                 ) from exc
             except ModbusIOException:
                 if not client.connected:
                     raise ServomexConnectionError(
-                        "serial port lost", context={"port": self.settings.port}
+                        "port or connection lost", context={"port": self.settings.port}
                     ) from None
                 self._suspect.add(address)
                 return None  # pymodbus gave up waiting (its backstop timeout)
@@ -371,7 +367,7 @@ class ModbusBus:
             self._line.release()
 
 
-async def _send(client: AsyncModbusSerialClient, address: int, request: Request) -> ModbusPDU:
+async def _send(client: ModbusClient, address: int, request: Request) -> ModbusPDU:
     if isinstance(request, LoopbackRequest):
         return await client.diag_query_data(request.data, device_id=address)
     if request.function == mb.FC_READ_INPUT_REGISTERS:
@@ -415,7 +411,7 @@ class ModbusBusRegistry:
         # comes back as another ttyUSBn, and must still be the same bus. Another spelling
         # of an adapter already seen (ttyUSB0 for its by-id link) is mapped, when first
         # seen, to the first spelling: one adapter, one bus, whatever the names.
-        if is_url(port):
+        if is_network_port(port):
             return port
         path = os.path.normpath(port)
         known = self._spellings.get(path)

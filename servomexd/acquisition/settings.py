@@ -13,10 +13,12 @@ from servomexd.link.line import LineUser, SerialLineSettings
 
 
 class ContinuousDeviceSettings(SerialLineSettings, Protocol):
-    """What a continuous-mode session reads: the line and the read bound."""
+    """What a continuous-mode session reads: the line, the read and connect bounds."""
 
     @property
     def read_timeout(self) -> float: ...
+    @property
+    def connect_timeout(self) -> float: ...
 
 
 class ModbusDeviceSettings(LineUser, Protocol):

@@ -26,7 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Diagnosis", "diagnose", "holders", "is_url", "probe_open"]
+__all__ = ["Diagnosis", "diagnose", "holders", "probe_open"]
 
 _BUSY = {errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK}
 _DENIED = {errno.EACCES, errno.EPERM}
@@ -43,11 +43,6 @@ class Diagnosis:
 
     def __str__(self) -> str:
         return self.text
-
-
-def is_url(port: str) -> bool:
-    """``socket://``, ``rfc2217://``...: not a path, nothing on this host to look at."""
-    return "://" in port
 
 
 def _errno_of(error: BaseException | None) -> int | None:

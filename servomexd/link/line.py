@@ -17,8 +17,9 @@ BAUDRATES: tuple[int, ...] = (
 """Standard rates accepted in configuration. The 4000 series speaks 2400-19200; a
 rate outside the standard set is nearly always a typo (1920, 192000)."""
 
-MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "auto"})
-"""The ``protocol`` values of devices that may share a line (RS485 multidrop)."""
+MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "modbus_tcp", "auto"})
+"""The ``protocol`` values of devices that may share a line (RS485 multidrop, or one
+Modbus TCP gateway: one connection, one request at a time)."""
 
 
 class SerialLineSettings(Protocol):
@@ -113,7 +114,10 @@ def sharing_problem(devices: Sequence[LineUser]) -> str | None:
     if len(formats) != 1:
         return f"devices on port {port} must share baudrate, bytesize, parity and stopbits"
     if len({device.protocol for device in devices} - {"auto"}) > 1:
-        return f"devices on port {port} must share one protocol (modbus_rtu or modbus_ascii)"
+        return (
+            f"devices on port {port} must share one protocol "
+            "(modbus_rtu, modbus_ascii or modbus_tcp)"
+        )
     return None
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from servomexd.link.diagnose import diagnose, holders, is_url, probe_open
+from servomexd.link.diagnose import diagnose, holders, probe_open
+from servomexd.link.endpoint import is_network_port
 
 
 @pytest.fixture
@@ -100,5 +101,5 @@ def test_probe_open_of_a_free_pty_succeeds(pty_path: str) -> None:
 
 
 def test_urls_are_not_paths() -> None:
-    assert is_url("socket://10.0.0.5:4001") and is_url("rfc2217://host:2217")
-    assert not is_url("/dev/serial/by-id/usb-FTDI-if00-port0")
+    assert is_network_port("socket://10.0.0.5:4001") and is_network_port("rfc2217://host:2217")
+    assert not is_network_port("/dev/serial/by-id/usb-FTDI-if00-port0")

@@ -186,7 +186,7 @@ def test_wrong_password_is_refused_and_counted(rig: TlsRig) -> None:
 
 def test_daemon_logged_its_endpoint_security(rig: TlsRig) -> None:
     events = [json.loads(line) for line in rig.daemon_log().splitlines() if line.startswith("{")]
-    listening = [e for e in events if e.get("event") == "metrics_listening"]
+    listening = [e for e in events if e.get("event") == "metrics.listening"]
     assert listening and listening[0]["tls"] is True and listening[0]["basic_auth"] is True
     assert not [e for e in events if e.get("event") == "metrics.exposed"]
     assert PASSWORD not in rig.daemon_log()
