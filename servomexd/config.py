@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -34,6 +35,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -208,6 +210,13 @@ class PostgresSettings(_Section):
     sslcert: str | None = None
     sslkey: str | None = None
     """Client key path; unset: the credential ``$CREDENTIALS_DIRECTORY/pg-sslkey``."""
+    # --- fleet: partitions, retention, rollups (docs/operations.md) ---
+    partition: Literal["day", "week", "month", "none"] = "month"
+    retention: str | None = None
+    rollups: list[str] = []
+    rollup_retention: str | None = None
+    _site: str | None = PrivateAttr(default=None)
+    """Set from ``[daemon] site`` by ``Settings``: the sink is built from [sink] alone."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -233,7 +242,8 @@ class PostgresSettings(_Section):
         # (TOML names: ``schema``), so a field added to both cannot be forgotten here.
         shared = self.model_dump(by_alias=True, exclude={"dsn", "password", "password_file"})
         dsn = None if self.dsn is None else self.dsn.get_secret_value()
-        return PostgresConfig(dsn=dsn, password=password, **shared)
+        shared["rollups"] = tuple(shared["rollups"])
+        return PostgresConfig(dsn=dsn, password=password, site=self._site, **shared)
 
     def resolve_password(self) -> str | None:
         """``password``, else ``password_file``, else ``$CREDENTIALS_DIRECTORY/pg-password``."""
@@ -449,6 +459,26 @@ class LogSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+_SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@ -]{0,127}")
+
+
+class DaemonSettings(_Section):
+    """Who this daemon is in a fleet."""
+
+    site: str = Field(default_factory=socket.gethostname)
+    """Written to the ``site`` column (e.g. ``plant-a/line-2``); default: the host name."""
+
+    @field_validator("site")
+    @classmethod
+    def _site_is_a_label(cls, value: str) -> str:
+        if not _SITE.fullmatch(value):
+            raise ValueError(
+                "must be 1-128 characters: letters, digits, space, '_', '.', ':', '/', '@' "
+                "or '-', starting with a letter or digit"
+            )
+        return value
+
+
 class Settings(BaseSettings):
     """The whole daemon configuration."""
 
@@ -461,6 +491,7 @@ class Settings(BaseSettings):
     )
 
     devices: Annotated[list[DeviceConfig], Field(min_length=1)]
+    daemon: DaemonSettings = DaemonSettings()
     sink: SinkSettings = SinkSettings()
     spool: SpoolSettings = SpoolSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -477,6 +508,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's table arrives as init data; the environment must win over it.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _site_to_sink(self) -> Settings:
+        # The sink builds its config from [sink] alone: hand it the daemon's site.
+        self.sink.postgres._site = self.daemon.site
+        return self
 
     @model_validator(mode="after")
     def _devices_consistent(self) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -121,9 +122,13 @@ def test_example_commented_defaults_are_the_model_defaults() -> None:
             continue
         ((key, value),) = parsed.items()
         if key in {"dsn", "host", "user", "database", "password", "password_file",
+                   "retention", "rollup_retention",
                    "sslmode", "sslrootcert", "sslcert", "sslkey",
                    "web_config", "tls_cert", "tls_key", "client_ca"}:
             continue  # examples of optional values, default None
+        if (table, key) == ("daemon", "site"):
+            assert settings.daemon.site == socket.gethostname()  # the default: the host name
+            continue
         node: Any = defaults
         for part in table.split("."):
             node = node[part]
@@ -510,12 +515,65 @@ def test_to_sink_config_carries_every_setting() -> None:
     settings = PostgresSettings(
         host="db", port=6543, user="u", database="plant", schema="lab", table="t1",
         pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500, command_timeout_s=3.5,
-        create_table=False, use_copy=False,
+        create_table=False, use_copy=False, partition="week", retention="30d",
+        rollups=["1m"], rollup_retention="1y",
     )  # fmt: skip
     assert settings.to_sink_config("pw") == PostgresConfig(
         host="db", port=6543, user="u", password="pw", database="plant", schema="lab",
         table="t1", pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500,
-        command_timeout_s=3.5, create_table=False, use_copy=False,
+        command_timeout_s=3.5, create_table=False, use_copy=False, partition="week",
+        retention="30d", rollups=("1m",), rollup_retention="1y",
     )  # fmt: skip
+    # the daemon partitions the tables it creates by month unless told otherwise
+    assert PostgresSettings(host="db").to_sink_config(None).partition == "month"
     dsn = PostgresSettings(dsn="postgresql://u@db/plant").to_sink_config(None)
     assert dsn.dsn == "postgresql://u@db/plant" and dsn.host is None and dsn.password is None
+
+
+# --- fleet: [daemon] site and the Postgres layout keys ---------------------------------------
+
+
+def test_site_defaults_to_the_host_name_and_check_config_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_config(str(write(tmp_path, MINIMAL))) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["daemon"]["site"] == socket.gethostname()
+
+
+def test_site_reaches_the_postgres_sink_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL + (
+        '[daemon]\nsite = "plant-a/line-2"\n[sink]\ntype = "postgres"\n'
+        '[sink.postgres]\nhost = "db"\npartition = "day"\nretention = "400d"\n'
+        'rollups = ["1m", "1h"]\nrollup_retention = "10y"\n'
+    )
+    path = write(tmp_path, text)
+    settings = load_settings(path)
+    config = settings.sink.postgres.to_sink_config(password=None)
+    assert (config.site, config.partition, config.retention) == ("plant-a/line-2", "day", "400d")
+    assert (config.rollups, config.rollup_retention) == (("1m", "1h"), "10y")
+    assert check_config(str(path)) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["daemon"]["site"] == "plant-a/line-2"
+    assert "site" not in shown["sink"]["postgres"]  # one place to set it: [daemon]
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ('[daemon]\nsite = ""\n', "daemon.site"),
+        ('[daemon]\nsite = "a\\nb"\n', "daemon.site"),
+        ('[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\nretention = "soon"\n',
+         "sink.postgres.retention"),
+        ('[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\nrollups = ["7m"]\n',
+         "sink.postgres.rollups"),
+        ('[sink.postgres]\npartition = "hour"\n', "sink.postgres.partition"),
+        ('[sink.postgres]\nsite = "x"\n', "sink.postgres.site"),
+    ],
+)
+def test_bad_fleet_settings_are_config_errors(tmp_path: Path, extra: str, where: str) -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        load_settings(write(tmp_path, MINIMAL + extra))
+    assert any(where in line for line in caught.value.lines()), caught.value.lines()

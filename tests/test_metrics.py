@@ -184,3 +184,19 @@ def test_no_created_series() -> None:
     m = Metrics(CollectorRegistry())
     m.register_device("ana1")
     assert not [name for name, _ in samples(m) if name.endswith("_created")]
+
+
+def test_postgres_partition_figures_are_exported_per_table() -> None:
+    from servomexd.sinks.pg_stats import table_stats
+
+    stats = table_stats("fleet_test.metrics_samples")
+    stats.default_rows = 7
+    stats.partitions_dropped += 2
+    stats.rows_to_default += 5
+    m = Metrics(CollectorRegistry())
+    table = "fleet_test.metrics_samples"
+    assert value(m, "servomexd_pg_default_partition_rows", table=table) == 7
+    dropped = value(m, "servomexd_pg_partitions_dropped_total", table=table)
+    assert dropped == stats.partitions_dropped
+    assert value(m, "servomexd_pg_rows_to_default_total", table=table) == stats.rows_to_default
+    assert value(m, "servomexd_pg_maintenance_failures_total", table=table) == 0

@@ -7,12 +7,15 @@ The password (a field, or inside the DSN) never appears in ``repr``/``str``,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from servomexd.errors import ServomexValidationError
 from servomexd.redaction import MASK, mask_text
 from servomexd.sinks.base import CHECKPOINT_TABLE, validate_identifier
+from servomexd.sinks.pg_partitions import PARTITION_SETTINGS, parse_duration
+from servomexd.sinks.pg_rollups import parse_rollup
 from servomexd.sinks.postgres_tls import TLS_KEYS, PgTls, merge_tls
 
 _SCHEMES = ("postgres", "postgresql")
@@ -71,6 +74,15 @@ class PostgresConfig:
     sslcert: str | None = None
     sslkey: str | None = None
     """Path of the client key; None: the credential ``pg-sslkey``, else inside sslcert."""
+    # --- fleet (docs/operations.md) ---
+    site: str | None = None
+    """Written to a ``site`` column when the table has one (created with one when set)."""
+    partition: str = "none"
+    """day, week, month or none: the layout of a table this sink creates."""
+    retention: str | None = None
+    rollups: tuple[str, ...] = ()
+    rollup_retention: str | None = None
+    maintenance_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         def bad(field: str, reason: str) -> ServomexValidationError:
@@ -116,6 +128,38 @@ class PostgresConfig:
         except ValueError as exc:
             key = str(exc).split(":", 1)[0]
             raise bad(key if key in TLS_KEYS else "sslmode", str(exc).split(": ", 1)[-1]) from None
+        self._check_fleet(bad)
+
+    def _check_fleet(self, bad: Callable[[str, str], ServomexValidationError]) -> None:
+        if self.site is not None and (
+            not isinstance(self.site, str) or not self.site.strip() or len(self.site) > 128
+        ):
+            raise bad("site", "must be a non-empty string of at most 128 characters")
+        if self.partition not in PARTITION_SETTINGS:
+            raise bad("partition", f"must be one of {', '.join(PARTITION_SETTINGS)}")
+        for name in ("retention", "rollup_retention"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_duration(value)
+                except ValueError as exc:
+                    raise bad(name, str(exc)) from None
+        if not isinstance(self.rollups, tuple):
+            raise bad("rollups", "must be a tuple of intervals such as ('1m', '1h')")
+        for text in self.rollups:
+            try:
+                spec = parse_rollup(text)
+            except ValueError as exc:
+                raise bad("rollups", str(exc)) from None
+            if len(spec.table(self.table)) > 63:
+                raise bad("rollups", f"table name {spec.table(self.table)!r} is over 63 characters")
+        if len(set(self.rollups)) != len(self.rollups):
+            raise bad("rollups", "an interval is listed twice")
+        interval = self.maintenance_interval_s
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+            math.isfinite(interval) and interval > 0
+        ):
+            raise bad("maintenance_interval_s", f"must be a number > 0, got {interval!r}")
 
     def tls(self) -> PgTls:
         """The effective TLS settings (these fields merged with the DSN's query string)."""

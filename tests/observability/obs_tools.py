@@ -37,6 +37,7 @@ PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
 VARIABLES = {
     "datasource": None,  # never inside PromQL
     "job": ".*",
+    "site": ".*",
     "instance": ".*",
     "device": ".*",
     "gas": ".*",

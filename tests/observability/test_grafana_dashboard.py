@@ -160,7 +160,10 @@ def test_links_up_turns_red_when_a_configured_link_is_down() -> None:
     """Up / configured, green only at 1: 2 of 3 links up is red, not a green "2"."""
     panel = next(p for p in iter_panels(load_dashboard()["panels"]) if p["title"] == "Links up")
     exprs = [t["expr"] for t in panel["targets"]]
-    link_up = 'servomexd_link_up{job=~"$job", instance=~"$instance", device=~"$device"}'
+    link_up = (
+        'servomexd_link_up{job=~"$job", site=~"$site", instance=~"$instance", '
+        'device=~"$device"}'
+    )
     assert exprs[0] == f"sum({link_up}) / count({link_up})"
     defaults = panel["fieldConfig"]["defaults"]
     assert defaults["color"]["mode"] == "thresholds"
