@@ -106,11 +106,14 @@ class LinkTransport(asyncio.Transport):
         return not self._closing
 
 
+_SETTLE_TIMEOUT = 8.0
+"""An RFC 2217 close may take about 7 s (pyserial's own negotiation timeouts)."""
+
 _CLOSING: set[asyncio.Task[None]] = set()
 """Closes in flight (a task needs a strong reference until it is done)."""
 
 
-async def settle_closes(timeout: float = 8.0) -> None:
+async def settle_closes() -> None:
     """Wait (bounded) for the links this module is still closing.
 
     A device server that takes one client frees its slot only once the old connection
@@ -119,5 +122,5 @@ async def settle_closes(timeout: float = 8.0) -> None:
     if not _CLOSING:
         return
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(_SETTLE_TIMEOUT):
             await asyncio.gather(*_CLOSING, return_exceptions=True)
