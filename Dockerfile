@@ -18,12 +18,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY deploy/constraints.txt deploy/constraints.txt
 COPY servomexd/ servomexd/
 # Every dependency (pydantic-core, asyncpg, pyarrow) ships manylinux wheels for
-# CPython 3.11: nothing is compiled, so neither stage needs a compiler.
+# CPython 3.11: nothing is compiled, so neither stage needs a compiler. The versions are
+# pinned by deploy/constraints.txt (kept in the repository): a rebuild is the same image.
 RUN python -m venv /opt/servomexd/venv \
  && /opt/servomexd/venv/bin/pip wheel --no-deps --wheel-dir /tmp/wheels . \
- && /opt/servomexd/venv/bin/pip install "$(ls /tmp/wheels/servomexd-*.whl)[postgres,parquet]" \
+ && /opt/servomexd/venv/bin/pip install --constraint deploy/constraints.txt \
+      "$(ls /tmp/wheels/servomexd-*.whl)[postgres,parquet]" \
  && /opt/servomexd/venv/bin/servomexd --version
 
 # --- runtime: no compilers, no build tools, no source tree ---------------------------
@@ -34,17 +37,22 @@ LABEL org.opencontainers.image.title="servomexd" \
 ENV PATH=/opt/servomexd/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# uid/gid 10001: not a host system account. dialout (gid 20, as on Debian/Ubuntu hosts)
-# owns the serial devices passed with --device; on a host whose device group has another
-# gid (Fedora: 18), add it with --group-add <gid>.
+# uid/gid 10001: the ids deploy/install.sh gives the host's servomexd user and group when
+# they are free, so a host's /etc/servomexd (root:servomexd 0750/0640) mounted read-only is
+# readable here as it is, and files written to a bind-mounted /var/lib/servomexd belong to
+# the host's servomexd. Otherwise: --group-add "$(getent group servomexd | cut -d: -f3)".
+# dialout (gid 20, as on Debian/Ubuntu hosts) owns the serial devices passed with
+# --device; on a host whose device group has another gid (Fedora: 18), --group-add it.
 RUN groupadd --system --gid 10001 servomexd \
  && useradd --system --uid 10001 --gid servomexd --groups dialout \
       --home-dir /var/lib/servomexd --no-create-home --shell /usr/sbin/nologin servomexd \
  && install -d -o servomexd -g servomexd -m 0750 /var/lib/servomexd \
  && install -d -o root -g servomexd -m 0750 /etc/servomexd
 COPY --from=builder /opt/servomexd/venv /opt/servomexd/venv
-# The example configuration, replaced by mounting the site's /etc/servomexd.
-COPY --chown=root:servomexd etc/servomexd/servomexd.toml /etc/servomexd/servomexd.toml
+# The example configuration, to copy and edit; not at /etc/servomexd/servomexd.toml, where
+# it would pretend to run: without a mounted configuration the container exits 78 with
+# "mount your configuration at /etc/servomexd/servomexd.toml".
+COPY etc/servomexd/servomexd.toml /usr/local/share/doc/servomexd/servomexd.toml.example
 USER 10001:10001
 WORKDIR /var/lib/servomexd
 # SQLite database, spool and file sinks: keep them across container replacements.

@@ -9,7 +9,7 @@ measured window), its RSS (from /proc/<pid>/status), and the end-to-end latency 
   and stamps each new row when it first becomes visible to a reader, which is after the
   commit. So the figure is an upper bound, pessimistic by up to one poll interval.
 
-Targets (issue 4): CPU < 25 % of one core, RSS < 80 MB, p99 < flush_interval + 100 ms.
+Targets: CPU < 25 % of one core, RSS < 80 MB, p99 < flush_interval + 100 ms.
 The 32 analysers run in one separate simulator process (its CPU is not counted).
 
     .venv/bin/python bench/bench_daemon.py [--devices 32] [--period 0.1] [--duration 60]

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from servomexd.acquisition.base import Rejection
 from servomexd.http import MetricsServer
 from servomexd.metrics import Metrics
-from servomexd.model import Frame
+from servomexd.model import Frame, Rejection
 from servomexd.protocol.continuous import ContinuousFramer
 
 CAPTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/continuous_4100_live_5ch.bin"

@@ -1,4 +1,4 @@
-"""Continuous-ASCII decoding speed: parse_frame and the framer (issue 2 target:
+"""Continuous-ASCII decoding speed: parse_frame and the framer (target:
 <= 14 us per 5-channel frame, >= 70k frames/s on one core).
 
     .venv/bin/python bench/bench_parse.py [--seconds 1.0]

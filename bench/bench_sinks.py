@@ -1,4 +1,4 @@
-"""Sink throughput against the raw driver on the same rows (issue 3 target: >= 60%).
+"""Sink throughput against the raw driver on the same rows (target: >= 60%).
 
     .venv/bin/python bench/bench_sinks.py [--rows 100000] [--repeat 3] [--skip-postgres]
 
@@ -79,7 +79,7 @@ def sqlite_runs(
     record_batches = chunks(records, batch)
 
     def fresh() -> Path:
-        return tmp / f"run{next(numbers)}.sqlite"
+        return tmp / f"batch{batch}-run{next(numbers)}.sqlite"
 
     async def raw() -> float:
         path = fresh()

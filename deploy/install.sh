@@ -61,6 +61,11 @@ die() {
 }
 log() { printf 'install.sh: %s\n' "$*"; }
 
+# Report a change: "did" after doing it, "would" under --dry-run (nothing was done).
+did() { # past-tense message, present-tense message
+    if ((dry_run)); then log "would $2"; else log "$1"; fi
+}
+
 need_arg() {
     [[ $# -ge 2 && -n $2 ]] || die "$1 needs an argument"
 }
@@ -123,6 +128,10 @@ readonly doc_dir=/usr/local/share/doc/$NAME
 readonly state_dir=/var/lib/$NAME
 readonly credential=/etc/credstore/$NAME-pg-password
 readonly shipped_unit_exec=/opt/servomexd/venv/bin/servomexd
+readonly bin_link=/usr/local/bin/$NAME
+# uid and gid of the service account when free: the Docker image runs as 10001:10001, so
+# a host /etc/servomexd (root:servomexd 0640) mounted into it is readable as it is.
+readonly service_id=10001
 
 # Run a command that changes something, or show it under --dry-run.
 run() {
@@ -149,7 +158,7 @@ install_once() { # mode source target
         log "keeping existing $3"
     else
         install_file "$@"
-        log "installed $3 (edit it for your site)"
+        did "installed $3 (edit it for your site)" "install $3 (edit it for your site)"
     fi
 }
 
@@ -172,10 +181,20 @@ create_user() {
         fi
         return 0
     fi
-    run useradd --system --user-group --groups dialout \
+    if ! getent group "$NAME" >/dev/null; then
+        if getent group "$service_id" >/dev/null; then
+            run groupadd --system "$NAME"
+        else
+            run groupadd --system --gid "$service_id" "$NAME"
+        fi
+    fi
+    local uid_opt=()
+    getent passwd "$service_id" >/dev/null || uid_opt=(--uid "$service_id")
+    run useradd --system "${uid_opt[@]}" --gid "$NAME" --groups dialout \
         --home-dir "$state_dir" --no-create-home \
         --shell /usr/sbin/nologin --comment "servomexd gas analyser recorder" "$NAME"
-    log "created system user $NAME (groups: $NAME, dialout)"
+    did "created system user $NAME (groups: $NAME, dialout)" \
+        "create system user $NAME (groups: $NAME, dialout)"
 }
 
 check_python() {
@@ -204,13 +223,51 @@ install_venv() {
     fi
     spec=$pkg
     [[ -z $extras ]] || spec="${pkg}[${extras}]"
+    leftovers_before=()
+    local d
+    for d in build servomexd.egg-info; do
+        [[ ! -d $src/$d ]] || leftovers_before+=("$d")
+    done
     # First the package with its dependencies, then the package alone again so that a
     # rebuilt wheel with an unchanged version number really replaces the installed one.
     run "$target/bin/python" -m pip install --quiet --disable-pip-version-check -- "$spec"
     run "$target/bin/python" -m pip install --quiet --disable-pip-version-check \
         --no-deps --force-reinstall -- "$pkg"
+    clean_build_leftovers
     if ((dry_run == 0)); then
         log "installed $("$target/bin/servomexd" --version) into $venv"
+    fi
+}
+
+# setuptools leaves build/ and servomexd.egg-info/ in the source tree it installs from;
+# remove those this run created (a developer's own build/ from before stays).
+clean_build_leftovers() {
+    [[ -z $wheel ]] || return 0
+    local d
+    for d in build servomexd.egg-info; do
+        if [[ -d $src/$d ]] && [[ " ${leftovers_before[*]} " != *" $d "* ]]; then
+            run rm -rf -- "${src:?}/$d"
+        fi
+    done
+}
+
+# The servomexd command on PATH, so the README's and the runbooks' commands work as written.
+link_command() {
+    local target=$destdir$bin_link
+    if [[ -e $target && ! -L $target ]]; then
+        log "warning: $bin_link exists and is not our link; leaving it (use $venv/bin/$NAME)"
+        return 0
+    fi
+    run install -d -m 0755 -- "$destdir/usr/local/bin"
+    run ln -sfn -- "$venv/bin/$NAME" "$target"
+    did "linked $bin_link -> $venv/bin/$NAME" "link $bin_link -> $venv/bin/$NAME"
+}
+
+unlink_command() {
+    local target=$destdir$bin_link
+    if [[ -L $target && $(readlink -- "$target") == "$venv/bin/$NAME" ]]; then
+        run rm -f -- "$target"
+        did "removed $bin_link" "remove $bin_link"
     fi
 }
 
@@ -246,7 +303,7 @@ install_config() {
     fi
     install_file 0640 "$src/etc/servomexd/servomexd.toml" "$conf_file"
     own_config "$destdir$conf_file"
-    log "installed $conf_file (edit it for your site)"
+    did "installed $conf_file (edit it for your site)" "install $conf_file (edit it for your site)"
 }
 
 reload_system() {
@@ -268,6 +325,7 @@ do_install() {
         etc/servomexd/servomexd.toml docs/operations.md
     create_user
     install_venv
+    link_command
     install_units
     install_file 0644 "$src/deploy/modules-load.d/servomexd.conf" "$modules_conf"
     install_once 0644 "$src/deploy/udev/99-servomex.rules" "$udev_rule"
@@ -289,7 +347,7 @@ do_install() {
     if systemd_running && systemctl is-active --quiet "$NAME.service"; then
         log "$NAME is running the previous version: systemctl restart $NAME"
     else
-        log "next: edit $conf_file, run '$venv/bin/servomexd check-config', then"
+        log "next: edit $conf_file, run 'sudo -u $NAME $NAME check-config', then"
         log "      systemctl enable --now $NAME"
     fi
 }
@@ -314,7 +372,7 @@ remove() { # paths, relative to the target system
     for p in "$@"; do
         if [[ -e $destdir$p || -L $destdir$p ]]; then
             run rm -rf -- "$destdir$p"
-            log "removed $p"
+            did "removed $p" "remove $p"
         fi
     done
 }
@@ -327,6 +385,7 @@ remove_if_unchanged() { # shipped source, installed path
 
 do_uninstall() {
     stop_units
+    unlink_command
     local unit p
     for unit in "${units[@]}"; do
         remove "$unit_dir/$unit"
@@ -347,11 +406,11 @@ do_uninstall() {
         remove "$conf_dir" "$state_dir" "$credential" "$udev_rule" "$logrotate_conf"
         if ((manage_user)) && id -u "$NAME" >/dev/null 2>&1; then
             run userdel "$NAME"
-            log "removed user $NAME"
+            did "removed user $NAME" "remove user $NAME"
         fi
     else
         for p in "$conf_dir" "$state_dir" "$udev_rule" "$logrotate_conf"; do
-            if [[ -e $destdir$p ]]; then log "kept $p (--purge removes it)"; fi
+            if [[ -e $destdir$p ]]; then did "kept $p (--purge removes it)" "keep $p (--purge removes it)"; fi
         done
     fi
     reload_system

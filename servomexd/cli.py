@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         help=f"TOML configuration (default: $SERVOMEXD_CONFIG or {DEFAULT_CONFIG_PATH})",
     )
+    check.add_argument(
+        "--no-port-check",
+        action="store_true",
+        help="do not look at the serial ports (when building an image without adapters)",
+    )
 
     demo = commands.add_parser(
         "demo", help="simulated analyser + daemon recording into SQLite in ./servomexd-demo"
@@ -85,11 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate", help="a simulated analyser on a pseudo-terminal linked at --link"
     )
-    simulate.add_argument("--link", required=True, help="path of the symlink to create")
+    simulate.add_argument("--link", help="path of the symlink to create (a pty)")
+    simulate.add_argument(
+        "--listen", help="serve over raw TCP on HOST:PORT instead (port 0: any free port)"
+    )
+    simulate.add_argument(
+        "--rfc2217", help="serve as an RFC 2217 device server on HOST:PORT (continuous)"
+    )
     simulate.add_argument(
         "--protocol",
         default="continuous",
-        choices=["continuous", "modbus_rtu", "modbus_ascii"],
+        choices=["continuous", "modbus_rtu", "modbus_ascii", "modbus_tcp"],
     )
     simulate.add_argument(
         "--address",
@@ -111,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument(
         "--replug-after", type=_positive_float, help="bring it back S seconds after unplugging"
+    )
+    simulate.add_argument(
+        "--stall-after",
+        type=_positive_float,
+        help="network only: stop sending after S seconds but keep the connection (half-open)",
     )
     simulate.add_argument("--seed", type=int, default=0, help="seed for the simulated values")
 
@@ -134,13 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_simulate(args)
     if command == "run":
-        from servomexd.daemon import run_daemon
-
-        return run_daemon(args.config)
+        return _run(args.config)
     if command == "check-config":
-        from servomexd.config import check_config
+        from servomexd.check import check_config
 
-        return check_config(args.config)
+        return check_config(args.config, port_check=not args.no_port_check)
     if command == "spool":
         from servomexd.spool_cli import run_spool
 
@@ -151,3 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args)
     print(f"servomexd: unknown command {command}", file=sys.stderr)
     return 2
+
+
+def _run(config: str | None) -> int:
+    """``servomexd run``: an invalid configuration is reported with journald priority
+    ``<3>`` (logging is not configured yet) and exit 78, by ``run_daemon``."""
+    from servomexd.daemon import run_daemon
+
+    return run_daemon(config)

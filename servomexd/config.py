@@ -25,18 +25,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
+import socket
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +49,9 @@ from pydantic_settings import (
 )
 
 from servomexd.errors import ServomexConfigError, ServomexValidationError
+from servomexd.link.endpoint import is_network_port, parse_network_port
+from servomexd.link.line import BAUDRATES, MODBUS_PROTOCOLS, port_key, sharing_problem
+from servomexd.redaction import MASK, is_secret_name, mask_text, register_secret
 from servomexd.sinks.registry import default_path
 
 if TYPE_CHECKING:
@@ -59,17 +64,23 @@ EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the unit file sets RestartPreventExitStatus=78."""
 
 DEFAULT_METRICS_PORT = 9723
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # always fullmatch: "$" allows "\n"
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
-STANDARD_BAUDRATES: tuple[int, ...] = (
-    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
-)  # fmt: skip
-"""Mirrors ``servomexd.link.serial.BAUDRATES`` (kept here so check-config does not import
-the serial driver; a test keeps the two equal)."""
+Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "modbus_tcp", "auto"]
 
-Protocol = Literal["continuous", "modbus_rtu", "modbus_ascii", "auto"]
-MODBUS_PROTOCOLS = frozenset({"modbus_rtu", "modbus_ascii", "auto"})
+
+def _sql_identifier(value: str) -> str:
+    """The sinks' own identifier rule (imported here, not at the top: the sinks package
+    must stay free to import this module)."""
+    from servomexd.sinks.base import IDENTIFIER_RE
+
+    # fullmatch, never "$": "$" also matches before a trailing "\n".
+    if not IDENTIFIER_RE.fullmatch(value):
+        raise ValueError(f"must be an SQL identifier: {IDENTIFIER_RE.pattern}")
+    return value
+
+
+SqlIdentifier = Annotated[str, AfterValidator(_sql_identifier)]
 
 
 class _Section(BaseModel):
@@ -96,6 +107,11 @@ class DeviceConfig(_Section):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     timeout_streak: Annotated[int, Field(ge=1)] = 3
     expected_frame_period: Annotated[float, Field(gt=0)] = 2.0
+    # --- network ports (socket://, rfc2217://) ---
+    connect_timeout: Annotated[float, Field(gt=0)] = 5.0
+    # Modbus TCP requests in flight per gateway connection. Only 1: pymodbus serialises
+    # its transactions, and gateways to RS485 cannot overlap requests anyway.
+    max_in_flight: Annotated[int, Field(ge=1, le=1)] = 1
 
     @field_validator("name")
     @classmethod
@@ -112,8 +128,8 @@ class DeviceConfig(_Section):
     @classmethod
     def _standard_rate(cls, value: int) -> int:
         # A non-standard rate is nearly always a typo (1920, 192000).
-        if value not in STANDARD_BAUDRATES:
-            raise ValueError(f"must be one of {', '.join(map(str, STANDARD_BAUDRATES))}")
+        if value not in BAUDRATES:
+            raise ValueError(f"must be one of {', '.join(map(str, BAUDRATES))}")
         return value
 
     @field_validator("port")
@@ -121,7 +137,35 @@ class DeviceConfig(_Section):
     def _port_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty (use a /dev/serial/by-id/... path)")
+        if is_network_port(value):
+            return parse_network_port(value).url  # ValueError names what is wrong
         return value
+
+    @field_validator("protocol")
+    @classmethod
+    def _transport_fits_protocol(cls, value: str, info: ValidationInfo) -> str:
+        # ``port`` is declared (hence validated) before ``protocol``: it is in info.data.
+        port = info.data.get("port")
+        if not isinstance(port, str):
+            return value  # port itself is invalid and reported on its own
+        scheme = parse_network_port(port).scheme if is_network_port(port) else None
+        if value == "modbus_tcp" and scheme != "socket":
+            raise ValueError(
+                f'modbus_tcp needs port = "socket://HOST:PORT" (the gateway), but port is {port!r}'
+            )
+        return value
+
+    def warnings(self) -> list[str]:
+        """Settings that are accepted but have no effect, for check-config and the log."""
+        if not is_network_port(self.port) or parse_network_port(self.port).scheme != "socket":
+            return []
+        ignored = sorted({"baudrate", "bytesize", "parity", "stopbits"} & self.model_fields_set)
+        if not ignored:
+            return []
+        return [
+            f"{', '.join(ignored)} ignored on socket://: raw TCP cannot set the line, the "
+            "device server's own serial settings apply (use rfc2217:// to set them from here)"
+        ]
 
     @model_validator(mode="after")
     def _silence_outlasts_a_poll(self) -> DeviceConfig:
@@ -140,9 +184,6 @@ class DeviceConfig(_Section):
     def is_modbus(self) -> bool:
         return self.protocol in MODBUS_PROTOCOLS
 
-    def serial_key(self) -> tuple[int, int, str, int]:
-        return (self.baudrate, self.bytesize, self.parity, self.stopbits)
-
 
 class PostgresSettings(_Section):
     """Mirrors ``servomexd.sinks.PostgresConfig``; the password has three sources."""
@@ -154,23 +195,35 @@ class PostgresSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     database: str | None = None
-    schema_: Annotated[str, Field(alias="schema")] = "public"
-    table: str = "samples"
+    schema_: Annotated[SqlIdentifier, Field(alias="schema")] = "public"
+    table: SqlIdentifier = "samples"
     pool_min_size: Annotated[int, Field(ge=0)] = 1
     pool_max_size: Annotated[int, Field(ge=1)] = 4
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 30000
     command_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     create_table: bool = True
     use_copy: bool = True
+    # TLS as libpq spells it (servomexd.sinks.postgres_tls); the DSN's query string may
+    # carry the same keys instead. None: the DSN's value, else sslmode "prefer".
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    """Client key path; unset: the credential ``$CREDENTIALS_DIRECTORY/pg-sslkey``."""
+    # --- fleet: partitions, retention, rollups (docs/operations.md) ---
+    partition: Literal["day", "week", "month", "none"] = "month"
+    retention: str | None = None
+    rollups: list[str] = []
+    rollup_retention: str | None = None
+    _site: str | None = PrivateAttr(default=None)
+    """Set from ``[daemon] site`` by ``Settings``: the sink is built from [sink] alone."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @field_validator("schema_", "table")
+    @field_validator("sslrootcert", "sslcert", "sslkey")
     @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
-        return value
+    def _tls_path(cls, value: str | None) -> str | None:
+        return None if value is None else _file_path_not_pem(value)
 
     @model_validator(mode="after")
     def _one_target(self) -> PostgresSettings:
@@ -185,46 +238,82 @@ class PostgresSettings(_Section):
         # Imported here: check-config need not load the sinks package otherwise.
         from servomexd.sinks.postgres_config import PostgresConfig
 
-        return PostgresConfig(
-            dsn=None if self.dsn is None else self.dsn.get_secret_value(),
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=password,
-            database=self.database,
-            schema=self.schema_,
-            table=self.table,
-            pool_min_size=self.pool_min_size,
-            pool_max_size=self.pool_max_size,
-            statement_timeout_ms=self.statement_timeout_ms,
-            command_timeout_s=self.command_timeout_s,
-            create_table=self.create_table,
-            use_copy=self.use_copy,
-        )
+        # Every field but the secrets and the password's sources goes over by name
+        # (TOML names: ``schema``), so a field added to both cannot be forgotten here.
+        shared = self.model_dump(by_alias=True, exclude={"dsn", "password", "password_file"})
+        dsn = None if self.dsn is None else self.dsn.get_secret_value()
+        shared["rollups"] = tuple(shared["rollups"])
+        return PostgresConfig(dsn=dsn, password=password, site=self._site, **shared)
 
     def resolve_password(self) -> str | None:
         """``password``, else ``password_file``, else ``$CREDENTIALS_DIRECTORY/pg-password``."""
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
-            return _read_secret(self.password_file, "sink.postgres.password_file")
+            return _read_secret(self.password_file)
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         if creds:
             candidate = Path(creds) / CREDENTIAL_NAME
             if candidate.is_file():
-                return _read_secret(candidate, f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}")
+                try:
+                    return _read_secret(candidate)
+                except ServomexConfigError as exc:
+                    raise ServomexConfigError(
+                        f"systemd credential {CREDENTIAL_NAME}: {exc.message}"
+                    ) from None
         return None
 
 
-def _read_secret(path: Path, what: str) -> str:
+def _file_path_not_pem(value: str) -> str:
+    """A certificate or key setting is a path: refuse pasted PEM (never echoed back)."""
+    if "-----BEGIN" in value or "\n" in value:
+        raise ValueError("must be the path of a PEM file, not its contents")
+    return value
+
+
+def _read_secret(path: Path) -> str:
+    """The password in ``path``; the error names the file (a path is not a secret) and the
+    OS reason, never the content. The caller (ConfigInvalid) names the setting, once."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        # Name the file and the OS reason only: never the content.
         raise ServomexConfigError(
-            f"{what}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+            f"cannot read {path}: {exc.strerror or type(exc).__name__}"
         ) from None
-    return text.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ServomexConfigError(f"{path} is not UTF-8 text") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ServomexConfigError(
+            f"{path} is empty: write the password into it, or remove the setting"
+        )
+    return password
+
+
+def password_source(settings: Settings) -> str:
+    """Which password the PostgreSQL sink will use, said without its value (check-config)."""
+    pg = settings.sink.postgres
+    if settings.sink.type != "postgres":
+        return "not used (the sink is not postgres)"
+    if pg.password is not None:
+        return "sink.postgres.password (in the configuration)"
+    if pg.password_file is not None:
+        return f"sink.postgres.password_file {pg.password_file}"
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / CREDENTIAL_NAME).is_file():
+        return (
+            f"systemd credential {CREDENTIAL_NAME} "
+            f"($CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} = {Path(creds) / CREDENTIAL_NAME})"
+        )
+    if pg.dsn is not None:
+        from servomexd.sinks.postgres_config import dsn_password
+
+        if dsn_password(pg.dsn.get_secret_value()):
+            return "the password inside sink.postgres.dsn"
+    return (
+        "none configured (peer/trust authentication, ~/.pgpass or $PGPASSWORD); "
+        f"under systemd put it in the {CREDENTIAL_NAME} credential"
+    )
 
 
 class ParquetSettings(_Section):
@@ -239,7 +328,7 @@ _DATA_DIRECTORY = Path("/var/lib/servomexd")
 class SinkSettings(_Section):
     type: SinkType = "sqlite"
     path: Path = Path("/var/lib/servomexd/samples.sqlite")
-    table: str = "samples"
+    table: SqlIdentifier = "samples"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 64
     flush_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
@@ -249,13 +338,6 @@ class SinkSettings(_Section):
     shutdown_timeout: Annotated[float, Field(ge=0, le=8)] = 4.0
     postgres: PostgresSettings = PostgresSettings()
     parquet: ParquetSettings = ParquetSettings()
-
-    @field_validator("table")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.fullmatch(value):
-            raise ValueError("must be an SQL identifier: [A-Za-z_][A-Za-z0-9_]{0,62}")
-        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -304,9 +386,44 @@ class SpoolSettings(_Section):
     dropped, counted and logged at error. Nothing in it is ever deleted automatically."""
 
 
+METRICS_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
 class MetricsSettings(_Section):
     enabled: bool = True
     listen: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    # TLS and basic auth (servomexd.webconfig): an exporter-toolkit web-config.yml
+    # (preferred), or the same inline; not both.
+    web_config: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    """Mutual TLS: only clients with a certificate from this CA may connect."""
+    basic_auth_users: dict[str, SecretStr] = Field(default_factory=dict)
+    """user -> bcrypt hash."""
+    public_paths: list[Literal["/metrics", "/healthz", "/readyz"]] = ["/healthz"]
+    """Served without basic auth (the Docker HEALTHCHECK, systemd probes)."""
+
+    @field_validator("web_config", "tls_cert", "tls_key", "client_ca")
+    @classmethod
+    def _tls_path(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(_file_path_not_pem(str(value)))
+
+    @model_validator(mode="after")
+    def _one_security_source(self) -> MetricsSettings:
+        inline = [
+            name for name in ("tls_cert", "tls_key", "client_ca", "basic_auth_users")
+            if getattr(self, name)
+        ]
+        if self.web_config is not None and inline:
+            raise ValueError(
+                f"give web_config or the inline {', '.join(inline)}, not both"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -345,6 +462,26 @@ class LogSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+_SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@ -]{0,127}")
+
+
+class DaemonSettings(_Section):
+    """Who this daemon is in a fleet."""
+
+    site: str = Field(default_factory=socket.gethostname)
+    """Written to the ``site`` column (e.g. ``plant-a/line-2``); default: the host name."""
+
+    @field_validator("site")
+    @classmethod
+    def _site_is_a_label(cls, value: str) -> str:
+        if not _SITE.fullmatch(value):
+            raise ValueError(
+                "must be 1-128 characters: letters, digits, space, '_', '.', ':', '/', '@' "
+                "or '-', starting with a letter or digit"
+            )
+        return value
+
+
 class Settings(BaseSettings):
     """The whole daemon configuration."""
 
@@ -357,6 +494,7 @@ class Settings(BaseSettings):
     )
 
     devices: Annotated[list[DeviceConfig], Field(min_length=1)]
+    daemon: DaemonSettings = DaemonSettings()
     sink: SinkSettings = SinkSettings()
     spool: SpoolSettings = SpoolSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -375,6 +513,12 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     @model_validator(mode="after")
+    def _site_to_sink(self) -> Settings:
+        # The sink builds its config from [sink] alone: hand it the daemon's site.
+        self.sink.postgres._site = self.daemon.site
+        return self
+
+    @model_validator(mode="after")
     def _devices_consistent(self) -> Settings:
         names: set[str] = set()
         for device in self.devices:
@@ -383,22 +527,11 @@ class Settings(BaseSettings):
             names.add(device.name)
         by_port: dict[str, list[DeviceConfig]] = {}
         for device in self.devices:
-            by_port.setdefault(device.port, []).append(device)
-        for port, shared in by_port.items():
-            if len(shared) < 2:
-                continue
-            if not all(d.is_modbus for d in shared):
-                raise ValueError(
-                    f"port {port} is shared by {', '.join(d.name for d in shared)}: only "
-                    "Modbus devices (RS485 multidrop) may share a port"
-                )
-            addresses = [d.address for d in shared]
-            if len(set(addresses)) != len(addresses):
-                raise ValueError(f"devices on port {port} need distinct Modbus addresses")
-            if len({d.serial_key() for d in shared}) != 1:
-                raise ValueError(
-                    f"devices on port {port} must share baudrate, bytesize, parity and stopbits"
-                )
+            by_port.setdefault(port_key(device.port), []).append(device)
+        for shared in by_port.values():
+            problem = sharing_problem(shared)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -416,7 +549,13 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ServomexConfigError(f"{path}: configuration file not found") from None
+        hint = ""
+        if str(path) == DEFAULT_CONFIG_PATH:
+            hint = (
+                f"; mount your configuration at {DEFAULT_CONFIG_PATH} (Docker: "
+                "-v /etc/servomexd:/etc/servomexd:ro), install one there, or pass --config"
+            )
+        raise ServomexConfigError(f"{path}: configuration file not found{hint}") from None
     except IsADirectoryError:
         raise ServomexConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as exc:
@@ -432,17 +571,59 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 class ConfigInvalid(ServomexConfigError):
-    """Validation failed; ``problems`` lists (dotted path, shown value, reason)."""
+    """Validation failed; ``problems`` lists (dotted path, shown value, reason).
 
-    def __init__(self, path: Path, problems: list[tuple[str, str, str]]) -> None:
+    An empty shown value means the reason already says what was given. A problem whose
+    setting came from an environment variable is blamed on that variable, not the file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        problems: list[tuple[str, str, str]],
+        env_sources: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{path}: {len(problems)} invalid setting(s)")
         self.path = path
         self.problems = problems
+        self.env_sources = dict(env_sources or {})
+
+    def source_of(self, loc: str) -> str:
+        """``$SERVOMEXD_...`` when an environment variable set ``loc``, else the file."""
+        variable = env_variable_for(loc, self.env_sources)
+        return f"environment variable {variable}" if variable else str(self.path)
 
     def lines(self) -> list[str]:
         return [
-            f"{self.path}: {loc}: {reason} (got {shown})" for loc, shown, reason in self.problems
+            f"{self.source_of(loc)}: {loc}: {reason}" + (f" (got {shown})" if shown else "")
+            for loc, shown, reason in self.problems
         ]
+
+
+ENV_PREFIX = "SERVOMEXD_"
+
+
+def env_settings_sources() -> dict[str, str]:
+    """Dotted setting path (lower case) -> the ``SERVOMEXD_...`` variable that sets it."""
+    out: dict[str, str] = {}
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
+            continue
+        out[upper[len(ENV_PREFIX) :].lower().replace("__", ".")] = name
+    return out
+
+
+def env_variable_for(loc: str, sources: dict[str, str]) -> str | None:
+    """The variable behind ``loc`` (``devices[0].port`` comes from ``SERVOMEXD_DEVICES``)."""
+    lowered = loc.lower()
+    for key, variable in sources.items():
+        if lowered == key or lowered.startswith((key + ".", key + "[")):
+            return variable
+    for key, variable in sources.items():
+        if key.startswith(lowered + "."):
+            return variable  # SERVOMEXD_DEVICES__0__PORT made ``devices`` a table
+    return None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -452,15 +633,20 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         settings = Settings(**table)
     except ValidationError as exc:
-        raise ConfigInvalid(resolved, describe_errors(exc)) from None
+        sources = env_settings_sources()
+        raise ConfigInvalid(resolved, describe_errors(exc, sources), sources) from None
     _check_password_source(resolved, settings)
+    from servomexd.portcheck import same_adapter_problems
+
+    aliases = same_adapter_problems(settings.devices)
+    if aliases:
+        raise ConfigInvalid(resolved, aliases)
     _register_secrets(settings)
     return settings
 
 
 def _register_secrets(settings: Settings) -> None:
     """Tell the log redactor the configured secrets, so no log line can carry them."""
-    from servomexd.logs import register_secret
     from servomexd.sinks.postgres_config import dsn_password
 
     pg = settings.sink.postgres
@@ -479,28 +665,30 @@ def _check_password_source(path: Path, settings: Settings) -> None:
     try:
         settings.sink.postgres.resolve_password()
     except ServomexConfigError as exc:
-        raise ConfigInvalid(
-            path, [("sink.postgres.password_file", "'***'", exc.message)]
-        ) from None
+        pg = settings.sink.postgres
+        loc = "sink.postgres.password_file" if pg.password_file is not None else (
+            f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
+        )
+        # The path is shown in the reason; "(got ...)" would only repeat it.
+        raise ConfigInvalid(path, [(loc, "", exc.message)]) from None
 
 
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "dsn")
+def _is_pem(value: Any) -> bool:
+    """PEM text (a key pasted where a path belongs) is never echoed, whatever the key."""
+    return isinstance(value, str) and "-----BEGIN" in value
 
 
-def _is_secret_loc(loc: str) -> bool:
-    lowered = loc.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
+def describe_errors(
+    exc: ValidationError, env_sources: dict[str, str] | None = None
+) -> list[tuple[str, str, str]]:
     problems: list[tuple[str, str, str]] = []
     for error in exc.errors(include_url=False):
         loc = _dotted(error.get("loc", ()))
         value = error.get("input")
-        if _is_secret_loc(loc) or (
-            isinstance(value, dict) and any(_is_secret_loc(str(k)) for k in value)
+        if is_secret_name(loc) or _is_pem(value) or (
+            isinstance(value, dict) and any(is_secret_name(str(k)) for k in value)
         ):
-            shown = "'***'" if not isinstance(value, dict) else "{...}"
+            shown = f"'{MASK}'" if not isinstance(value, dict) else _short_repr(value)
         elif error.get("type") == "missing":
             shown = "nothing"
         else:
@@ -511,10 +699,16 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str, str]]:
         if error.get("type") == "extra_forbidden":
             reason = "unknown key (not a servomexd setting; check the spelling)"
         if loc == "devices" and error.get("type") == "list_type" and isinstance(value, dict):
-            reason += (
-                "; SERVOMEXD_DEVICES__<n>__<key> cannot override one device: replace the "
-                "whole list with SERVOMEXD_DEVICES='[{...}]' (JSON)"
-            )
+            if env_variable_for(loc, env_sources or {}):
+                reason += (
+                    "; SERVOMEXD_DEVICES__<n>__<key> cannot override one device: replace the "
+                    "whole list with SERVOMEXD_DEVICES='[{...}]' (JSON)"
+                )
+            else:
+                reason = (
+                    "each analyser is a [[devices]] table: write [[devices]] (double "
+                    "brackets) above each analyser's keys, not [devices]"
+                )
         problems.append((loc or "(top level)", shown, reason))
     return problems
 
@@ -533,7 +727,8 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 def _short_repr(value: Any, limit: int = 80) -> str:
     if isinstance(value, dict):
-        return "{...}"
+        keys = ", ".join(sorted(str(k) for k in value))
+        return f"a table with keys {keys}"[:limit] if keys else "an empty table"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -541,33 +736,12 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 # --- printing (check-config) -----------------------------------------------------------
 
 
-MASK = "********"
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``MASK`` (user and host kept for debugging)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return MASK
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-        netloc = f"{userinfo}@{hostinfo}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1" + MASK, parts.query)
-    masked = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    # key=value DSNs (libpq style): "host=... password=..."
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1" + MASK, masked)
-
-
 def effective_config(settings: Settings) -> dict[str, Any]:
     """Plain data with every secret masked: safe to print or log."""
     data = settings.model_dump(mode="python", by_alias=True)
     pg = data["sink"]["postgres"]
     dsn = settings.sink.postgres.dsn
-    pg["dsn"] = None if dsn is None else mask_dsn(dsn.get_secret_value())
+    pg["dsn"] = None if dsn is None else mask_text(dsn.get_secret_value())
     pg["password"] = None if settings.sink.postgres.password is None else MASK
     plain: dict[str, Any] = _plain(data)
     return plain
@@ -622,19 +796,3 @@ def to_toml(data: dict[str, Any]) -> str:
 
     table("", data, None)
     return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def check_config(path: str | os.PathLike[str] | None) -> int:
-    """``servomexd check-config``: print the effective config (masked) or every problem."""
-    try:
-        settings = load_settings(path)
-    except ConfigInvalid as exc:
-        for line in exc.lines():
-            print(line, file=sys.stderr)
-        return EX_CONFIG
-    except ServomexConfigError as exc:
-        print(f"servomexd: {exc.message}", file=sys.stderr)
-        return EX_CONFIG
-    print(f"# effective configuration from {config_path(path)} (secrets masked)")
-    sys.stdout.write(to_toml(effective_config(settings)))
-    return 0

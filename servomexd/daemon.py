@@ -39,9 +39,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from servomexd import __version__, status
-from servomexd.acquisition.backoff import Backoff
 from servomexd.acquisition.factory import build_session_factory
 from servomexd.acquisition.supervisor import DeviceSupervisor, LinkHealth
+from servomexd.backoff import Backoff
 from servomexd.config import (
     EX_CONFIG,
     ConfigInvalid,
@@ -52,13 +52,14 @@ from servomexd.config import (
 from servomexd.delivery import DeliveryHealth, Writer
 from servomexd.destination import Destination
 from servomexd.errors import ServomexConfigError, ServomexError, ServomexSinkDependencyError
-from servomexd.logs import configure_logging
+from servomexd.logs import configure_logging, early_line
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
 from servomexd.reload import ReloadPlan, plan_reload
 from servomexd.signals import capture_signals
 from servomexd.sinks.registry import resolve_credentials, sink_type
 from servomexd.spool import Spool
+from servomexd.startup_checks import metrics_listen_error, spool_open_error
 
 log = structlog.get_logger("servomexd.daemon")
 
@@ -338,7 +339,10 @@ class Daemon:
             quarantine_max_bytes=s.spool.quarantine_max_bytes,
             on_drop=lambda _batches, samples: self.metrics.spool_dropped_samples.inc(samples),
         )
-        await spool.open()
+        try:
+            await spool.open()
+        except ServomexError as exc:
+            raise spool_open_error(s.spool.path, exc) from exc
         self._budget.closes(stack, spool.close, 1.0)
         writer = Writer(
             spool,
@@ -364,15 +368,15 @@ class Daemon:
         except ImportError:  # pragma: no cover - http.py ships with the package
             log.warning("metrics.unavailable", reason="servomexd.http is missing")
             return
+        from servomexd.webconfig import web_security
+
         m = self.settings.metrics
-        http = MetricsServer(m.host, m.port, self.metrics.registry, self)
+        # A bad web config or certificate raises ServomexConfigError: exit 78.
+        http = MetricsServer(m.host, m.port, self.metrics.registry, self, security=web_security(m))
         try:
             await http.start()
         except OSError as exc:
-            raise ServomexError(
-                f"cannot listen for metrics on {m.listen}: {exc.strerror or exc}",
-                context={"key": "metrics.listen"},
-            ) from exc
+            raise metrics_listen_error(m.listen, exc) from exc
         self._budget.closes(stack, http.stop, 0.5)
         self._http = http
         self.metrics_port = http.bound_port
@@ -530,17 +534,22 @@ def _tune_writer(writer: Writer, settings: Settings) -> None:
 
 def run_daemon(config: str | None) -> int:
     """``servomexd run``: returns the process exit status."""
+    # Logging is not configured yet: early_line still gives journald the priority, or
+    # `journalctl -p err` would hide why the unit failed.
     try:
         settings = load_settings(config)
     except ConfigInvalid as exc:
         for line in exc.lines():
-            print(f"servomexd: {line}", file=sys.stderr)
+            early_line(f"servomexd: {line}")
         return EX_CONFIG
     except ServomexConfigError as exc:
-        print(f"servomexd: {exc.message}", file=sys.stderr)
+        early_line(f"servomexd: {exc.message}")
         return EX_CONFIG
     configure_logging(settings.log.level, settings.log.format)
     log.debug("daemon.config_loaded", path=str(config_path(config)))
+    for device in settings.devices:  # accepted settings that cannot apply (check-config too)
+        for warning in device.warnings():
+            log.warning("config.setting_ignored", device=device.name, warning=warning)
     try:
         code = _run(Daemon(settings, config=config, reloadable=True).serve())
     except KeyboardInterrupt:  # a signal before the handlers were installed

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from servomexd.acquisition.base import AcquisitionEvent, Rejection
+from servomexd.model import AcquisitionEvent, Rejection
 from servomexd.protocol.continuous import ContinuousFramer
 from servomexd.rows import ROW_COLUMNS, sample_to_row
 

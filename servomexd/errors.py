@@ -2,7 +2,8 @@
 
 Errors are meant to be read in a journal line, so each carries the raw bytes it
 choked on (shortened) and a small context mapping (port, device, field...), and
-renders both in ``str()``. ``reason`` is the short machine label used for the
+renders both in ``str()``, with the value of any context key that names a secret
+masked (``servomexd.redaction``). ``reason`` is the short machine label used for the
 ``servomexd_frames_rejected_total{reason=...}`` metric.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from typing import Any
+
+from servomexd.redaction import MASK, is_secret_name
 
 _RAW_PREVIEW_BYTES = 64
 
@@ -36,7 +39,9 @@ class ServomexError(Exception):
             self.reason = reason
 
     def __str__(self) -> str:
-        parts = [f"{key}={value}" for key, value in self.context.items()]
+        parts = [
+            f"{key}={MASK if is_secret_name(key) else value}" for key, value in self.context.items()
+        ]
         if self.raw is not None:
             preview = self.raw[:_RAW_PREVIEW_BYTES]
             suffix = f"...(+{len(self.raw) - _RAW_PREVIEW_BYTES} bytes)" if len(
@@ -322,8 +327,13 @@ def path_error(action: str, path: object, exc: OSError) -> ServomexSinkWriteErro
     return ServomexSinkWriteError(message, context={"path": str(path)})
 
 
-class ServomexSinkDependencyError(ServomexSinkError):
-    """An optional dependency (an extra such as ``servomexd[postgres]``) is missing."""
+class ServomexSinkDependencyError(ServomexSinkError, ServomexConfigError):
+    """An optional dependency (an extra such as ``servomexd[postgres]``) is missing, or
+    the sink cannot run here (``PostgresSink`` under trio: asyncpg is asyncio-only).
+
+    Also a ``ServomexConfigError``, as in the published library: ``except
+    ServomexConfigError`` around ``open()`` catches a missing extra.
+    """
 
     reason = "sink_dependency"
     failure = SinkFailure.OPERATOR

@@ -11,6 +11,13 @@ at most ``max_request_bytes`` long, the response must be taken within
 beyond twice that they are reset without a read. Each
 response closes the connection (``Connection: close``): scrapers reconnect
 every interval anyway and it keeps the state machine trivial.
+
+With a ``WebSecurity`` (servomexd.webconfig) it serves HTTPS, optionally asking for a
+client certificate from a CA (mutual TLS: a client without one fails the handshake),
+and requires basic auth on every path but the public ones (``/healthz`` by default).
+The TLS handshake is bounded by ``read_timeout`` like the request head. A rejected
+password is answered 401 and counted in ``servomexd_http_unauthorized_requests_total``.
+A replaced certificate or key file is picked up for the next connection, no restart.
 """
 
 from __future__ import annotations
@@ -19,16 +26,19 @@ import asyncio
 import contextlib
 import gzip
 import json
+import ssl
 import time
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.exposition import choose_encoder
 
 from servomexd import __version__
+from servomexd.errors import ServomexConfigError
+from servomexd.webconfig import REALM, BasicAuth, WebSecurity, exposure_gaps
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +59,7 @@ _LINGER_MAX_BYTES = 1 << 20
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -120,6 +131,7 @@ class MetricsServer:
         max_request_bytes: int = 8192,
         max_connections: int = 32,
         clock: Callable[[], float] = time.monotonic,
+        security: WebSecurity | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -133,6 +145,18 @@ class MetricsServer:
         self._started_at = clock()
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self.security = security or WebSecurity()
+        self._auth = BasicAuth(self.security.users) if self.security.users else None
+        self._ssl: ssl.SSLContext | None = None
+        self._tls_stamp: tuple[tuple[int, int], ...] = ()
+        self.unauthorized = Counter(
+            "servomexd_http_unauthorized_requests",
+            "Requests refused with 401 by basic auth, by reason (missing or invalid).",
+            ["reason"],
+            registry=None,
+        )
+        for reason in ("missing", "invalid"):
+            self.unauthorized.labels(reason)
 
     @property
     def bound_port(self) -> int:
@@ -147,6 +171,8 @@ class MetricsServer:
         if self._server is not None:
             raise RuntimeError("MetricsServer already started")
         self._started_at = self._clock()
+        self._ssl = self.security.ssl_context()  # ServomexConfigError when a file is bad
+        self._tls_stamp = self.security.file_stamp()
         self._server = await asyncio.start_server(
             self._on_connection,
             self.host,
@@ -155,9 +181,30 @@ class MetricsServer:
             # buffer more than the whole request may take.
             limit=self.max_request_bytes,
             reuse_address=True,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self.read_timeout if self._ssl is not None else None,
         )
+        with contextlib.suppress(ValueError):  # already registered: a restarted server
+            self.registry.register(self.unauthorized)
         # tests/e2e parse this event for the bound port (listen = "...:0"): keep its name.
-        log.info("metrics_listening", host=self.host, port=self.bound_port)
+        log.info(
+            "metrics.listening",
+            host=self.host,
+            port=self.bound_port,
+            tls=self.security.tls,
+            client_auth=self.security.client_auth,
+            basic_auth=bool(self.security.users),
+        )
+        missing = exposure_gaps(self.host, self.security)
+        if missing:
+            log.warning(
+                "metrics.exposed",
+                host=self.host,
+                port=self.bound_port,
+                missing=missing,
+                hint="anyone who can reach this address can read the metrics; set "
+                "[metrics] web_config (TLS and basic auth) or listen on 127.0.0.1",
+            )
 
     async def stop(self) -> None:
         """Stop listening and cut off the connections still open."""
@@ -165,6 +212,8 @@ class MetricsServer:
         if server is None:
             return
         server.close()
+        with contextlib.suppress(KeyError):
+            self.registry.unregister(self.unauthorized)
         # Aborting the transport ends each handler through its normal EOF path.
         for writer in list(self._connections.values()):
             writer.transport.abort()
@@ -195,6 +244,7 @@ class MetricsServer:
         # drain() then waits until the response has actually left the buffer, so the
         # write timeout below covers the whole response, not all but the last 64 KiB.
         writer.transport.set_write_buffer_limits(high=0)
+        self._reload_certificate_if_changed()
         try:
             active = len(self._connections)
             if active > 2 * self.max_connections:
@@ -232,6 +282,16 @@ class MetricsServer:
         if overloaded:
             await self._send(writer, _json_response(503, {"error": "too many connections"}))
             return
+        if self._auth is not None and request.path not in self.security.public_paths:
+            verdict = await self._auth.check(request.headers.get("authorization"))
+            if verdict != "ok":
+                self.unauthorized.labels(verdict).inc()
+                response = _json_response(401, {"error": "authentication required"})
+                response.extra_headers += (
+                    ("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'),
+                )
+                await self._send(writer, response, head_only=request.method == "HEAD")
+                return
         if request.path == "/metrics" and request.method in _ALLOWED_METHODS:
             # Rendering the exposition is CPU-bound (tens of ms for a few thousand
             # series on a slow box); in a thread the loop keeps reading the analysers
@@ -240,6 +300,23 @@ class MetricsServer:
         else:
             response = self._route(request)
         await self._send(writer, response, head_only=request.method == "HEAD")
+
+    def _reload_certificate_if_changed(self) -> None:
+        """A rotated certificate or key serves the next connections (this one already
+        completed its handshake). A half-written pair keeps the old one, logged."""
+        if self._ssl is None:
+            return
+        stamp = self.security.file_stamp()
+        if stamp == self._tls_stamp:
+            return
+        try:
+            self.security.load_certificate(self._ssl)
+        except ServomexConfigError as exc:
+            log.error("metrics.certificate_reload_failed", error=exc.message)
+            return
+        finally:
+            self._tls_stamp = stamp
+        log.info("metrics.certificate_reloaded", cert_file=str(self.security.cert_file))
 
     async def _refuse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, message: str
@@ -343,7 +420,7 @@ class MetricsServer:
             return _json_response(200 if ready else 503, payload)
         except Exception as error:
             # A broken collector or health check must answer 500, not kill the server.
-            log.exception("http_handler_failed", path=request.path)
+            log.exception("http.handler_failed", path=request.path)
             return _json_response(500, {"error": type(error).__name__})
 
     def _metrics(self, request: _Request) -> _Response:

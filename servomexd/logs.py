@@ -10,8 +10,9 @@
 Exceptions are rendered as plain traceback text (journald, console) or structlog's
 dict tracebacks with ``show_locals=False`` (json): frame locals are never rendered,
 because a local variable may hold a password. A redaction processor replaces the value
-of any key that looks like a secret and masks passwords inside URLs/DSNs in every string,
-including exception text. Standard-library loggers (pyserial, pymodbus, asyncpg) go
+of any key that names a secret and masks passwords inside URLs/DSNs in every string,
+including exception text (``servomexd.redaction``: the same mask and secret words as
+check-config and error messages). Standard-library loggers (pyserial, pymodbus, asyncpg) go
 through the same renderer.
 """
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from servomexd.redaction import MASK, is_secret_name, mask_text
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -43,54 +45,18 @@ SYSLOG_PRIORITY = {
     "exception": 3,
     "critical": 2,
 }
-REDACTED = "[redacted]"
-
-_SECRET_KEY = re.compile(r"(?i)(passw(or)?d|passwd|secret|token|dsn|credential|api_?key)")
-_URL_PASSWORD = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
-_KV_PASSWORD = re.compile(
-    r"(?i)\b(password|passwd|pwd|sslpassword)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s&,;]+)"
-)
-
 # Chatty third-party libraries stay at WARNING even with level = "debug".
 _QUIET_LIBRARIES = ("pymodbus", "asyncpg", "asyncio", "serial", "serial_asyncio_fast")
 
 
-_KNOWN_SECRETS: set[str] = set()
-_MIN_SECRET_LENGTH = 4  # a 1-3 character "password" would mask ordinary words
-
-
-def register_secret(secret: str | None) -> None:
-    """Mask this exact value wherever it appears in a log line (the configured password).
-
-    The patterns below catch secrets by their shape; this catches the known ones in any
-    shape, for instance quoted in a driver's error message.
-    """
-    if secret and len(secret) >= _MIN_SECRET_LENGTH:
-        _KNOWN_SECRETS.add(secret)
-
-
-def redact_text(text: str) -> str:
-    """Mask known secrets, ``scheme://user:PASSWORD@`` and ``password=...`` in free text."""
-    for secret in _KNOWN_SECRETS:
-        if secret in text:
-            text = text.replace(secret, "***")
-    if "://" in text:
-        text = _URL_PASSWORD.sub(r"\1***\3", text)
-    lowered = text.lower()
-    if "pass" in lowered or "pwd" in lowered:
-        text = _KV_PASSWORD.sub(r"\1\2***", text)
-    return text
-
-
 def _redact_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
-        return redact_text(value)
+        return mask_text(value)
     if depth > 6:
         return value
     if isinstance(value, Mapping):
         return {
-            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else
-                _redact_value(v, depth + 1))
+            k: MASK if isinstance(k, str) and is_secret_name(k) else _redact_value(v, depth + 1)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -102,12 +68,12 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     """Drop the value of secret-looking keys; mask passwords inside any string value."""
     for key in list(event_dict):
         value = event_dict[key]
-        if _SECRET_KEY.search(key):
-            event_dict[key] = REDACTED
+        if is_secret_name(key):
+            event_dict[key] = MASK
         elif isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = _redact_value(value)
         elif isinstance(value, BaseException):
-            event_dict[key] = redact_text(f"{type(value).__name__}: {value}")
+            event_dict[key] = mask_text(f"{type(value).__name__}: {value}")
     return event_dict
 
 
@@ -132,6 +98,20 @@ def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
     if os.environ.get("JOURNAL_STREAM"):
         return "journald"
     return "console" if _isatty(stream if stream is not None else sys.stdout) else "journald"
+
+
+def early_line(text: str, priority: int = 3, stream: TextIO | None = None) -> None:
+    """Print one line before (or without) ``configure_logging``, with its priority.
+
+    Startup errors (an invalid configuration) happen before the configured format is
+    known; under journald they must still carry ``<N>`` or journald files them at info
+    and ``journalctl -p err`` hides why the unit failed. On a terminal no prefix is added.
+    """
+    out = stream if stream is not None else sys.stderr
+    prefixed = resolve_format("auto", out) == "journald"
+    for line in text.splitlines() or [""]:
+        out.write(f"<{priority}>{line}\n" if prefixed else f"{line}\n")
+    out.flush()
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -184,7 +164,7 @@ def _plain_traceback_redacted(sio: TextIO, exc_info: Any) -> None:
 
     buffer = io.StringIO()
     structlog.dev.plain_traceback(buffer, exc_info)
-    sio.write(redact_text(buffer.getvalue()))
+    sio.write(mask_text(buffer.getvalue()))
 
 
 def configure_logging(

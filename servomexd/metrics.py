@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections.abc import Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,14 +23,17 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    Metric,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from servomexd import __version__
 from servomexd.errors import SINK_FAULT_REASONS
 from servomexd.model import STATUS_FLAGS, ChannelStatus, Frame
+from servomexd.sinks import pg_stats
 
 REJECTION_REASONS: tuple[str, ...] = (
     "checksum",
@@ -189,6 +193,8 @@ class Metrics:
             registry=r,
         )
 
+        PostgresPartitionCollector(registry=r)
+
         self.polls_missed = Counter(
             "servomexd_polls_missed",
             "Modbus poll slots skipped because the previous sweep overran (not made up).",
@@ -218,7 +224,7 @@ class Metrics:
             self.frames_rejected.labels(device, reason)
 
     def unregister_device(self, device: str) -> None:
-        """Remove every series of ``device`` (a device dropped from the configuration)."""
+        """Remove every series of ``device`` (a reload dropped it from the configuration)."""
         for metric in (
             self.link_up,
             self.reconnects,
@@ -298,6 +304,62 @@ class Metrics:
             )
             self._channels[(device, channel)] = series
         return series
+
+
+class PostgresPartitionCollector:
+    """Partition and retention figures of the Postgres sink's tables, read at scrape time.
+
+    The sink publishes them in ``servomexd.sinks.pg_stats`` (it has no handle on this
+    registry); one series per ``schema.table`` the process writes. The families are
+    always described, with no series until a Postgres sink opens.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []  # no fixed series: the tables appear once the sink opens
+
+    def collect(self) -> Iterator[Metric]:
+        tables = pg_stats.snapshot()
+        default = GaugeMetricFamily(
+            "servomexd_pg_default_partition_rows",
+            "Rows in the table's DEFAULT partition at the last maintenance (should be 0).",
+            labels=["table"],
+        )
+        counters = {
+            "partitions_created": CounterMetricFamily(
+                "servomexd_pg_partitions_created",
+                "Partitions this process created ahead of time.",
+                labels=["table"],
+            ),
+            "partitions_dropped": CounterMetricFamily(
+                "servomexd_pg_partitions_dropped",
+                "Partitions this process dropped by retention (raw and rollup tables).",
+                labels=["table"],
+            ),
+            "rows_dropped_estimate": CounterMetricFamily(
+                "servomexd_pg_rows_dropped_estimate",
+                "Planner row estimate of the partitions dropped by retention.",
+                labels=["table"],
+            ),
+            "rows_to_default": CounterMetricFamily(
+                "servomexd_pg_rows_to_default",
+                "Rows written outside every partition's range (kept in DEFAULT).",
+                labels=["table"],
+            ),
+            "maintenance_failures": CounterMetricFamily(
+                "servomexd_pg_maintenance_failures",
+                "Partition maintenance runs that failed (retried a minute later).",
+                labels=["table"],
+            ),
+        }
+        for table, stats in sorted(tables.items()):
+            default.add_metric([table], stats.default_rows)
+            for field, family in counters.items():
+                family.add_metric([table], getattr(stats, field))
+        yield default
+        yield from counters.values()
 
 
 class _DeviceSeries:

@@ -3,18 +3,21 @@
 They are ``typing.NamedTuple``s rather than frozen dataclasses on purpose: a
 five-channel frame builds about a dozen of them, and a NamedTuple is built about
 four times faster than a frozen dataclass, which keeps the parser within its
-budget (see ``bench/bench_parse.py``). Both protocols decode to the same types.
+budget (see ``bench/bench_parse.py``). Both protocols decode to the same types,
+and both yield the same ``AcquisitionEvent``: a ``Frame`` or a ``Rejection`` (the
+rare bad line, so a plain dataclass).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from servomexd.errors import ServomexValidationError
+from servomexd.errors import ServomexError, ServomexValidationError
 
 
 class ChannelKind(StrEnum):
@@ -82,6 +85,7 @@ class ProtocolKind(StrEnum):
     CONTINUOUS = "continuous"
     MODBUS_RTU = "modbus_rtu"
     MODBUS_ASCII = "modbus_ascii"
+    MODBUS_TCP = "modbus_tcp"
 
 
 STATUS_FLAGS: tuple[str, ...] = (
@@ -263,3 +267,37 @@ class Frame(NamedTuple):
             )
             for reading in self.readings
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Bytes (or a poll) that did not yield a valid frame; recorded as an error row."""
+
+    error: ServomexError
+    protocol: ProtocolKind
+    received_at: datetime
+    monotonic_ns: int
+    raw: bytes = b""
+    requested_at: datetime | None = None
+    latency_s: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """Metric label: checksum, parse, noise, overlong, timeout, modbus_exception."""
+        return self.error.reason
+
+    def as_sample(self, device: str) -> Sample:
+        return Sample.rejected(
+            device,
+            self.protocol,
+            self.error,
+            received_at=self.received_at,
+            monotonic_ns=self.monotonic_ns,
+            raw=self.raw,
+            requested_at=self.requested_at,
+            latency_s=self.latency_s,
+        )
+
+
+AcquisitionEvent = Frame | Rejection
+"""What a framer or a device session yields: a valid frame, or why none came."""

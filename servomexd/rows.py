@@ -49,9 +49,11 @@ def sample_to_record(sample: Sample) -> Record:
     reading = sample.reading
     error = None if sample.error is None else str(sample.error)
     if reading is None:
+        # An error row of one channel (a Modbus read of that channel failed) keeps it.
+        channel = sample.channel
         return (
             sample.device,
-            None,
+            None if channel is None else str(channel),
             None,
             None,
             None,

@@ -87,7 +87,8 @@ def _to_us(value: datetime | None) -> int | None:
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
-    """Columnar JSON: one list per column, so repeated values cost little to parse."""
+    """Format 0x03: one list per column (timestamps as epoch microseconds), marshal then
+    zlib. An empty batch is written as the JSON ``[]`` (format 0x01)."""
     if not records:
         return _FORMAT_JSON + b"[]"
     columns: list[list[Any]] = [list(column) for column in zip(*records, strict=True)]
@@ -793,9 +794,6 @@ class Spool:
     async def peek(self, limit_rows: int = 1 << 62) -> list[SpoolBatch]:
         """Every pending batch from the oldest, up to ``limit_rows`` rows."""
         return await self.read_after(0, limit_rows)
-
-    async def pending(self) -> list[SpoolBatch]:
-        return await self.peek()
 
     async def close(self) -> None:
         if self._executor is None:

@@ -35,7 +35,10 @@ def readiness(
         if fault is not None:
             sink["fault"] = fault.reason
             sink["fix"] = fault.fix
-            problems.append(f"sink needs an operator: {fault.reason}: {fault.fix or fault.error}")
+            problems.append(
+                f"sink needs an operator: {fault.reason}: {fault.fix or 'see the error'} "
+                f"({fault.error})"
+            )
         spool = {
             "accepting": delivery.spool_accepting,
             "pending_samples": stats.samples,

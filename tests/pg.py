@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -122,10 +122,20 @@ class PgCluster:
 
     Listens on 127.0.0.1 on a free port (kept across restarts) with its unix socket
     inside its own temp dir; trust auth for user ``postgres``. Use as a context
-    manager (or call ``cleanup()``) to stop it and delete its files.
+    manager (or call ``cleanup()``) to stop it and delete its files. ``conf`` and ``hba``
+    add postgresql.conf and pg_hba.conf lines (TLS tests: ``ssl = on`` with files placed
+    by ``add_file`` beside the data directory, ``hostssl ... cert``).
     """
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        conf: Sequence[str] = (),
+        hba: Sequence[str] = (),
+    ) -> None:
+        """``conf``: extra postgresql.conf lines (``ssl = on``...); ``hba``: pg_hba.conf
+        lines put before the defaults (the first matching line wins)."""
         initdb = find_pg_binary("initdb")
         pg_ctl = find_pg_binary("pg_ctl")
         if initdb is None or pg_ctl is None:
@@ -143,6 +153,8 @@ class PgCluster:
             entry = pwd.getpwnam(self._user)
             for path in (self.base, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._conf = tuple(conf)
+        self._hba = tuple(hba)
         self._initialised = False
         self.running = False
         # An interrupted test run must not leave a postmaster behind.
@@ -191,7 +203,24 @@ class PgCluster:
             "UTF8",
             "--no-sync",
         )
+        if self._conf:
+            with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
+                conf.write("\n# added by tests/pg.py\n" + "\n".join(self._conf) + "\n")
+        if self._hba:
+            hba = self.data_dir / "pg_hba.conf"
+            hba.write_text("\n".join(self._hba) + "\n" + hba.read_text(encoding="utf-8"))
         self._initialised = True
+
+    def add_file(self, name: str, data: bytes, mode: int = 0o600) -> Path:
+        """A file the server can read (a certificate, a key), owned by its OS user."""
+        path = self.base / name
+        path.touch(mode=mode)
+        path.chmod(mode)
+        path.write_bytes(data)
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        return path
 
     def start(self) -> None:
         """Start (initialising on first use) and wait until it accepts connections."""

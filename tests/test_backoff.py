@@ -1,4 +1,4 @@
-"""servomexd/acquisition/backoff.py: growth, cap, jitter bounds, healthy reset."""
+"""servomexd/backoff.py: growth, cap, jitter bounds, healthy reset."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 
 
 def test_ceiling_doubles_to_cap() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -10,20 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from servomexd.check import check_config
 from servomexd.config import (
     EX_CONFIG,
     ConfigInvalid,
     DeviceConfig,
     Settings,
-    check_config,
     effective_config,
     load_settings,
-    mask_dsn,
     to_toml,
 )
-from servomexd.errors import ServomexConfigError
+from servomexd.errors import ServomexConfigError, ServomexValidationError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "etc" / "servomexd" / "servomexd.toml"
@@ -121,8 +121,14 @@ def test_example_commented_defaults_are_the_model_defaults() -> None:
         except tomllib.TOMLDecodeError:
             continue
         ((key, value),) = parsed.items()
-        if key in {"dsn", "host", "user", "database", "password", "password_file"}:
+        if key in {"dsn", "host", "user", "database", "password", "password_file",
+                   "retention", "rollup_retention",
+                   "sslmode", "sslrootcert", "sslcert", "sslkey",
+                   "web_config", "tls_cert", "tls_key", "client_ca"}:
             continue  # examples of optional values, default None
+        if (table, key) == ("daemon", "site"):
+            assert settings.daemon.site == socket.gethostname()  # the default: the host name
+            continue
         node: Any = defaults
         for part in table.split("."):
             node = node[part]
@@ -208,6 +214,11 @@ def test_shared_port_rules(tmp_path: Path) -> None:
     with pytest.raises(ConfigInvalid) as info:
         load_settings(write(tmp_path, bus.format(a=2, b=9600)))
     assert "must share baudrate" in info.value.lines()[0]
+    first, _, second = bus.format(a=2, b=19200).rpartition("modbus_rtu")
+    mixed = first + "modbus_ascii" + second  # device b speaks ASCII, device a RTU
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, mixed))
+    assert "share one protocol" in info.value.lines()[0]
 
 
 def test_postgres_needs_exactly_one_target(tmp_path: Path) -> None:
@@ -299,22 +310,6 @@ def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 # --- secrets never printed ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("dsn", "expected"),
-    [
-        ("postgresql://u:hunter2@h:5432/db", "postgresql://u:********@h:5432/db"),
-        ("postgresql://u@h/db", "postgresql://u@h/db"),
-        ("postgresql://h/db?password=hunter2&sslmode=require", None),
-        ("host=h user=u password=hunter2 dbname=d", None),
-    ],
-)
-def test_mask_dsn(dsn: str, expected: str | None) -> None:
-    masked = mask_dsn(dsn)
-    assert "hunter2" not in masked
-    if expected is not None:
-        assert masked == expected
-
-
 def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = MINIMAL + (
         '[sink]\ntype = "postgres"\n[sink.postgres]\n'
@@ -323,9 +318,9 @@ def test_check_config_masks_secrets(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert check_config(str(write(tmp_path, text))) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "hunter3" not in out
-    assert "postgresql://u:********@h/db" in out
+    assert "postgresql://u:***@h/db" in out
     printed = tomllib.loads(out)
-    assert printed["sink"]["postgres"]["password"] == "********"
+    assert printed["sink"]["postgres"]["password"] == "***"
 
 
 def test_invalid_secret_value_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -342,11 +337,21 @@ def test_repr_hides_password(tmp_path: Path) -> None:
     assert "s3cret" not in to_toml(effective_config(settings))
 
 
-def test_baudrates_mirror_the_serial_link() -> None:
-    from servomexd.config import STANDARD_BAUDRATES
-    from servomexd.link.serial import BAUDRATES
+@pytest.mark.parametrize("baudrate", [1200, 9600, 19200, 230400, 1920, 192000, 0])
+def test_configuration_and_serial_link_accept_the_same_baudrates(baudrate: int) -> None:
+    from servomexd.link.serial import SerialSettings
 
-    assert STANDARD_BAUDRATES == BAUDRATES
+    try:
+        SerialSettings("/dev/ttyX", baudrate)
+        link_accepts = True
+    except ServomexValidationError:
+        link_accepts = False
+    try:
+        DeviceConfig(name="a", port="/dev/ttyX", baudrate=baudrate)
+        config_accepts = True
+    except ValidationError:
+        config_accepts = False
+    assert config_accepts == link_accepts == (baudrate in (1200, 9600, 19200, 230400))
 
 
 def test_sink_path_default_follows_type(tmp_path: Path) -> None:
@@ -392,12 +397,183 @@ def test_dsn_the_sink_cannot_use_is_a_config_error(
 def test_loaded_secrets_registered_for_log_redaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from servomexd import logs
+    from servomexd import redaction
 
-    monkeypatch.setattr(logs, "_KNOWN_SECRETS", set())
+    monkeypatch.setattr(redaction, "_KNOWN_SECRETS", set())
     pw = tmp_path / "pw"
     pw.write_text("from-file-pw\n")
     load_settings(write(tmp_path, PG + f'password_file = "{pw}"\n'))
     dsn = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\ndsn = "postgresql://u:in-dsn-pw@h/d"\n'
     load_settings(write(tmp_path, dsn, "d.toml"))
-    assert logs.redact_text("x from-file-pw in-dsn-pw y") == "x *** *** y"
+    assert redaction.mask_text("x from-file-pw in-dsn-pw y") == "x *** *** y"
+
+
+# --- operator messages (issue 10) -----------------------------------------------------------
+
+
+def test_error_from_an_environment_variable_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVOMEXD_LOG__LEVLE", "debug")
+    monkeypatch.setenv("SERVOMEXD_SINK__BATCH_SIZE", "0")
+    path = write(tmp_path, MINIMAL + "[log]\nlevle = 'x'\n")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(path)
+    lines = info.value.lines()
+    assert "environment variable SERVOMEXD_SINK__BATCH_SIZE: sink.batch_size: " in "\n".join(lines)
+    # log.levle is in both: the environment wins, and is blamed
+    assert any(line.startswith("environment variable SERVOMEXD_LOG__LEVLE: log.levle: unknown key")
+               for line in lines), lines  # fmt: skip
+    assert not any(line.startswith(f"{path}: log.levle") for line in lines), lines
+
+
+def test_single_bracket_devices_says_double_brackets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, '[devices]\nname = "a"\nport = "/dev/ttyX"\n'))
+    (line,) = info.value.lines()
+    assert line == (
+        f"{tmp_path / 'c.toml'}: devices: each analyser is a [[devices]] table: write "
+        "[[devices]] (double brackets) above each analyser's keys, not [devices] "
+        "(got a table with keys name, port)"
+    )
+
+
+def test_no_message_ends_in_a_bare_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, MINIMAL + "[sink]\npostgres = 5\n[log]\nlevel = {a = 1}\n"))
+    assert not [line for line in info.value.lines() if line.endswith("(got {...})")]
+
+
+def test_password_file_errors_name_the_field_once_and_the_path(tmp_path: Path) -> None:
+    pg = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\n'
+    missing = tmp_path / "missing-pw"
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, pg + f'password_file = "{missing}"\n'))
+    (line,) = info.value.lines()
+    assert line == (
+        f"{tmp_path / 'c.toml'}: sink.postgres.password_file: cannot read {missing}: "
+        "No such file or directory"
+    )
+    empty = tmp_path / "empty-pw"
+    empty.write_text("\n")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, pg + f'password_file = "{empty}"\n'))
+    assert info.value.lines() == [
+        f"{tmp_path / 'c.toml'}: sink.postgres.password_file: {empty} is empty: write the "
+        "password into it, or remove the setting"
+    ]
+
+
+def test_password_source_never_the_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from servomexd.config import password_source
+
+    pg = MINIMAL + '[sink]\ntype = "postgres"\n[sink.postgres]\n'
+    assert password_source(load_settings(write(tmp_path, pg + 'host = "db"\n'))).startswith(
+        "none configured"
+    )
+    inline = load_settings(write(tmp_path, pg + 'host = "db"\npassword = "Inl1ne-pw"\n'))
+    assert password_source(inline) == "sink.postgres.password (in the configuration)"
+    pw = tmp_path / "pw"
+    pw.write_text("F1le-pw\n")
+    from_file = load_settings(write(tmp_path, pg + f'host = "db"\npassword_file = "{pw}"\n'))
+    assert password_source(from_file) == f"sink.postgres.password_file {pw}"
+    dsn = load_settings(write(tmp_path, pg + 'dsn = "postgresql://u:Dsn-pw@db/plant"\n'))
+    assert password_source(dsn) == "the password inside sink.postgres.dsn"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "pg-password").write_text("Cr3d-pw")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    credential = password_source(load_settings(write(tmp_path, pg + 'host = "db"\n')))
+    assert credential == (
+        f"systemd credential pg-password ($CREDENTIALS_DIRECTORY/pg-password = "
+        f"{creds / 'pg-password'})"
+    )
+    (creds / "pg-password").write_text("")
+    with pytest.raises(ConfigInvalid) as info:
+        load_settings(write(tmp_path, pg + 'host = "db"\n'))
+    assert info.value.lines()[0].endswith(
+        "$CREDENTIALS_DIRECTORY/pg-password: systemd credential pg-password: "
+        f"{creds / 'pg-password'} is empty: write the password into it, or remove the setting"
+    )
+
+
+def test_check_config_port_checks_and_no_port_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    path = write(tmp_path, f'[[devices]]\nname = "a"\nport = "{tmp_path / "file"}"\n')
+    assert check_config(path) == EX_CONFIG
+    assert "error: device a: port" in capsys.readouterr().err
+    assert check_config(path, port_check=False) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_to_sink_config_carries_every_setting() -> None:
+    from servomexd.config import PostgresSettings
+    from servomexd.sinks.postgres_config import PostgresConfig
+
+    settings = PostgresSettings(
+        host="db", port=6543, user="u", database="plant", schema="lab", table="t1",
+        pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500, command_timeout_s=3.5,
+        create_table=False, use_copy=False, partition="week", retention="30d",
+        rollups=["1m"], rollup_retention="1y",
+    )  # fmt: skip
+    assert settings.to_sink_config("pw") == PostgresConfig(
+        host="db", port=6543, user="u", password="pw", database="plant", schema="lab",
+        table="t1", pool_min_size=2, pool_max_size=5, statement_timeout_ms=1500,
+        command_timeout_s=3.5, create_table=False, use_copy=False, partition="week",
+        retention="30d", rollups=("1m",), rollup_retention="1y",
+    )  # fmt: skip
+    # the daemon partitions the tables it creates by month unless told otherwise
+    assert PostgresSettings(host="db").to_sink_config(None).partition == "month"
+    dsn = PostgresSettings(dsn="postgresql://u@db/plant").to_sink_config(None)
+    assert dsn.dsn == "postgresql://u@db/plant" and dsn.host is None and dsn.password is None
+
+
+# --- fleet: [daemon] site and the Postgres layout keys ---------------------------------------
+
+
+def test_site_defaults_to_the_host_name_and_check_config_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert check_config(str(write(tmp_path, MINIMAL))) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["daemon"]["site"] == socket.gethostname()
+
+
+def test_site_reaches_the_postgres_sink_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL + (
+        '[daemon]\nsite = "plant-a/line-2"\n[sink]\ntype = "postgres"\n'
+        '[sink.postgres]\nhost = "db"\npartition = "day"\nretention = "400d"\n'
+        'rollups = ["1m", "1h"]\nrollup_retention = "10y"\n'
+    )
+    path = write(tmp_path, text)
+    settings = load_settings(path)
+    config = settings.sink.postgres.to_sink_config(password=None)
+    assert (config.site, config.partition, config.retention) == ("plant-a/line-2", "day", "400d")
+    assert (config.rollups, config.rollup_retention) == (("1m", "1h"), "10y")
+    assert check_config(str(path)) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert shown["daemon"]["site"] == "plant-a/line-2"
+    assert "site" not in shown["sink"]["postgres"]  # one place to set it: [daemon]
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ('[daemon]\nsite = ""\n', "daemon.site"),
+        ('[daemon]\nsite = "a\\nb"\n', "daemon.site"),
+        ('[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\nretention = "soon"\n',
+         "sink.postgres.retention"),
+        ('[sink]\ntype = "postgres"\n[sink.postgres]\nhost = "db"\nrollups = ["7m"]\n',
+         "sink.postgres.rollups"),
+        ('[sink.postgres]\npartition = "hour"\n', "sink.postgres.partition"),
+        ('[sink.postgres]\nsite = "x"\n', "sink.postgres.site"),
+    ],
+)
+def test_bad_fleet_settings_are_config_errors(tmp_path: Path, extra: str, where: str) -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        load_settings(write(tmp_path, MINIMAL + extra))
+    assert any(where in line for line in caught.value.lines()), caught.value.lines()

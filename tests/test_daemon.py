@@ -58,7 +58,7 @@ async def test_failed_start_closes_what_was_opened(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     daemon = Daemon(_settings(tmp_path, blocker / "spool"), registry=CollectorRegistry())
-    assert await daemon.serve() == 1  # the spool cannot be created under a file
+    assert await daemon.serve() == 78  # the spool cannot be created under a file: a config error
     assert daemon.metrics_port is not None  # the HTTP server had started before...
     assert await _refused(daemon.metrics_port)  # ...and was stopped
     assert signal.getsignal(signal.SIGTERM) is _ours

@@ -50,6 +50,18 @@ def test_hierarchy_and_reason_labels(cls: type[ServomexError], parent: type, rea
     assert cls.reason == reason  # the override did not leak to the class
 
 
+def test_sink_dependency_error_is_also_a_config_error() -> None:
+    # As in the published library: `except ServomexConfigError` around open() catches it.
+    assert issubclass(ServomexSinkDependencyError, ServomexConfigError)
+    assert issubclass(ServomexSinkDependencyError, ServomexSinkError)
+    with pytest.raises(ServomexConfigError) as caught:
+        raise ServomexSinkDependencyError("needs pyarrow", context={"extra": "parquet"})
+    assert caught.value.reason == "sink_dependency"
+    assert str(caught.value) == "needs pyarrow [extra=parquet]"
+    copied = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(copied, ServomexConfigError) and copied.context == {"extra": "parquet"}
+
+
 def test_message_renders_context_and_raw() -> None:
     error = ServomexFrameError("bad frame", raw=b" 06-10;", context={"port": "/dev/ttyUSB0"})
     assert str(error) == "bad frame [port=/dev/ttyUSB0, raw=b' 06-10;']"

@@ -11,7 +11,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from servomexd.logs import configure_logging, redact_secrets, redact_text, resolve_format
+from servomexd.logs import configure_logging, redact_secrets, resolve_format
+from servomexd.redaction import mask_text
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +71,7 @@ def test_json_dict_tracebacks_without_locals(monkeypatch: pytest.MonkeyPatch) ->
     (line,) = lines(out)
     data = json.loads(line)
     assert data["event"] == "boom" and data["level"] == "error"
-    assert data["dsn"] == "[redacted]"
+    assert data["dsn"] == "***"
     assert "hunter2-local" not in line
     frames = data["exception"][0]["frames"]
     assert all("locals" not in frame or not frame["locals"] for frame in frames)
@@ -144,16 +145,16 @@ def test_stdlib_loggers_rendered_and_redacted() -> None:
     ],
 )
 def test_redact_text(text: str, hidden: str) -> None:
-    assert hidden not in redact_text(text)
+    assert hidden not in mask_text(text)
 
 
 @pytest.mark.parametrize("fmt", ["journald", "json", "console"])
 def test_registered_secret_masked_in_any_shape(fmt: str) -> None:
     """A known password quoted bare in an exception (no URL, no key=) is masked too."""
-    from servomexd import logs
+    from servomexd import redaction
 
-    logs.register_secret("Bare-Pw-4417")
-    logs.register_secret("abc")  # too short to mask safely: ignored
+    redaction.register_secret("Bare-Pw-4417")
+    redaction.register_secret("abc")  # too short to mask safely: ignored
     try:
         out = io.StringIO()
         configure_logging("info", fmt, out)
@@ -166,4 +167,40 @@ def test_registered_secret_masked_in_any_shape(fmt: str) -> None:
         assert "Bare-Pw-4417" not in text
         assert text.count("***") >= 3 and "abc" in text  # masked, and only the secret
     finally:
-        logs._KNOWN_SECRETS.clear()
+        redaction._KNOWN_SECRETS.clear()
+
+
+def test_early_line_carries_the_priority_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before logging is configured (an invalid configuration at start) journald must
+    still get the priority, or ``journalctl -p err`` hides why the unit failed."""
+    from servomexd.logs import early_line
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    out = io.StringIO()
+    early_line("servomexd: a.toml: log.levle: unknown key\nsecond", stream=out)
+    assert out.getvalue() == "<3>servomexd: a.toml: log.levle: unknown key\n<3>second\n"
+
+
+def test_early_line_plain_on_a_terminal_unless_under_systemd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from servomexd.logs import early_line
+
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(os.dup(slave), "w") as tty, os.fdopen(os.dup(master), "rb") as reader:
+            monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+            early_line("plain", 4, stream=tty)
+            monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+            early_line("journal", 4, stream=tty)
+            expected = b"plain\n<4>journal\n"
+            got = b""
+            # A pty may hand the two lines over in two reads.
+            while len(got.replace(b"\r", b"")) < len(expected):
+                got += os.read(reader.fileno(), 100)
+            assert got.replace(b"\r", b"") == expected
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -152,17 +152,6 @@ def test_rejection_counts_reason_and_error_sample() -> None:
     assert value(m, "servomexd_frames_total", device="ana1") == 0
 
 
-def test_unregister_device_removes_every_series() -> None:
-    m = Metrics(CollectorRegistry())
-    for device in ("ana1", "ana2"):
-        m.register_device(device)
-        m.observe_frame(device, frame(reading(ChannelId.I1, "O2", 20.9)))
-    m.unregister_device("ana1")
-    leftovers = [key for key in samples(m) if ("device", "ana1") in key[1]]
-    assert leftovers == []
-    assert value(m, "servomexd_frames_total", device="ana2") == 1
-
-
 def test_two_instances_do_not_share_state() -> None:
     a, b = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     a.register_device("x")
@@ -195,3 +184,19 @@ def test_no_created_series() -> None:
     m = Metrics(CollectorRegistry())
     m.register_device("ana1")
     assert not [name for name, _ in samples(m) if name.endswith("_created")]
+
+
+def test_postgres_partition_figures_are_exported_per_table() -> None:
+    from servomexd.sinks.pg_stats import table_stats
+
+    stats = table_stats("fleet_test.metrics_samples")
+    stats.default_rows = 7
+    stats.partitions_dropped += 2
+    stats.rows_to_default += 5
+    m = Metrics(CollectorRegistry())
+    table = "fleet_test.metrics_samples"
+    assert value(m, "servomexd_pg_default_partition_rows", table=table) == 7
+    dropped = value(m, "servomexd_pg_partitions_dropped_total", table=table)
+    assert dropped == stats.partitions_dropped
+    assert value(m, "servomexd_pg_rows_to_default_total", table=table) == stats.rows_to_default
+    assert value(m, "servomexd_pg_maintenance_failures_total", table=table) == 0

@@ -111,6 +111,20 @@ def test_error_row() -> None:
     assert (row["device"], row["protocol"], row["monotonic_ns"]) == ("d", "continuous", 9)
 
 
+def test_error_row_of_one_channel_names_that_channel() -> None:
+    # A Modbus read of I2 that failed: the sample carries the channel, the row keeps it.
+    error = ServomexChecksumError("bad CRC", raw=b"\x01\x04")
+    sample = Sample.rejected(
+        "m", ProtocolKind.MODBUS_RTU, error, received_at=AT, monotonic_ns=5,
+        requested_at=ASKED, latency_s=0.1,
+    )._replace(channel=ChannelId.I2)
+    row = sample_to_row(sample)
+    assert row["channel"] == "I2" and type(row["channel"]) is str
+    assert (row["kind"], row["name"], row["value"], row["ok"]) == (None, None, None, None)
+    assert row["error"] == str(error)
+    assert sample_to_record(sample)[ROW_COLUMNS.index("channel")] == "I2"
+
+
 def test_frame_samples_share_the_frame_stamps() -> None:
     readings = (reading(), reading(channel=ChannelId.E1, kind=ChannelKind.EXTERNAL_INPUT))
     frame = Frame(readings, AnalyserStatus(), ProtocolKind.MODBUS_RTU, AT, 77, b"", ASKED, 0.5)

@@ -141,14 +141,14 @@ async def test_append_peek_ack_in_order(tmp_path: Path) -> None:
         assert [b.seq for b in batches] == seqs
         assert batches[0].records == [record(0), record(100)]
         await spool.ack(seqs[2])
-        assert [b.seq for b in await spool.pending()] == seqs[3:]
+        assert [b.seq for b in await spool.peek()] == seqs[3:]
         assert spool.stats.samples == 4
         # read_after respects the row limit but always returns at least one batch
         assert [b.seq for b in await spool.read_after(0, 1)] == [seqs[3]]
         assert [b.seq for b in await spool.read_after(seqs[3], 100)] == [seqs[4]]
     async with Spool(tmp_path) as again:
         assert again.stream_id == stream
-        pending = await again.pending()
+        pending = await again.peek()
         assert [b.seq for b in pending] == seqs[3:]
         assert pending[0].records == [record(3), record(103)]  # read back from disk
         assert again.stats.last_seq == seqs[-1]
@@ -172,7 +172,7 @@ async def test_overflow_drops_oldest_and_counts(tmp_path: Path) -> None:
     spool._store.max_bytes = size * 3 + 10  # small bound for the test (config floor is 1 MiB)
     async with spool:
         seqs = [await spool.append([record(i)] * 50) for i in range(5)]
-        pending = [b.seq for b in await spool.pending()]
+        pending = [b.seq for b in await spool.peek()]
         assert pending == seqs[2:]  # the two oldest went
         assert spool.stats.bytes <= spool._store.max_bytes
         assert spool.dropped_samples == 100 and spool.dropped_batches == 2
@@ -214,7 +214,7 @@ async def test_committed_batches_survive_sigkill(tmp_path: Path) -> None:
     printed = [int(x.split()[1]) for x in proc.stdout.splitlines() if x.startswith("SEQ ")]
     assert len(printed) == 20
     async with Spool(tmp_path) as spool:
-        pending = await spool.pending()
+        pending = await spool.peek()
         assert [b.seq for b in pending] == printed
         assert [b.records[0] for b in pending] == [record(i) for i in range(20)]
 
@@ -238,7 +238,7 @@ async def test_undecodable_batch_is_skipped_and_counted(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     async with Spool(tmp_path) as spool:
-        assert [x.seq for x in await spool.pending()] == [a, c]
+        assert [x.seq for x in await spool.peek()] == [a, c]
         assert spool.dropped_samples == 2
 
 

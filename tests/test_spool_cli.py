@@ -97,7 +97,7 @@ def test_retry_moves_rows_back_for_the_daemon_and_drop_needs_yes(tmp_path: Path)
             assert spool.stats.quarantined == 2
             assert await spool.requeue_quarantine() == 2
             assert spool.stats.quarantined == 0
-            return [r[4] for b in await spool.pending() for r in b.records]
+            return [r[4] for b in await spool.peek() for r in b.records]
 
     assert asyncio.run(daemon_side()) == [0.0, 2.0, 4.0, 5.0, 6.0, 7.0, 1.0, 3.0]
     dropped = cli("drop-quarantine", "--yes", "--config", str(conf))

@@ -1,7 +1,7 @@
 """AUTO: find out which mode the analyser is in, then hand over to that mode's session.
 
 The three modes exclude each other and a unit in one mode ignores the others, so
-the ladder (fact sheet section 4) is: flush input; probe Modbus RTU (FC08
+the ladder (docs/protocol.md#auto-detection) is: flush input; probe Modbus RTU (FC08
 loopback echoing AB CD, then a 1-register FC04 read as fallback); the same in
 Modbus ASCII; then listen passively for one checksum-valid continuous frame for
 ``max(3 * expected_frame_period + 2, 5)`` seconds (longer than the operator-set
@@ -31,20 +31,21 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession
-from servomexd.acquisition.modbus import ModbusDeviceSettings, ModbusSession, describe_target
+from servomexd.acquisition.base import DeviceSession
+from servomexd.acquisition.modbus import ModbusSession, describe_target
 from servomexd.acquisition.modbus_bus import BusSettings, LoopbackRequest, ModbusBusRegistry
+from servomexd.acquisition.settings import DeviceSettings
 from servomexd.errors import (
     ServomexConfigError,
     ServomexConnectionError,
     ServomexError,
     ServomexModbusError,
 )
-from servomexd.model import Frame, ProtocolKind
+from servomexd.model import AcquisitionEvent, Frame, ProtocolKind
 from servomexd.protocol import modbus as mb
 
 if TYPE_CHECKING:
-    from servomexd.link.serial import SerialSettings
+    from servomexd.acquisition.continuous import ContinuousSessionFactory
 
 log = structlog.get_logger("servomexd.auto")
 
@@ -67,7 +68,7 @@ class AutoSessionFactory:
     next ``open()`` will go straight to (``None``: run the ladder).
     """
 
-    def __init__(self, device: ModbusDeviceSettings, buses: ModbusBusRegistry) -> None:
+    def __init__(self, device: DeviceSettings, buses: ModbusBusRegistry) -> None:
         self.device = device
         self.buses = buses
         self.detected: ProtocolKind | None = None
@@ -143,10 +144,8 @@ class AutoSessionFactory:
             if self.buses.users_on(self.device.port):
                 self._forget(protocol, "port now shared with Modbus devices")
                 return None
-            from servomexd.acquisition.continuous import ContinuousSessionFactory
-
             # A port that cannot be opened raises here and keeps the memory.
-            return await ContinuousSessionFactory(self._serial_settings()).open()
+            return await self._continuous().open()
         try:
             bus = self.buses.bus(BusSettings.of(self.device, protocol))
         except ServomexConfigError as exc:
@@ -179,16 +178,11 @@ class AutoSessionFactory:
         )
         self.remembered = None
 
-    def _serial_settings(self) -> SerialSettings:
-        from servomexd.link.serial import SerialSettings
+    def _continuous(self) -> ContinuousSessionFactory:
+        # Imported here: the continuous stack is only needed when AUTO gets this far.
+        from servomexd.acquisition.continuous import ContinuousSessionFactory
 
-        return SerialSettings(
-            self.device.port,
-            self.device.baudrate,
-            self.device.bytesize,
-            self.device.parity,
-            self.device.stopbits,
-        )
+        return ContinuousSessionFactory.for_device(self.device)
 
     # --- Modbus ------------------------------------------------------------------------
 
@@ -206,8 +200,9 @@ class AutoSessionFactory:
         try:
             await session.attach()
         except ServomexConnectionError as exc:
-            # The port itself cannot be opened: no later step can succeed either.
-            tried.append(f"{protocol.value}: {exc}")
+            # The port itself cannot be opened: no later step can succeed either. (The
+            # message without its context: the log line names the port once, as target.)
+            tried.append(f"{protocol.value}: {exc.message}")
             raise ServomexConnectionError(
                 "AUTO cannot open the port",
                 context={"port": self.device.port, "tried": "; ".join(tried)},
@@ -240,7 +235,7 @@ class AutoSessionFactory:
                 )
             except ServomexModbusError as exc:
                 # A well-formed exception reply also proves the framing, but check the
-                # fallback read as the fact sheet asks before trusting it.
+                # fallback read before trusting it (docs/protocol.md#auto-detection).
                 log.debug("auto.loopback_exception", protocol=protocol.value, error=str(exc))
                 break
             except ServomexError:
@@ -265,16 +260,16 @@ class AutoSessionFactory:
         if self.buses.users_on(self.device.port):
             tried.append("continuous: skipped, port shared with Modbus devices")
             return None
-        # Imported here: the continuous stack is only needed when AUTO gets this far.
-        from servomexd.link.serial import SerialLink
+        from servomexd.link.connect import open_link
         from servomexd.protocol.continuous import ContinuousFramer
 
-        settings = self._serial_settings()
+        continuous = self._continuous()
         window = listen_window(self.device.expected_frame_period)
         framer = ContinuousFramer()
         frame: Frame | None = None
+        after: list[AcquisitionEvent] = []  # what came in the same read after the frame
         rejected = 0
-        link = await SerialLink.open(settings)
+        link = await open_link(continuous.settings, connect_timeout=continuous.connect_timeout)
         try:
             link.reset_input()
             deadline = monotonic() + window
@@ -284,37 +279,41 @@ class AutoSessionFactory:
                     break
                 data = await link.read(remaining)
                 for event in framer.feed(data):
-                    if isinstance(event, Frame):
+                    if frame is not None:
+                        after.append(event)
+                    elif isinstance(event, Frame):
                         frame = event
-                        break
-                    rejected += 1  # a partial first line, noise: keep listening
-        finally:
+                    else:
+                        rejected += 1  # a partial first line, noise: keep listening
+        except BaseException:
             await link.close()
+            raise
         if frame is None:
+            await link.close()
             tried.append(f"continuous: no valid frame in {window:g} s ({rejected} rejected lines)")
             return None
         tried.append(f"continuous: valid frame with {len(frame.readings)} channels")
-        from servomexd.acquisition.continuous import ContinuousSessionFactory
-
-        session = await ContinuousSessionFactory(settings).open()
-        return PrimedSession(session, frame)
+        # The session keeps the link the frame came on: a device server that takes one
+        # client at a time may not have freed its slot for a reconnect yet.
+        return PrimedSession(continuous.session_on(link, framer), frame, *after)
 
 
 class PrimedSession:
-    """A continuous session that first yields the frame AUTO detected it with."""
+    """A continuous session that first yields the frame AUTO detected it with, and what
+    arrived in the same read after it."""
 
-    def __init__(self, session: DeviceSession, first: Frame) -> None:
+    def __init__(self, session: DeviceSession, first: Frame, *rest: AcquisitionEvent) -> None:
         self._session = session
-        self._first: Frame | None = first
+        self._first: list[AcquisitionEvent] = [first, *rest]
 
     @property
     def protocol(self) -> ProtocolKind:
         return self._session.protocol
 
     async def events(self) -> AsyncIterator[AcquisitionEvent]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
+        first, self._first = self._first, []
+        for event in first:
+            yield event
         async for event in self._session.events():
             yield event
 

@@ -9,45 +9,10 @@ the same events, so supervision, metrics and storage never look at the protocol.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
-from servomexd.errors import ServomexError, ServomexTransportError
-from servomexd.model import Frame, ProtocolKind, Sample
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Bytes (or a poll) that did not yield a valid frame; recorded as an error row."""
-
-    error: ServomexError
-    protocol: ProtocolKind
-    received_at: datetime
-    monotonic_ns: int
-    raw: bytes = b""
-    requested_at: datetime | None = None
-    latency_s: float | None = None
-
-    @property
-    def reason(self) -> str:
-        """Metric label: checksum, parse, noise, overlong, timeout, modbus_exception."""
-        return self.error.reason
-
-    def as_sample(self, device: str) -> Sample:
-        return Sample.rejected(
-            device,
-            self.protocol,
-            self.error,
-            received_at=self.received_at,
-            monotonic_ns=self.monotonic_ns,
-            raw=self.raw,
-            requested_at=self.requested_at,
-            latency_s=self.latency_s,
-        )
-
-
-AcquisitionEvent = Frame | Rejection
+from servomexd.errors import ServomexTransportError
+from servomexd.model import AcquisitionEvent, ProtocolKind
 
 
 class DeviceSession(Protocol):
@@ -87,11 +52,4 @@ def is_link_failure(error: BaseException) -> bool:
     return isinstance(error, ServomexTransportError | OSError)
 
 
-__all__ = [
-    "AcquisitionEvent",
-    "DeviceSession",
-    "Rejection",
-    "ServomexError",
-    "SessionFactory",
-    "is_link_failure",
-]
+__all__ = ["DeviceSession", "SessionFactory", "is_link_failure"]

@@ -4,12 +4,13 @@ A session identifies its slave once per connection, then sweeps it on an absolut
 schedule, turning each sweep into the same ``Frame`` (or ``Rejection``) a
 continuous-mode session yields. The line itself (sharing, idle gap, retries,
 reopen) is ``servomexd.acquisition.modbus_bus``; ``ModbusBusRegistry`` is
-re-exported here because the daemon builds factories from this module.
+re-exported here for the callers of ``build_modbus_factory``. AUTO (``auto.py``)
+builds on this module; ``factory.py`` chooses between them.
 
 Channel set (decided here, tested in tests/acquisition/test_modbus_session.py):
 identify reads all ten slots once per connection and keeps the named ones plus
 E1 and E2 always, because continuous mode always sends E1/E2 (as ``||||||``
-when unlabelled) and the issue asks for the same channel set in both modes. An
+when unlabelled) and a device must report the same channel set in both modes. An
 unnamed I/D slot (I4 on the bench) is left out, as continuous mode leaves it out.
 
 Timestamps: ``requested_at`` is the UTC time the sweep's first request went out,
@@ -23,11 +24,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from time import monotonic, monotonic_ns
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
-from servomexd.acquisition.base import AcquisitionEvent, Rejection, SessionFactory
+from servomexd.acquisition.base import SessionFactory
 from servomexd.acquisition.modbus_bus import (
     FRAMERS,
     BusSettings,
@@ -36,8 +37,8 @@ from servomexd.acquisition.modbus_bus import (
     ModbusBusRegistry,
     Request,
     SendStamp,
-    SerialLineSettings,
 )
+from servomexd.acquisition.settings import ModbusDeviceSettings
 from servomexd.errors import (
     ServomexConfigError,
     ServomexConnectionError,
@@ -47,7 +48,7 @@ from servomexd.errors import (
     ServomexTimeoutError,
     ServomexTransportError,
 )
-from servomexd.model import ChannelId, ProtocolKind
+from servomexd.model import AcquisitionEvent, ChannelId, ProtocolKind, Rejection
 from servomexd.protocol import modbus as mb
 
 if TYPE_CHECKING:
@@ -56,36 +57,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("servomexd.modbus")
 
 
-class ModbusDeviceSettings(SerialLineSettings, Protocol):
-    """The ``DeviceConfig`` fields this module reads (structural, read-only): the line
-    settings plus these."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def protocol(self) -> str: ...
-    @property
-    def address(self) -> int: ...
-    @property
-    def poll_interval(self) -> float: ...
-    @property
-    def inter_request_delay(self) -> float: ...
-    @property
-    def request_timeout(self) -> float: ...
-    @property
-    def retries(self) -> int: ...
-    @property
-    def timeout_streak(self) -> int: ...
-    @property
-    def expected_frame_period(self) -> float: ...
-
-
 def describe_target(device: ModbusDeviceSettings, protocol: str | None = None) -> str:
-    """Log-safe ``/dev/ttyUSB0 @19200 8N1 modbus_rtu addr 30``."""
-    return (
-        f"{device.port} @{device.baudrate} {device.bytesize}{device.parity}{device.stopbits} "
-        f"{protocol or device.protocol} addr {device.address}"
-    )
+    """Log-safe ``/dev/ttyUSB0 @19200 8N1 modbus_rtu addr 30``; on ``socket://`` the line
+    settings are the device server's, so they are left out."""
+    line = f" @{device.baudrate} {device.bytesize}{device.parity}{device.stopbits}"
+    if device.port.startswith("socket://"):
+        line = ""
+    return f"{device.port}{line} {protocol or device.protocol} addr {device.address}"
 
 
 # --- the polling session -----------------------------------------------------------------
@@ -367,21 +345,17 @@ class ModbusSessionFactory:
 
 
 def build_modbus_factory(device: ModbusDeviceSettings, buses: ModbusBusRegistry) -> SessionFactory:
-    """The session factory for a ``modbus_rtu``, ``modbus_ascii`` or ``auto`` device."""
-    if device.protocol == "auto":
-        from servomexd.acquisition.auto import AutoSessionFactory
-
-        return AutoSessionFactory(device, buses)
+    """The session factory for a ``modbus_rtu``, ``modbus_ascii`` or ``modbus_tcp`` device."""
     try:
         protocol = ProtocolKind(device.protocol)
     except ValueError:
         protocol = None
     if protocol not in FRAMERS or protocol is None:
         raise ServomexConfigError(
-            "build_modbus_factory needs a Modbus or auto device",
+            "build_modbus_factory needs a modbus_rtu, modbus_ascii or modbus_tcp device",
             context={"device": device.name, "protocol": device.protocol},
         )
-    buses.declare(device.name, BusSettings.of(device, protocol))
+    buses.declare(device)
     return ModbusSessionFactory(device, buses, protocol)
 
 

@@ -1,4 +1,4 @@
-"""The shared Modbus line: one serial port, one pymodbus client, every slave on it.
+"""The shared Modbus line: one port or connection, one pymodbus client, every slave on it.
 
 On RS485 several analysers share one serial line, so every device configured on a
 port goes through one ``ModbusBus``: one client, one idle-gap clock, one queue for
@@ -13,6 +13,11 @@ pymodbus's own reconnect and retries are off: our supervisor owns reconnect and
 backoff, and our retries honour the idle gap (pymodbus resends at once). A bus
 closes its port when its last user detaches and is reopened by the first user that
 attaches again, so a failed USB adapter is reopened once, not once per slave.
+
+The same holds over the network (``servomexd.link.modbus_client`` picks the client):
+RTU/ASCII devices behind one ``socket://`` device server share one bus as on RS485,
+and Modbus TCP devices behind one gateway share one connection with one request in
+flight (gateways to RS485 cannot overlap requests; pymodbus serialises them too).
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ import contextlib
 import heapq
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from time import monotonic, monotonic_ns
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
@@ -40,6 +44,16 @@ from servomexd.errors import (
     ServomexProtocolError,
     ServomexTimeoutError,
 )
+from servomexd.link.endpoint import is_network_port
+from servomexd.link.line import (
+    LineUser,
+    SerialLineSettings,
+    describe_line,
+    line_of,
+    sharing_problem,
+)
+from servomexd.link.modbus_client import ModbusClient, connect_modbus_client
+from servomexd.link.tcp import CONNECT_TIMEOUT
 from servomexd.model import ProtocolKind
 from servomexd.protocol import modbus as mb
 
@@ -54,24 +68,13 @@ _PYMODBUS_LOGGER = logging.getLogger("pymodbus.logging")
 if _PYMODBUS_LOGGER.level == logging.NOTSET:
     _PYMODBUS_LOGGER.setLevel(logging.CRITICAL)
 
-FRAMERS = {ProtocolKind.MODBUS_RTU: FramerType.RTU, ProtocolKind.MODBUS_ASCII: FramerType.ASCII}
+FRAMERS = {
+    ProtocolKind.MODBUS_RTU: FramerType.RTU,
+    ProtocolKind.MODBUS_ASCII: FramerType.ASCII,
+    ProtocolKind.MODBUS_TCP: FramerType.SOCKET,  # MBAP header, over socket:// only
+}
 _BACKSTOP_TIMEOUT = 30.0
 """pymodbus's own response timeout; ours (per attempt, ``request_timeout``) fires first."""
-
-
-class SerialLineSettings(Protocol):
-    """The line settings of a configured device (``DeviceConfig`` fits, read-only)."""
-
-    @property
-    def port(self) -> str: ...
-    @property
-    def baudrate(self) -> int: ...
-    @property
-    def bytesize(self) -> int: ...
-    @property
-    def parity(self) -> str: ...
-    @property
-    def stopbits(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +85,14 @@ class BusSettings:
     bytesize: int = 8
     parity: str = "N"
     stopbits: int = 1
+    connect_timeout: float = CONNECT_TIMEOUT
 
     @classmethod
     def of(cls, device: SerialLineSettings, protocol: ProtocolKind) -> BusSettings:
         return cls(
-            device.port, protocol, device.baudrate, device.bytesize, device.parity, device.stopbits
+            protocol=protocol,
+            connect_timeout=float(getattr(device, "connect_timeout", CONNECT_TIMEOUT)),
+            **line_of(device),
         )
 
 
@@ -171,7 +177,7 @@ class ModbusBus:
 
     def __init__(self, settings: BusSettings) -> None:
         self.settings = settings
-        self._client: AsyncModbusSerialClient | None = None
+        self._client: ModbusClient | None = None
         self._line = _Line()
         self._suspect: set[int] = set()
         self._users: dict[int, float] = {}
@@ -215,32 +221,16 @@ class ModbusBus:
     async def _open(self) -> None:
         self._close()
         s = self.settings
-        client = AsyncModbusSerialClient(
+        self._client = await connect_modbus_client(
             s.port,
-            framer=FRAMERS[s.protocol],
+            FRAMERS[s.protocol],
             baudrate=s.baudrate,
             bytesize=s.bytesize,
             parity=s.parity,
             stopbits=s.stopbits,
-            name=s.port,
-            reconnect_delay=0,  # no pymodbus reconnect: the supervisor owns it
-            reconnect_delay_max=0,
-            timeout=_BACKSTOP_TIMEOUT,
-            retries=0,  # our retries wait for the idle gap; pymodbus's would not
+            response_timeout=_BACKSTOP_TIMEOUT,
+            connect_timeout=s.connect_timeout,
         )
-        try:
-            connected = await client.connect()
-        except (OSError, ModbusException) as exc:
-            client.close()
-            raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "error": str(exc)}
-            ) from exc
-        if not connected:
-            client.close()
-            raise ServomexConnectionError(
-                "cannot open serial port", context={"port": s.port, "protocol": s.protocol.value}
-            )
-        self._client = client
         self.opened += 1
         self._last_end = monotonic()
         log.info("modbus.port_opened", port=s.port, protocol=s.protocol.value)
@@ -336,7 +326,7 @@ class ModbusBus:
             client = self._client
             if client is None or not client.connected:
                 raise ServomexConnectionError(
-                    "serial port is not open", context={"port": self.settings.port}
+                    "port or connection is not open (lost)", context={"port": self.settings.port}
                 )
             wait = self._last_end + self.idle_gap - monotonic()
             if wait > 0:
@@ -352,12 +342,13 @@ class ModbusBus:
                 return None
             except ConnectionException as exc:
                 raise ServomexConnectionError(
-                    "serial port lost", context={"port": self.settings.port, "error": str(exc)}
+                    "port or connection lost",
+                    context={"port": self.settings.port, "error": str(exc)},
                 ) from exc
             except ModbusIOException:
                 if not client.connected:
                     raise ServomexConnectionError(
-                        "serial port lost", context={"port": self.settings.port}
+                        "port or connection lost", context={"port": self.settings.port}
                     ) from None
                 self._suspect.add(address)
                 return None  # pymodbus gave up waiting (its backstop timeout)
@@ -376,7 +367,7 @@ class ModbusBus:
             self._line.release()
 
 
-async def _send(client: AsyncModbusSerialClient, address: int, request: Request) -> ModbusPDU:
+async def _send(client: ModbusClient, address: int, request: Request) -> ModbusPDU:
     if isinstance(request, LoopbackRequest):
         return await client.diag_query_data(request.data, device_id=address)
     if request.function == mb.FC_READ_INPUT_REGISTERS:
@@ -412,17 +403,35 @@ class ModbusBusRegistry:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
         self._buses: dict[str, ModbusBus] = {}
-        self._declared: dict[str, tuple[str, BusSettings]] = {}
+        self._declared: dict[str, list[LineUser]] = {}
+        self._spellings: dict[str, str] = {}
 
-    @staticmethod
-    def _key(port: str) -> str:
+    def _key(self, port: str) -> str:
         # The configured path, not its target: a replugged adapter behind a by-id link
-        # comes back as another ttyUSBn, and must still be the same bus. (Naming one
-        # adapter by two paths gives two buses; the second open then fails as busy.)
-        return os.path.normpath(port)
+        # comes back as another ttyUSBn, and must still be the same bus. Another spelling
+        # of an adapter already seen (ttyUSB0 for its by-id link) is mapped, when first
+        # seen, to the first spelling: one adapter, one bus, whatever the names.
+        if is_network_port(port):
+            return port
+        path = os.path.normpath(port)
+        known = self._spellings.get(path)
+        if known is not None:
+            return known
+        real = os.path.realpath(path)
+        for spelling in set(self._spellings.values()):
+            if os.path.realpath(spelling) == real:
+                self._spellings[path] = spelling
+                return spelling
+        self._spellings[path] = path
+        return path
+
+    def _canonical(self, settings: BusSettings) -> BusSettings:
+        key = self._key(settings.port)
+        return settings if key == settings.port else replace(settings, port=key)
 
     def bus(self, settings: BusSettings) -> ModbusBus:
         """The bus on ``settings.port``; refuses a second framing or line setting on it."""
+        settings = self._canonical(settings)
         key = self._key(settings.port)
         bus = self._buses.get(key)
         if bus is not None and bus.settings != settings:
@@ -431,8 +440,8 @@ class ModbusBusRegistry:
                     "devices on one port must share protocol and serial settings",
                     context={
                         "port": settings.port,
-                        "in_use": _settings_text(bus.settings),
-                        "requested": _settings_text(settings),
+                        "in_use": describe_line(bus.settings),
+                        "requested": describe_line(settings),
                     },
                 )
             bus = None  # idle bus with other settings (e.g. after AUTO): replace it
@@ -441,27 +450,24 @@ class ModbusBusRegistry:
             self._buses[key] = bus
         return bus
 
-    def declare(self, device: str, settings: BusSettings) -> None:
-        """Note a configured device's line settings; refuse a conflict at start-up.
+    def declare(self, device: LineUser) -> None:
+        """Note a configured device; refuse one that cannot share its port, at start-up.
 
-        Devices sharing a port share one line: one framing, one baud rate. Catching a
-        mismatch while building factories makes it a configuration error (exit 78)
-        instead of a link that fails to open forever.
+        The rule is ``link.line.sharing_problem``, the one configuration applies too.
+        Catching a mismatch while building factories makes it a configuration error
+        (exit 78) instead of a link that fails to open forever.
         """
-        key = self._key(settings.port)
-        first = self._declared.setdefault(key, (device, settings))
-        if first[1] != settings:
+        key = self._key(device.port)
+        # Declaring a device again (a factory rebuilt for it) replaces its entry.
+        users = [user for user in self._declared.get(key, []) if user.name != device.name]
+        users.append(device)
+        problem = sharing_problem(users)
+        if problem is not None:
             raise ServomexConfigError(
-                "devices on one port must share protocol and serial settings",
-                context={
-                    "port": settings.port,
-                    first[0]: _settings_text(first[1]),
-                    device: _settings_text(settings),
-                },
+                problem,
+                context={"port": device.port, **{u.name: describe_line(u) for u in users}},
             )
-
-    def bus_for(self, port: str) -> ModbusBus | None:
-        return self._buses.get(self._key(port))
+        self._declared[key] = users
 
     def users_on(self, port: str) -> int:
         bus = self._buses.get(self._key(port))
@@ -476,13 +482,6 @@ class ModbusBusRegistry:
         for bus in self._buses.values():
             await bus.aclose()
         self._buses.clear()
-
-
-def _settings_text(settings: BusSettings) -> str:
-    return (
-        f"{settings.protocol.value} {settings.baudrate} "
-        f"{settings.bytesize}{settings.parity}{settings.stopbits}"
-    )
 
 
 __all__ = [

@@ -33,10 +33,12 @@ from typing import NamedTuple, Protocol
 
 import structlog
 
-from servomexd.acquisition.backoff import Backoff
-from servomexd.acquisition.base import AcquisitionEvent, DeviceSession, Rejection, SessionFactory
+from servomexd.acquisition.base import DeviceSession, SessionFactory
+from servomexd.acquisition.rejections import RejectionLog
+from servomexd.backoff import Backoff
+from servomexd.errors import ServomexError
 from servomexd.metrics import Metrics
-from servomexd.model import Frame, Sample
+from servomexd.model import AcquisitionEvent, Frame, Rejection, Sample
 
 log = structlog.get_logger("servomexd.supervisor")
 
@@ -100,6 +102,7 @@ class DeviceSupervisor:
         self.last_error: str | None = "not connected yet"
         self._last_reason: str | None = None
         self._log = log.bind(device=name)
+        self._rejection_log = RejectionLog(self._log, clock)
         metrics.register_device(name)
 
     def health(self) -> LinkHealth:
@@ -144,7 +147,7 @@ class DeviceSupervisor:
             opening.cancel()
             raise
         except Exception as exc:  # contained: a device's failure must not leave its task
-            return f"cannot open {self.factory.description}: {_describe(exc)}"
+            return _describe(exc)
         self.sessions_opened += 1
         if self.sessions_opened > 1:
             self.reconnects += 1
@@ -209,6 +212,7 @@ class DeviceSupervisor:
 
     def _on_frame(self, frame: Frame, first: bool) -> None:
         self.frames += 1
+        self._rejection_log.frame()
         self.last_frame = frame
         self.metrics.observe_frame(self.name, frame)
         self.buffer.add_samples(frame.as_samples(self.name))
@@ -229,9 +233,10 @@ class DeviceSupervisor:
         self.rejections += 1
         self.metrics.observe_rejection(self.name, rejection.reason)
         self.buffer.add_samples([rejection.as_sample(self.name)])
-        self._log.debug(
-            "device.frame_rejected", reason=rejection.reason, error=str(rejection.error)
-        )
+        if not self._rejection_log.rejected(rejection.reason, str(rejection.error)):
+            self._log.debug(
+                "device.frame_rejected", reason=rejection.reason, error=str(rejection.error)
+            )
 
     def _set_link(self, up: bool) -> None:
         self.link_up = up
@@ -256,8 +261,16 @@ async def _next_event(iterator: AsyncIterator[AcquisitionEvent]) -> AcquisitionE
 
 
 def _describe(exc: BaseException) -> str:
+    """The reason for a log line that carries the port as ``target`` already: a
+    servomexd error's message and context without its port, else type and text."""
+    if isinstance(exc, ServomexError):
+        extra = [f"{k}={v}" for k, v in exc.context.items() if k not in _NAMED_ELSEWHERE]
+        return exc.message + (f" [{', '.join(extra)}]" if extra else "")
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_NAMED_ELSEWHERE = frozenset({"port", "target"})
 
 
 async def _close(session: DeviceSession, logger: structlog.typing.FilteringBoundLogger) -> None:

@@ -53,7 +53,7 @@ from collections.abc import Callable
 
 import structlog
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 from servomexd.delivery.flusher import Flusher
 from servomexd.delivery.health import SinkHealth, update_spool_gauges
 from servomexd.delivery.waiting import wait_or_timeout

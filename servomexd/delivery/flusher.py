@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 from servomexd.delivery.health import update_spool_gauges
 from servomexd.delivery.waiting import wait_or_timeout
 from servomexd.metrics import Metrics

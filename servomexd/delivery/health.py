@@ -43,6 +43,8 @@ class SinkFault:
     reason: str
     error: str
     fix: str | None
+    check: str | None = None
+    """Which check failed, when the sink names one (the TLS checks: ``CA``...)."""
 
 
 @dataclass(frozen=True)
@@ -142,20 +144,26 @@ class SinkHealth:
         self.last_error = error
         if operator:
             assert isinstance(exc, ServomexSinkError)
-            self._set_fault(SinkFault(exc.fault or "other", error, exc.fix), backlog)
+            check = exc.context.get("check")
+            fault = SinkFault(exc.fault or "other", error, exc.fix, None if check is None
+                              else str(check))  # fmt: skip
+            self._set_fault(fault, backlog)
         else:
             self._clear_fault()
 
     def _set_fault(self, fault: SinkFault, backlog: int) -> None:
         previous = self.fault
         now = self._clock()
-        changed = previous is None or previous.reason != fault.reason
+        changed = previous is None or (previous.reason, previous.check) != (
+            fault.reason, fault.check
+        )
         if changed or now - self._fault_logged_at >= FAULT_LOG_INTERVAL:
             self._fault_logged_at = now
             log.error(
                 "sink.fault",
                 sink=self.sink,
                 reason=fault.reason,
+                check=fault.check,
                 error=fault.error,
                 fix=fault.fix,
                 backlog_samples=backlog,

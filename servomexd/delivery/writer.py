@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 from servomexd.delivery.deliverer import Deliverer
 from servomexd.delivery.flusher import Flusher
 from servomexd.delivery.health import DeliveryHealth, SinkHealth

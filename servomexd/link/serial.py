@@ -1,4 +1,7 @@
-"""Bytes in and out of one serial port, with every wait bounded.
+"""Bytes in from one serial port, with every wait bounded.
+
+The link only reads: a continuous-mode analyser broadcasts, and Modbus polling goes
+through pymodbus's own serial client (``acquisition/modbus_bus.py``).
 
 Built on pyserial-asyncio-fast (the port is opened in an executor, the fd is then
 watched by the event loop). Two facts of serial lines shape this module:
@@ -33,19 +36,14 @@ import serial_asyncio_fast
 
 from servomexd.errors import (
     ServomexConnectionError,
-    ServomexTimeoutError,
     ServomexValidationError,
 )
+from servomexd.link.diagnose import diagnose
+from servomexd.link.line import BAUDRATES
 
 __all__ = ["BAUDRATES", "SerialLink", "SerialSettings"]
 
 log = logging.getLogger(__name__)
-
-BAUDRATES: tuple[int, ...] = (
-    300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
-)  # fmt: skip
-"""Standard rates accepted in configuration. The 4000 series speaks 2400-19200; a
-rate outside the standard set is nearly always a typo (1920, 192000)."""
 
 _PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 _BYTESIZES = {5: serial.FIVEBITS, 6: serial.SIXBITS, 7: serial.SEVENBITS, 8: serial.EIGHTBITS}
@@ -61,7 +59,7 @@ _CLOSE_WAIT = 2.0
 @dataclass(frozen=True, slots=True)
 class SerialSettings:
     """How to open one port. Defaults are the analyser's: 19200 baud, 8-N-1, no flow
-    control (fact sheet section 1)."""
+    control (docs/protocol.md#serial-line)."""
 
     port: str
     baudrate: int = 19200
@@ -147,7 +145,7 @@ class _LinkProtocol(asyncio.Protocol):
 
 
 class SerialLink:
-    """One open serial port: bounded reads, writes, and an immediate close.
+    """One open serial port: bounded reads and an immediate close.
 
     The I/O methods take an explicit ``timeout`` (hence the ASYNC109 waivers): a
     serial read without its own bound is exactly the hang this class exists to
@@ -201,7 +199,7 @@ class SerialLink:
             raise
         except (serial.SerialException, OSError, ValueError) as error:
             raise ServomexConnectionError(
-                f"cannot open serial port: {_cause(error)}",
+                f"cannot open serial port: {diagnose(self._settings.port, error)}",
                 context={"port": self._settings.port},
             ) from error
         transport, _ = await serial_asyncio_fast.connection_for_serial(loop, lambda: protocol, port)
@@ -325,48 +323,6 @@ class SerialLink:
             protocol.paused = False
             transport.resume_reading()
         return data
-
-    async def read_exactly(self, size: int, timeout: float) -> bytes:  # noqa: ASYNC109
-        """Exactly ``size`` bytes within ``timeout`` seconds overall, else
-        ``ServomexTimeoutError`` (the partial data is on the error's ``raw``)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        data = bytearray()
-        while len(data) < size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ServomexTimeoutError(
-                    f"expected {size} bytes, got {len(data)} within {timeout} s",
-                    raw=bytes(data),
-                    context={"port": self._settings.port},
-                )
-            data += await self.read(remaining, max_bytes=size - len(data))
-        return bytes(data)
-
-    def write(self, data: bytes) -> None:
-        """Queue ``data`` for sending (non-blocking; see ``drain``)."""
-        transport, protocol = self._require()
-        if protocol.lost or transport.is_closing():
-            raise self._lost(protocol)
-        transport.write(data)
-
-    async def drain(self, timeout: float = 1.0) -> None:  # noqa: ASYNC109
-        """Wait until everything written has been handed to the OS."""
-        transport, protocol = self._require()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while transport.get_write_buffer_size():
-            if protocol.lost:
-                raise self._lost(protocol)
-            if loop.time() >= deadline:
-                raise ServomexTimeoutError(
-                    "serial write did not drain",
-                    context={
-                        "port": self._settings.port,
-                        "pending": transport.get_write_buffer_size(),
-                    },
-                )
-            await asyncio.sleep(0.001)
 
     def reset_input(self) -> None:
         """Discard everything received and not yet read (ours and the kernel's)."""

@@ -4,8 +4,11 @@ Pure and synchronous: bytes in, records out. A frame on the wire is::
 
     SP date;time;FM;autocal;NN;{id;name;value;unit;alarms;FM;cal;warm;}*N CKSM;<CR?><LF>
 
-(fact sheet section 2). ``parse_frame`` takes the content without its terminator,
-leading space included, exactly as the framer cuts it from the byte stream.
+(docs/protocol.md#continuous-ascii). ``parse_frame`` takes the content, leading space included,
+as the framer cuts it from the byte stream; one trailing CR, LF or CR LF is accepted.
+Tolerated padding: a channel id padded with spaces (``" I1"``), the unlabelled-slot
+marker shortened and padded (``"|||   "``). Names and units are decoded with the
+display charset (``servomexd.protocol.charset``), names in their canonical ASCII form.
 
 Speed matters here (<= 14 us per 5-channel frame, >= 70k frames/s on one core, see
 ``bench/bench_parse.py``), so the parser caches what repeats from frame to frame. A
@@ -25,7 +28,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
 
-from servomexd.acquisition.base import AcquisitionEvent, Rejection
 from servomexd.errors import (
     ServomexChecksumError,
     ServomexError,
@@ -34,6 +36,7 @@ from servomexd.errors import (
 )
 from servomexd.model import (
     IDLE_CAL_GROUPS,
+    AcquisitionEvent,
     AnalyserStatus,
     CalGroupState,
     ChannelId,
@@ -42,8 +45,10 @@ from servomexd.model import (
     Frame,
     ProtocolKind,
     Reading,
+    Rejection,
     Unit,
 )
+from servomexd.protocol.charset import canonical_name, decode_display_text
 
 __all__ = [
     "DEFAULT_MAX_LINE",
@@ -56,7 +61,7 @@ __all__ = [
 ]
 
 START = 0x20
-"""Every frame starts with one space (fact sheet 2.2)."""
+"""Every frame starts with one space (docs/protocol.md#line-structure)."""
 
 DEFAULT_MAX_LINE = 4096
 """Longest line the framer buffers. A real frame is 39 + 33*N bytes (369 for all ten
@@ -97,17 +102,21 @@ _statuses: dict[tuple[bytes, bytes, bytes, bytes], ChannelStatus] = {}
 _analysers: dict[tuple[bytes, bytes], tuple[bool, bool, tuple[CalGroupState, ...]]] = {}
 _dates: dict[bytes, str | None] = {}
 
-_NO_NAME = b"||||||"
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+_TERMINATOR_BYTES = (0x0A, 0x0D)  # LF, CR
+_PAD = b" \x00"
 
 
 def _decode_text(field: bytes) -> str:
-    # Continuous mode is plain ASCII (CO2 is sent as "CO2"); never fail on a stray byte.
-    return field.decode("ascii", "replace").strip(" \x00")
+    # Usually ASCII (CO2 is sent as "CO2"), but a label typed with a display glyph
+    # arrives as its display-ROM byte: decode as Modbus does, never U+FFFD.
+    return decode_display_text(field).strip(" \x00")
 
 
 def _name(field: bytes) -> str | None:
-    text = None if field.strip(b" ") == _NO_NAME else _decode_text(field) or None
+    # "||||||" marks an unlabelled slot, also when shortened and padded ("|||   ");
+    # a blank field is no name either.
+    text = canonical_name(_decode_text(field)) if field.strip(_PAD).strip(b"|") else None
     if len(_names) >= _CACHE_LIMIT:
         _names.clear()
     _names[field] = text
@@ -133,7 +142,7 @@ def _status(alarms: bytes, fm: bytes, cal: bytes, warm: bytes) -> ChannelStatus:
     cached = _statuses.get(key)
     if cached is not None:
         return cached
-    # Every flag is an explicit character (fact sheet 2.5); a short field reads as clear.
+    # Every flag is an explicit character (docs/protocol.md#channel-block); short = clear.
     padded = alarms.ljust(4)[:4]
     status = ChannelStatus(
         fault=fm[:1] == b"F",
@@ -175,8 +184,8 @@ def _analyser(fm: bytes, autocal: bytes) -> tuple[bool, bool, tuple[CalGroupStat
 
 
 def _date(field: bytes) -> str | None:
-    """``DD-MM-YY`` as the ISO prefix ``YYYY-MM-DDT`` (year 2000+YY, fact sheet 2.4), or
-    None for an unset or impossible date."""
+    """``DD-MM-YY`` as the ISO prefix ``YYYY-MM-DDT`` (year 2000+YY), or None for an
+    unset or impossible date (docs/protocol.md#header-fields)."""
     if field in _dates:
         return _dates[field]
     result: str | None = None
@@ -266,14 +275,14 @@ decoded from here; when a value changes, the block cache still covers the others
 _BLOCK_CACHE_LIMIT = 4096
 _BODY_CACHE_LIMIT = 1024
 
-_HEADER = 34  # start space + the 33-byte header (fixed widths, fact sheet 2.4)
-_BLOCK = 33  # one channel block with its trailing ';' (fact sheet 2.5)
+_HEADER = 34  # start space + the 33-byte header (docs/protocol.md#header-fields)
+_BLOCK = 33  # one channel block with its trailing ';' (docs/protocol.md#channel-block)
 _BODY = 19  # where the body starts: after " DD-MM-YY;HH:MM:SS;"
 
 
 def _decode_block(fields: list[bytes], block_raw: bytes, frame: bytes, index: int) -> _Block:
     ident, name_f, value_f, unit_f, alarms_f, fm_f, cal_f, warm_f = fields
-    channel = _CHANNELS.get(ident)
+    channel = _CHANNELS.get(ident) or _CHANNELS.get(ident.strip(b" "))  # " I1" is I1
     if channel is None:
         raise ServomexParseError(
             "unknown channel id", raw=frame, context={"id": ident, "block": index}
@@ -322,8 +331,8 @@ def parse_frame(
     received_at: datetime | None = None,
     monotonic_ns: int | None = None,
 ) -> Frame:
-    """Decode one Continuous-ASCII frame: ``raw`` is the content without its terminator,
-    leading space included.
+    """Decode one Continuous-ASCII frame: ``raw`` is the content, leading space included,
+    with or without its line terminator (one trailing CR, LF or CR LF is stripped).
 
     The checksum is verified before any field is trusted. Raises
     ``ServomexChecksumError`` (both values attached) on a mismatch, ``ServomexFrameError``
@@ -334,6 +343,9 @@ def parse_frame(
     """
     if type(raw) is not bytes:
         raw = bytes(raw)
+    if raw and raw[-1] in _TERMINATOR_BYTES:
+        # One line terminator (CR, LF or CR LF) is accepted and stripped, once.
+        raw = raw[:-2] if raw[-2:] == b"\r\n" else raw[:-1]
     size = len(raw)
     if not size or raw[0] != START:
         raise ServomexFrameError("frame does not start with the 0x20 start character", raw=raw)
@@ -431,7 +443,7 @@ def _decode_tokens(raw: bytes, tokens: list[bytes], body_sum: int) -> _Body:
         raise ServomexFrameError(
             "token count does not match the channel count",
             raw=raw,
-            context={"channels": n, "tokens": len(tokens) + 2, "expected": 7 + 8 * n},
+            context={"channels": n, "fields": len(tokens) + 2, "expected": 7 + 8 * n},
         )
     blocks = [
         _decode_block(tokens[i : i + 8], b";".join(tokens[i : i + 8]), raw, (i - 3) // 8)
@@ -533,7 +545,7 @@ def build_frame(
     checksum_override: int | None = None,
     terminator: bytes = b"",
 ) -> bytes:
-    """Encode a frame the way the analyser does (fact sheet 2.3-2.7).
+    """Encode a frame the way the analyser does (docs/protocol.md#continuous-ascii).
 
     ``clock=None`` writes an unset clock (``00-00-00;00:00:00``).
     ``checksum_override`` writes that checksum instead of the right one (fault

@@ -5,14 +5,16 @@ into the same ``Frame``/``Reading`` records the continuous parser builds, so the
 rest of the daemon never looks at the protocol. No I/O: the session in
 ``servomexd.acquisition.modbus`` does the transactions.
 
-Device facts used (see the protocol fact sheet, section 3):
+Device facts used (docs/protocol.md#modbus-rtu-and-ascii):
 
 - FC04 input registers, one 7-register slot per channel (value 2, name 3, unit 2),
   ten slots I1..I4, D1..D4, E1, E2 at PDU 0..69; float32 high word first.
 - FC02 discrete inputs, 8 bits per channel at PDU 0..79 (bit 0 fault .. bit 7
   alarm 4) and the analyser block at PDU 1000..1015.
 - Names and units use the display ROM's charset (0x82 is subscript two); units
-  are NUL padded. Decoding never raises: an odd byte is passed through as Latin-1.
+  are NUL padded. Decoding never raises: an odd byte is passed through as Latin-1
+  (``servomexd.protocol.charset``). Names are canonical ASCII (``CO2``), as in
+  continuous mode, so one gas has one name whatever the protocol.
 - E1/E2: bit 0 means Invalid (reported as ``fault`` so ``ok`` is right) and bits
   1-3 are reserved (forced False). D1..D4: bits 0-3 copy the parent transducer's
   flags; they are reported as read, and the analyser-level fault (PDU 1000) is the
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -39,6 +41,10 @@ from servomexd.model import (
     Reading,
     Unit,
 )
+from servomexd.protocol.charset import DISPLAY_GLYPHS as DISPLAY_GLYPHS
+from servomexd.protocol.charset import canonical_name
+from servomexd.protocol.charset import decode_display_text as decode_display_text
+from servomexd.protocol.charset import encode_display_text as encode_display_text
 
 # --- register map ------------------------------------------------------------------------
 
@@ -134,30 +140,6 @@ def bytes_to_registers(data: bytes) -> list[int]:
     return [int.from_bytes(data[index : index + 2], "big") for index in range(0, len(data), 2)]
 
 
-DISPLAY_GLYPHS: Mapping[int, str] = {0x82: "\u2082"}
-"""Display-ROM bytes that are not Latin-1. Only subscript two has been captured."""
-_DECODE_TABLE = {byte: glyph for byte, glyph in DISPLAY_GLYPHS.items()}
-_ENCODE_TABLE = {glyph: byte for byte, glyph in DISPLAY_GLYPHS.items()}
-
-
-def decode_display_text(data: bytes) -> str:
-    """Display-ROM bytes to text: known glyphs mapped, everything else Latin-1; never raises."""
-    return data.decode("latin-1").translate(_DECODE_TABLE)
-
-
-def encode_display_text(text: str, length: int, *, pad: bytes = b" ") -> bytes:
-    """Text to display-ROM bytes of exactly ``length`` (simulator side); unknown -> '?'."""
-    out = bytearray()
-    for char in text:
-        if char in _ENCODE_TABLE:
-            out.append(_ENCODE_TABLE[char])
-        elif ord(char) < 0x100:
-            out.append(ord(char))
-        else:
-            out.append(ord("?"))
-    return bytes(out[:length]).ljust(length, pad)
-
-
 _TEXT_PAD = " \x00"
 
 
@@ -165,12 +147,13 @@ def decode_name(registers: Sequence[int]) -> str | None:
     """A channel name from its 3 registers; ``None`` for an unpopulated slot.
 
     Names are space (or NUL) padded; a name that trims to nothing or is all ``|``
-    marks an empty slot, the same ``||||||`` marker continuous mode sends.
+    marks an empty slot, the same ``||||||`` marker continuous mode sends. The name
+    is canonical ASCII (``CO\x82`` is ``CO2``, as continuous mode sends it).
     """
     text = decode_display_text(registers_to_bytes(registers)).strip(_TEXT_PAD)
     if not text or set(text) == {"|"}:
         return None
-    return text
+    return canonical_name(text)
 
 
 def decode_unit(registers: Sequence[int]) -> tuple[Unit, str]:

@@ -1,5 +1,9 @@
 """``servomexd simulate``: run a simulated analyser until its frames are sent or a signal.
 
+``--link PATH`` serves it on a pty; ``--listen HOST:PORT`` as a raw-TCP device server,
+``--rfc2217 HOST:PORT`` as an RFC 2217 one (the ready line then names the URL to put
+in ``port``).
+
 Prints one ``ready <link> -> <device>`` line on stdout (flushed) once the link exists,
 so a parent process knows when to connect; the link itself is created atomically,
 so polling for the path works as well. SIGTERM and SIGINT stop it cleanly: the link
@@ -11,13 +15,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 
 from servomexd.simulator.continuous import ContinuousSimulator
+from servomexd.simulator.tcp import Rfc2217Wire, TcpWire, split_host_port
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    targets = [t for t in (args.link, args.listen, args.rfc2217) if t is not None]
+    if len(targets) != 1:
+        print("servomexd simulate: give one of --link, --listen, --rfc2217", file=sys.stderr)
+        return 2
+    if args.rfc2217 is not None and args.protocol == "modbus_tcp":
+        print("servomexd simulate: modbus_tcp is served with --listen only", file=sys.stderr)
+        return 2
+    if args.protocol == "modbus_tcp" and args.listen is None:
+        print("servomexd simulate: modbus_tcp needs --listen HOST:PORT", file=sys.stderr)
+        return 2
     if args.protocol != "continuous":
         from servomexd.simulator.modbus import run_modbus_simulator
 
@@ -26,6 +42,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         print("servomexd simulate: --replug-after needs --unplug-after", file=sys.stderr)
         return 2
     try:
+        wire = _wire(args)
         simulator = ContinuousSimulator(
             args.link,
             period=args.period,
@@ -36,6 +53,8 @@ def run_simulate(args: argparse.Namespace) -> int:
             unplug_after=args.unplug_after,
             replug_after=args.replug_after,
             seed=args.seed,
+            wire=wire,
+            stall_after=args.stall_after,
         )
     except ValueError as error:
         print(f"servomexd simulate: {error}", file=sys.stderr)
@@ -46,6 +65,17 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"servomexd simulate: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _wire(args: argparse.Namespace) -> TcpWire | None:
+    if args.listen is not None or args.rfc2217 is not None:
+        # Connections, refusals, stalls and the RFC 2217 settings a client asked for.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.listen is not None:
+        return TcpWire(*split_host_port(args.listen))
+    if args.rfc2217 is not None:
+        return Rfc2217Wire(*split_host_port(args.rfc2217))
+    return None
 
 
 async def _run(simulator: ContinuousSimulator) -> None:

@@ -30,6 +30,7 @@ from typing import IO, Any, Self
 from servomexd.model import ChannelId, Unit
 from servomexd.protocol.continuous import BlockSpec, build_frame, checksum
 from servomexd.simulator.pty import PtyDevice
+from servomexd.simulator.tcp import TcpWire
 
 __all__ = ["ContinuousSimulator", "simulated_blocks"]
 
@@ -79,6 +80,8 @@ class ContinuousSimulator:
         seed: int = 0,
         terminator: bytes = b"\n",
         clock: Callable[[], datetime] = datetime.now,
+        wire: TcpWire | None = None,
+        stall_after: float | None = None,
     ) -> None:
         if period <= 0:
             raise ValueError("period must be > 0")
@@ -90,7 +93,12 @@ class ContinuousSimulator:
             raise ValueError("replug_after needs unplug_after")
         if terminator not in (b"\n", b"\r\n"):
             raise ValueError("terminator must be LF or CRLF")
-        self.device = PtyDevice(link)
+        if stall_after is not None and wire is None:
+            raise ValueError("stall_after needs a network wire (--listen or --rfc2217)")
+        self.device: PtyDevice | TcpWire = wire if wire is not None else PtyDevice(link)
+        self.stall_after = stall_after
+        if wire is not None:
+            wire.on_event = lambda entry: self._log({**entry, "at": _now()})
         self.period = period
         self.frames = frames
         self.corrupt_every = corrupt_every
@@ -117,7 +125,8 @@ class ContinuousSimulator:
     # --- lifecycle -----------------------------------------------------------------------
 
     @property
-    def link(self) -> Path:
+    def link(self) -> Path | str:
+        """The path of the pty link, or the URL of the simulated device server."""
         return self.device.link
 
     def stop(self) -> None:
@@ -172,6 +181,7 @@ class ContinuousSimulator:
             self._log({"event": "plug", "at": _now(), "device": self.device.slave_name})
             start = loop.time()
             unplug_at = None if self.unplug_after is None else start + self.unplug_after
+            stall_at = None if self.stall_after is None else start + self.stall_after
             replug_at: float | None = None
             next_tick = start
             while not self._stop.is_set():
@@ -184,6 +194,9 @@ class ContinuousSimulator:
                 if replug_at is not None and now >= replug_at:
                     replug_at = None
                     self.replug()
+                if stall_at is not None and now >= stall_at and isinstance(self.device, TcpWire):
+                    stall_at = None
+                    self.device.stall()
                 if now >= next_tick:
                     if self.device.plugged:  # an unplugged analyser's frames go nowhere
                         self._send_tick()
@@ -199,7 +212,7 @@ class ContinuousSimulator:
                         self.missed += missed
                         next_tick += missed * self.period
                 wake = next_tick
-                for event_at in (unplug_at, replug_at):
+                for event_at in (unplug_at, replug_at, stall_at):
                     if event_at is not None:
                         wake = min(wake, event_at)
                 delay = wake - loop.time()
@@ -247,7 +260,9 @@ class ContinuousSimulator:
             "values": {block.channel.value: block.value for block in blocks},
         }
         if written < len(raw) + len(self.terminator):
-            entry["dropped"] = True  # pty buffer full: nobody is reading
+            entry["dropped"] = True  # pty buffer full or no TCP client: nobody is reading
+            if isinstance(self.device, TcpWire) and self.device.stalled:
+                entry["stalled"] = True
         self._log(entry)
 
     # --- emit log ------------------------------------------------------------------------------

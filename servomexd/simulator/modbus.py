@@ -37,11 +37,12 @@ from typing import IO, Any, NamedTuple
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
-from pymodbus.server import ModbusSerialServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from servomexd.model import ChannelId, ChannelStatus, ProtocolKind
 from servomexd.protocol import modbus as mb
+from servomexd.simulator.tcp import Rfc2217Bridge, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -406,16 +407,30 @@ def transactions(chunks: Iterable[WireChunk], protocol: ProtocolKind) -> list[Tr
 
 
 def request_address(protocol: ProtocolKind, packet: bytes) -> int | None:
-    """The slave address of an RTU or ASCII ADU (None when unreadable)."""
+    """The slave address of an RTU or ASCII ADU, or the unit id of a Modbus TCP one."""
     if protocol is ProtocolKind.MODBUS_RTU:
         return packet[0] if packet else None
+    if protocol is ProtocolKind.MODBUS_TCP:
+        return packet[6] if len(packet) > 6 else None  # MBAP: tid, pid, length, unit
     try:
         return int(packet[1:3], 16)
     except ValueError:
         return None
 
 
-FRAMERS = {ProtocolKind.MODBUS_RTU: FramerType.RTU, ProtocolKind.MODBUS_ASCII: FramerType.ASCII}
+FRAMERS = {
+    ProtocolKind.MODBUS_RTU: FramerType.RTU,
+    ProtocolKind.MODBUS_ASCII: FramerType.ASCII,
+    ProtocolKind.MODBUS_TCP: FramerType.SOCKET,
+}
+
+
+class TcpPacket(NamedTuple):
+    """One chunk the TCP server received (``sending`` False) or sent, in monotonic ns."""
+
+    at_ns: int
+    sending: bool
+    data: bytes
 
 
 class ModbusSimulator:
@@ -433,9 +448,12 @@ class ModbusSimulator:
         emit_log: IO[str] | None = None,
         record_wire: bool = True,
         corrupt_every: int | None = None,
+        listen: tuple[str, int] | None = None,
     ) -> None:
         if protocol not in FRAMERS:
             raise ValueError(f"not a Modbus protocol: {protocol}")
+        if protocol is ProtocolKind.MODBUS_TCP and listen is None:
+            raise ValueError("modbus_tcp is served over TCP only: give listen=(host, port)")
         self.protocol = protocol
         self.analysers = {
             address: SimulatedAnalyser(address, period=period, seed=seed)
@@ -446,7 +464,13 @@ class ModbusSimulator:
         self.link = Path(link) if link is not None else None
         self.relay = PtyRelay(pace_baud=pace_baud, record=record_wire)
         self._emit_log = emit_log
-        self._server: ModbusSerialServer | None = None
+        self._server: ModbusSerialServer | ModbusTcpServer | None = None
+        self.listen = listen
+        """Serve over TCP (a device server or gateway) on (host, port) instead of a pty."""
+        self.tcp_packets: list[TcpPacket] = []
+        """Server-side timestamps of every chunk received and sent over TCP."""
+        self.stalled = False
+        self.connections = 0
         self._emitted: dict[int, int] = {}
         self.corrupt_every = corrupt_every
         self.replies = 0
@@ -458,10 +482,16 @@ class ModbusSimulator:
 
     @property
     def link_path(self) -> str:
-        """The path the daemon opens: the symlink when one was asked for."""
+        """The path the daemon opens: the symlink when one was asked for, or the URL."""
+        if self.listen is not None:
+            host, port = self.listen
+            return f"socket://{f'[{host}]' if ':' in host else host}:{port}"
         return str(self.link) if self.link is not None else self.relay.master_path
 
     async def start(self) -> None:
+        if self.listen is not None:
+            await self._start_tcp()
+            return
         self.relay.open()
         if self.link is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -483,20 +513,66 @@ class ModbusSimulator:
             ",".join(str(a) for a in self.analysers),
         )
 
+    async def _start_tcp(self) -> None:
+        assert self.listen is not None
+        server = ModbusTcpServer(
+            [self._device(address) for address in self.analysers],
+            framer=FRAMERS[self.protocol],
+            address=self.listen,
+            trace_packet=self._trace_packet,
+            trace_connect=self._trace_connect,
+        )
+        await server.serve_forever(background=True)
+        sockets = getattr(server.transport, "sockets", None) or ()
+        if sockets and self.listen[1] == 0:  # port 0: keep the one we got, for replug
+            self.listen = (self.listen[0], sockets[0].getsockname()[1])
+        self._server = server
+        log.info("modbus simulator serving %s on %s", self.protocol.value, self.link_path)
+
+    def _trace_connect(self, connected: bool) -> None:
+        if connected:
+            self.connections += 1
+            self.stalled = False  # a new connection is served again
+
+    def stall(self) -> None:
+        """Keep the TCP connection, answer nothing more (half-open)."""
+        self.stalled = True
+
     def unplug(self) -> None:
-        """Pull the simulated adapter: the daemon's line hangs up and the link vanishes."""
+        """Pull the simulated adapter: the daemon's line hangs up and the link vanishes.
+
+        Over TCP: the server stops listening and drops its connections."""
+        if self.listen is not None:
+            server, self._server = self._server, None
+            if server is not None:
+                self._shutdown = asyncio.ensure_future(server.shutdown())  # type: ignore[no-untyped-call]  # unannotated upstream
+            return
         self.relay.unplug()
         if self.link is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.link.unlink()
 
     def replug(self) -> None:
-        """Plug a new adapter in: a new pty behind the same link path."""
+        """Plug a new adapter in: a new pty behind the same link path (over TCP: listen
+        again on the same port)."""
+        if self.listen is not None:
+            self._restart = asyncio.ensure_future(self._replug_tcp())
+            return
         self.relay.replug()
         if self.link is not None and not self.link.is_symlink():
             self.link.symlink_to(self.relay.master_path)
 
+    async def _replug_tcp(self) -> None:
+        shutdown = getattr(self, "_shutdown", None)
+        if shutdown is not None:
+            await shutdown
+        await self._start_tcp()
+
     async def stop(self) -> None:
+        for pending in (getattr(self, "_shutdown", None), getattr(self, "_restart", None)):
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]  # unannotated upstream
             self._server = None
@@ -610,6 +686,10 @@ class ModbusSimulator:
 
     def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
         """Silence replies of failed or unknown addresses: on RS485 they just do not answer."""
+        if self.listen is not None:
+            if sending and self.stalled:
+                return b""
+            self.tcp_packets.append(TcpPacket(monotonic_ns(), sending, packet))
         if not sending:
             return packet
         address = request_address(self.protocol, packet)
@@ -617,7 +697,11 @@ class ModbusSimulator:
         if analyser is None or analyser.silent:
             return b""
         self.replies += 1
-        if self.corrupt_every and self.replies % self.corrupt_every == 0:
+        if (
+            self.corrupt_every
+            and self.replies % self.corrupt_every == 0
+            and self.protocol is not ProtocolKind.MODBUS_TCP  # TCP has no check to break
+        ):
             # A garbled reply (bad CRC / LRC): the master must treat it as no reply.
             self.corrupted += 1
             if self.protocol is ProtocolKind.MODBUS_RTU:
@@ -664,10 +748,13 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     duration: float | None = getattr(args, "duration", None)
+    listen: str | None = getattr(args, "listen", None)
+    rfc2217: str | None = getattr(args, "rfc2217", None)
     async with ModbusSimulator(
         protocol=protocol,
         addresses=addresses,
-        link=args.link,
+        link=args.link if listen is None and rfc2217 is None else None,
+        listen=split_host_port(listen) if listen is not None else None,
         period=float(getattr(args, "period", 1.0) or 1.0),
         seed=int(getattr(args, "seed", 0) or 0),
         emit_log=emit,
@@ -675,19 +762,34 @@ async def _serve(
         corrupt_every=getattr(args, "corrupt_every", None),
     ) as sim:
         # Same first line as the continuous simulator: parents wait for it.
-        print(f"ready {sim.link_path} -> {sim.relay.master_path}", flush=True)
+        bridge: Rfc2217Bridge | None = None
+        if rfc2217 is not None:
+            # An RFC 2217 device server in front of the simulated RS485 line.
+            bridge = Rfc2217Bridge(*split_host_port(rfc2217), sim.relay.master_path).open()
+            print(f"ready {bridge.link} -> {sim.relay.master_path}", flush=True)
+        else:
+            target = sim.link_path if listen is not None else sim.relay.master_path
+            print(f"ready {sim.link_path} -> {target}", flush=True)
         log.info("modbus simulator: %s slaves %s", protocol.value, addresses)
         unplug_after: float | None = getattr(args, "unplug_after", None)
         replug_after: float | None = getattr(args, "replug_after", None)
+        # Behind RFC 2217 the faults are the device server's: its socket closes or stalls.
+        unplug, replug = (bridge.unplug, bridge.open) if bridge else (sim.unplug, sim.replug)
+        stall = bridge.stall if bridge else sim.stall
         if unplug_after is not None:
-            loop.call_later(unplug_after, sim.unplug)
+            loop.call_later(unplug_after, unplug)
             if replug_after is not None:
-                loop.call_later(unplug_after + replug_after, sim.replug)
+                loop.call_later(unplug_after + replug_after, replug)
+        stall_after: float | None = getattr(args, "stall_after", None)
+        if stall_after is not None:
+            loop.call_later(stall_after, stall)
         if duration is None:
             await stop.wait()
         else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
+        if bridge is not None:
+            bridge.close()
     return 0
 
 
@@ -697,6 +799,7 @@ __all__ = [
     "ModbusSimulator",
     "PtyRelay",
     "SimulatedAnalyser",
+    "TcpPacket",
     "Transaction",
     "WireChunk",
     "request_address",

@@ -6,6 +6,11 @@ column set and order; a row column the destination lacks is dropped with ONE
 ``sink.unknown_column_dropped`` warning per column; a destination column the
 rows lack is left NULL (or its DEFAULT). Values are coerced to the destination
 column's type by a per-column converter chosen once, when the schema is locked.
+
+Event loops: the sinks and ``pipe`` are backend-neutral (AnyIO), so an asyncio or a
+trio application can use them; blocking drivers run on each sink's ``SinkWorker``
+thread. ``PostgresSink`` is the exception: asyncpg is asyncio-only, so under trio its
+``open()`` raises ``ServomexSinkDependencyError`` saying so.
 """
 
 from __future__ import annotations

@@ -119,9 +119,13 @@ class RowEncoder:
             requested_iso = None if requested is None else requested.isoformat()
             error_text = None if error is None else str(error)
             if reading is None:
+                # Set when the error belongs to one channel (a failed Modbus read of it).
+                failed: str | None = sample.channel
+                if failed is not None:
+                    failed = plain(failed, failed)
                 append(
                     (
-                        device, None, None, None, None, None,
+                        device, failed, None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, last_iso, requested_iso, latency, error_text,
                     )
@@ -169,7 +173,7 @@ class RowEncoder:
             if reading is None:
                 append(
                     (
-                        device, None, None, None, None, None,
+                        device, sample.channel, None, None, None, None,
                         None, None, None, None, None,
                         protocol, monotonic_ns, received, requested, latency, error_text,
                     )

@@ -13,7 +13,12 @@ ISO-8601). With ``create_table=True`` the table is created as::
     error text
 
 with an index on (device, channel, received_at), so Grafana can query a time
-range per channel directly. ``write_records(..., checkpoint=(stream, seq))``
+range per channel directly; with ``site`` set, a leading ``site text`` column (filled in
+on every row of any table that has one); with ``partition`` day/week/month, range
+partitions on ``received_at`` and a DEFAULT partition. Partitions, retention, exact
+rollups (updated in the batch's transaction) and the writers registry are
+``pg_fleet.FleetLayout``'s job; this module calls it at open, in each write's
+transaction and after each commit. ``write_records(..., checkpoint=(stream, seq))``
 commits the rows and the ``servomexd_checkpoints`` row in one transaction.
 
 Failures raise ``ServomexSinkWriteError`` with the driver error chained, typed by
@@ -23,6 +28,9 @@ operator can fix (authentication, privilege, missing database or schema) is a
 ``ServomexSinkFault`` carrying the fix, and rows the table refuses (a CHECK, a value
 out of range, a trigger that raises) a ``ServomexSinkDataError``. After a server
 restart the pool reconnects on the next write.
+
+asyncio only (asyncpg is): under trio ``open()`` raises ``ServomexSinkDependencyError``
+naming the backend, before any connection is tried.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from servomexd.errors import (
     SinkFailure,
 )
 from servomexd.model import Sample
-from servomexd.rows import ROW_COLUMNS, Record
+from servomexd.rows import Record
 from servomexd.sinks.base import (
     CHECKPOINT_TABLE,
     BaseSink,
@@ -59,21 +67,12 @@ from servomexd.sinks.base import (
     validate_checkpoint,
 )
 from servomexd.sinks.encoding import RowEncoder
+from servomexd.sinks.pg_fleet import FleetLayout
 from servomexd.sinks.postgres_config import PostgresConfig
-from servomexd.sinks.postgres_errors import PgTarget, classify, route_driver_logs
-
-_CREATE_TYPES = {
-    "value": "double precision",
-    "latency_s": "double precision",
-    "monotonic_ns": "bigint",
-    "ok": "boolean",
-    "fault": "boolean",
-    "maintenance": "boolean",
-    "calibrating": "boolean",
-    "warming_up": "boolean",
-    "received_at": "timestamptz",
-    "requested_at": "timestamptz",
-}
+from servomexd.sinks.postgres_errors import PgTarget, route_driver_logs
+from servomexd.sinks.postgres_errors import classify as classify_failure
+from servomexd.sinks.postgres_tls import TlsSetupError, asyncpg_ssl, classify
+from servomexd.sinks.worker import current_backend, running_asyncio_loop
 
 _TEXT_TYPES = frozenset({"text", "character varying", "character", "name", "citext", "bpchar"})
 _FLOAT_TYPES = frozenset({"double precision", "real"})
@@ -193,6 +192,9 @@ class PostgresSink(BaseSink):
         self._qualified = f'"{schema}"."{table}"'
         self._checkpoints = f'"{schema}"."{CHECKPOINT_TABLE}"'
         self._insert_sql = ""
+        self._fleet = FleetLayout(config)
+        self._copy_columns: tuple[str, ...] = ()
+        self._site: tuple[str, ...] = ()  # appended to each row when the table has "site"
         self._upsert_sql = (
             f"INSERT INTO {self._checkpoints} (stream, seq, updated_at) "  # noqa: S608 - identifiers validated
             "VALUES ($1, $2, now()) "
@@ -212,8 +214,19 @@ class PostgresSink(BaseSink):
 
     def _write_error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
         config = self.config
+        tls_fault = classify(exc)
+        if tls_fault is not None:
+            check, explanation = tls_fault
+            return ServomexSinkFault(
+                f"postgres {action} failed: TLS check {check!r} failed: "
+                f"{config.scrub(explanation)}",
+                context={"target": config.target(), "check": check},
+                fault="tls",
+                fix="fix the certificate named by the check, or [sink.postgres] sslrootcert, "
+                "sslcert, sslkey or sslmode",
+            )
         where = PgTarget.of(config)
-        decided = classify(exc, self._asyncpg, where)
+        decided = classify_failure(exc, self._asyncpg, where)
         text = config.scrub(f"{type(exc).__name__}: {exc}")
         cls = {
             SinkFailure.OPERATOR: ServomexSinkFault,
@@ -248,6 +261,13 @@ class PostgresSink(BaseSink):
     async def open(self) -> None:
         if self._is_open:
             return
+        if running_asyncio_loop() is None:
+            backend = current_backend()
+            raise ServomexSinkDependencyError(
+                f"the Postgres sink runs on asyncio only (asyncpg is asyncio-only), not "
+                f"under {backend}: run it under asyncio or use another sink",
+                context={"backend": backend, "requires": "asyncio"},
+            )
         try:
             import asyncpg
         except ImportError as exc:
@@ -265,6 +285,11 @@ class PostgresSink(BaseSink):
                 "statement_timeout": str(config.statement_timeout_ms),
             },
         }
+        try:
+            # Given explicitly, so it wins over the DSN's sslmode (merged into tls()).
+            connect["ssl"] = asyncpg_ssl(config.tls())
+        except TlsSetupError as exc:
+            self._raise("TLS setup", exc)
         if "reset" in inspect.signature(asyncpg.create_pool).parameters:  # asyncpg >= 0.30
             connect["reset"] = _no_session_reset
         if config.dsn is not None:
@@ -295,27 +320,15 @@ class PostgresSink(BaseSink):
         except BaseException:
             await self._terminate_pool()
             raise
-        log.info("sink.opened", sink=self.kind, target=config.target(), columns=len(self.columns))
+        log.debug(
+            "sink.postgres.schema_ready", target=config.target(), columns=len(self.columns)
+        )
         self._is_open = True
 
     async def _lock_schema(self, conn: Any) -> None:
         config = self.config
         if config.create_table:
-            async with conn.transaction():
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_namespace WHERE nspname = $1", config.schema
-                )
-                if not exists:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{config.schema}"')
-                columns = ", ".join(
-                    f'"{name}" {_CREATE_TYPES.get(name, "text")}' for name in ROW_COLUMNS
-                )
-                await conn.execute(f"CREATE TABLE IF NOT EXISTS {self._qualified} ({columns})")
-                index = f"{config.table[:40]}_device_time_idx"
-                await conn.execute(
-                    f'CREATE INDEX IF NOT EXISTS "{index}" ON {self._qualified} '
-                    '("device", "channel", "received_at")'
-                )
+            await self._fleet.create_layout(conn)
         rows = await conn.fetch(
             "SELECT column_name, data_type, udt_name FROM information_schema.columns "
             "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
@@ -329,13 +342,26 @@ class PostgresSink(BaseSink):
              else row["data_type"])
             for row in rows
         ]
+        site_type = dict(target).get("site")
+        if config.site is not None and site_type is not None:
+            if site_type not in _TEXT_TYPES:
+                raise ServomexSinkSchemaError(
+                    f"column 'site' has type {site_type}; it must be text to hold the site",
+                    context={"column": "site", "type": site_type},
+                )
+            target = [item for item in target if item[0] != "site"]
+            self._site = (config.site,)
+        else:
+            self._site = ()
         plan = build_plan(
             f"postgres:{config.schema}.{config.table}", target, _converter, warned=self._warned
         )
-        names = ", ".join(f'"{name}"' for name in plan.columns)
-        values = ", ".join(f"${index}" for index in range(1, len(plan.columns) + 1))
+        self._copy_columns = plan.columns + (("site",) if self._site else ())
+        names = ", ".join(f'"{name}"' for name in self._copy_columns)
+        values = ", ".join(f"${index}" for index in range(1, len(self._copy_columns) + 1))
         self._insert_sql = f"INSERT INTO {self._qualified} ({names}) VALUES ({values})"  # noqa: S608 - identifiers validated
         self._plan = plan
+        await self._fleet.check_layout(conn)
 
     async def _why_no_columns(self, conn: Any) -> ServomexSinkError:
         """No visible column: the table is missing, or exists but this user may not use
@@ -451,11 +477,16 @@ class PostgresSink(BaseSink):
     async def _write(self, records: Sequence[Record], checkpoint: Checkpoint | None) -> None:
         plan = self._plan
         assert plan is not None
-        rows = plan.apply(records if isinstance(records, list) else list(records))
+        source = records if isinstance(records, list) else list(records)
+        rows = plan.apply(source)
+        if self._site:
+            site = self._site
+            rows = [row + site for row in rows]
         async with self._lock:
             try:
                 conn = await self._connection()
-                await self._guarded(conn, self._write_on(conn, rows, checkpoint), len(rows))
+                work = self._write_on(conn, rows, source, checkpoint)
+                await self._guarded(conn, work, len(rows))
             except BaseException as exc:
                 # Start the next write on a clean connection, whatever state this one
                 # is in (a cancelled COPY, a dead socket).
@@ -463,12 +494,48 @@ class PostgresSink(BaseSink):
                 if isinstance(exc, self._driver_errors()):
                     self._raise("write", exc)
                 raise
-        self._checkpoint_ready = self._checkpoint_ready or checkpoint is not None
+            self._checkpoint_ready = self._checkpoint_ready or checkpoint is not None
+            fleet = self._fleet
+            fleet.note_write(source, None if checkpoint is None else checkpoint[0])
+            if fleet.due():
+                await self._housekeeping(conn)
 
-    async def _write_on(self, conn: Any, rows: list[Record], checkpoint: Checkpoint | None) -> None:
+    async def _housekeeping(self, conn: Any) -> None:
+        """Partitions, retention, registry heartbeat: never fails the committed batch."""
+        try:
+            await self._fleet.after_write(conn)
+        except self._driver_errors() as exc:
+            await self._drop_connection()
+            log.warning(
+                "sink.maintenance_failed",
+                target=self.config.target(),
+                error=self.config.scrub(f"{type(exc).__name__}: {exc}"),
+            )
+
+    async def run_maintenance(self) -> None:
+        """Run partition upkeep and retention now (also runs on its own when due)."""
+        self._require_open()
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                await self._fleet.maintain(conn)
+            except BaseException as exc:
+                await self._drop_connection()
+                if isinstance(exc, self._driver_errors()):
+                    self._raise("maintenance", exc)
+                raise
+
+    async def _write_on(
+        self,
+        conn: Any,
+        rows: list[Record],
+        records: list[Record],
+        checkpoint: Checkpoint | None,
+    ) -> None:
         config = self.config
         timeout = config.command_timeout_s
-        if checkpoint is None and config.use_copy:
+        rolled = self._fleet.has_rollups
+        if checkpoint is None and config.use_copy and not rolled:
             # COPY is atomic on its own: no BEGIN/COMMIT round trips.
             await self._copy(conn, rows, timeout)
             return
@@ -478,8 +545,13 @@ class PostgresSink(BaseSink):
                     await self._copy(conn, rows, timeout)
                 else:
                     await conn.executemany(self._insert_sql, rows, timeout=timeout)
+            # Rollups in the same transaction as the rows and the checkpoint: exactly once.
             if checkpoint is not None:
-                await self._advance_checkpoint(conn, checkpoint, timeout)
+                await self._advance_checkpoint(
+                    conn, checkpoint, timeout, records if rolled and records else None
+                )
+            elif rolled and records:
+                await self._fleet.write_rollups(conn, records, timeout)
 
     async def probe_records(self, records: Sequence[Record]) -> None:
         """Insert ``records`` in a transaction that is always rolled back (isolating
@@ -508,7 +580,11 @@ class PostgresSink(BaseSink):
                 raise
 
     async def _advance_checkpoint(
-        self, conn: Any, checkpoint: Checkpoint, timeout: float  # noqa: ASYNC109 - per statement
+        self,
+        conn: Any,
+        checkpoint: Checkpoint,
+        timeout: float,  # noqa: ASYNC109 - per statement
+        rollup_records: list[Record] | None = None,
     ) -> None:
         """Move the checkpoint forward in the write's transaction, or refuse the write.
 
@@ -517,14 +593,21 @@ class PostgresSink(BaseSink):
         another connection, it waits for that COMMIT, then (READ COMMITTED re-checks ON
         CONFLICT against the new row) finds the batches already there and updates
         nothing. The conflict then rolls the whole write back. It runs after the COPY
-        because taking the lock first cost about 10 % of the backlog drain rate.
+        because taking the lock first cost about 10 % of the backlog drain rate. With
+        ``rollup_records`` the same statement merges the rollups when the checkpoint moved
+        (``FleetLayout.write_rollups_and_checkpoint``): one round trip for both.
         """
         if not self._checkpoint_ready:
             await self._create_checkpoint_table(conn)
         first = checkpoint_first_seq(checkpoint)
-        stored = await conn.fetchval(
-            self._upsert_sql, checkpoint[0], checkpoint[1], first, timeout=timeout
-        )
+        if rollup_records is not None:
+            stored = await self._fleet.write_rollups_and_checkpoint(
+                conn, rollup_records, (checkpoint[0], checkpoint[1], first), timeout
+            )
+        else:
+            stored = await conn.fetchval(
+                self._upsert_sql, checkpoint[0], checkpoint[1], first, timeout=timeout
+            )
         if stored is None:
             current = await conn.fetchval(
                 f"SELECT seq FROM {self._checkpoints} WHERE stream = $1",  # noqa: S608 - validated
@@ -580,21 +663,17 @@ class PostgresSink(BaseSink):
         await conn.copy_records_to_table(
             self.config.table,
             records=rows,
-            columns=plan.columns,
+            columns=self._copy_columns,
             schema_name=self.config.schema,
             timeout=limit,
         )
 
     async def _create_checkpoint_table(self, conn: Any) -> None:
-        # An existing table needs no CREATE privilege on the schema (a deployment may
-        # create it once and grant INSERT, UPDATE, SELECT only).
-        exists = await conn.fetchval(
-            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-            self.config.schema,
-            CHECKPOINT_TABLE,
-        )
-        if exists:
+        # Look first: CREATE ... IF NOT EXISTS needs CREATE on the schema even when the
+        # table exists, which a fleet's INSERT-only site role does not have.
+        if await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f"{self._checkpoints}"
+        ):
             return
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self._checkpoints} ("

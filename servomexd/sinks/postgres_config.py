@@ -7,16 +7,18 @@ The password (a field, or inside the DSN) never appears in ``repr``/``str``,
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from servomexd.errors import ServomexValidationError
+from servomexd.redaction import MASK, mask_text
 from servomexd.sinks.base import CHECKPOINT_TABLE, validate_identifier
+from servomexd.sinks.pg_partitions import PARTITION_SETTINGS, parse_duration
+from servomexd.sinks.pg_rollups import parse_rollup
+from servomexd.sinks.postgres_tls import TLS_KEYS, PgTls, merge_tls
 
 _SCHEMES = ("postgres", "postgresql")
-_QUERY_SECRET = re.compile(r"(?i)((?:^|&)(?:password|sslpassword)=)[^&]*")
-MASK = "***"
 
 
 def _split(dsn: str) -> SplitResult | None:
@@ -28,21 +30,6 @@ def _split(dsn: str) -> SplitResult | None:
     if parts.scheme not in _SCHEMES:
         return None
     return parts
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password (in the netloc or the query) replaced by ``***``."""
-    parts = _split(dsn)
-    if parts is None:
-        return MASK  # unparseable: it could hold anything
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, hostinfo = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + MASK
-        netloc = f"{userinfo}@{hostinfo}"
-    query = _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def dsn_password(dsn: str) -> str | None:
@@ -81,6 +68,21 @@ class PostgresConfig:
     command_timeout_s: float = 10.0
     create_table: bool = False
     use_copy: bool = True
+    sslmode: str | None = None
+    """libpq's sslmode (see ``postgres_tls``); None: the DSN's, else ``prefer``."""
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    """Path of the client key; None: the credential ``pg-sslkey``, else inside sslcert."""
+    # --- fleet (docs/operations.md) ---
+    site: str | None = None
+    """Written to a ``site`` column when the table has one (created with one when set)."""
+    partition: str = "none"
+    """day, week, month or none: the layout of a table this sink creates."""
+    retention: str | None = None
+    rollups: tuple[str, ...] = ()
+    rollup_retention: str | None = None
+    maintenance_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         def bad(field: str, reason: str) -> ServomexValidationError:
@@ -121,6 +123,48 @@ class PostgresConfig:
             math.isfinite(timeout) and timeout > 0
         ):
             raise bad("command_timeout_s", f"must be a number > 0, got {timeout!r}")
+        try:
+            self.tls()
+        except ValueError as exc:
+            key = str(exc).split(":", 1)[0]
+            raise bad(key if key in TLS_KEYS else "sslmode", str(exc).split(": ", 1)[-1]) from None
+        self._check_fleet(bad)
+
+    def _check_fleet(self, bad: Callable[[str, str], ServomexValidationError]) -> None:
+        if self.site is not None and (
+            not isinstance(self.site, str) or not self.site.strip() or len(self.site) > 128
+        ):
+            raise bad("site", "must be a non-empty string of at most 128 characters")
+        if self.partition not in PARTITION_SETTINGS:
+            raise bad("partition", f"must be one of {', '.join(PARTITION_SETTINGS)}")
+        for name in ("retention", "rollup_retention"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    parse_duration(value)
+                except ValueError as exc:
+                    raise bad(name, str(exc)) from None
+        if not isinstance(self.rollups, tuple):
+            raise bad("rollups", "must be a tuple of intervals such as ('1m', '1h')")
+        for text in self.rollups:
+            try:
+                spec = parse_rollup(text)
+            except ValueError as exc:
+                raise bad("rollups", str(exc)) from None
+            if len(spec.table(self.table)) > 63:
+                raise bad("rollups", f"table name {spec.table(self.table)!r} is over 63 characters")
+        if len(set(self.rollups)) != len(self.rollups):
+            raise bad("rollups", "an interval is listed twice")
+        interval = self.maintenance_interval_s
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not (
+            math.isfinite(interval) and interval > 0
+        ):
+            raise bad("maintenance_interval_s", f"must be a number > 0, got {interval!r}")
+
+    def tls(self) -> PgTls:
+        """The effective TLS settings (these fields merged with the DSN's query string)."""
+        fields = {key: getattr(self, key) for key in TLS_KEYS}
+        return merge_tls(fields, self.dsn)
 
     # --- log-safe forms -----------------------------------------------------------------
 
@@ -148,10 +192,9 @@ class PostgresConfig:
         return tuple(secret for secret in found if secret)
 
     def scrub(self, text: str) -> str:
-        """``text`` with every secret replaced by ``***`` (for driver error messages)."""
-        for secret in sorted(self.secrets(), key=len, reverse=True):
-            text = text.replace(secret, MASK)
-        return text
+        """``text`` with this config's secrets, and any secret-shaped value, masked
+        (for driver error messages)."""
+        return mask_text(text, self.secrets())
 
     def __repr__(self) -> str:
         shown = []
@@ -160,7 +203,7 @@ class PostgresConfig:
             if field.name == "password" and value is not None:
                 shown.append(f"password='{MASK}'")
             elif field.name == "dsn" and value is not None:
-                shown.append(f"dsn={mask_dsn(value)!r}")
+                shown.append(f"dsn={mask_text(value, [dsn_password(value)])!r}")
             else:
                 shown.append(f"{field.name}={value!r}")
         return f"PostgresConfig({', '.join(shown)})"

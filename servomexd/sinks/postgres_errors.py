@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 
 from servomexd.errors import SinkFailure
-from servomexd.logs import redact_text
+from servomexd.redaction import mask_text
 
 if TYPE_CHECKING:
     from servomexd.sinks.postgres_config import PostgresConfig
@@ -164,8 +164,8 @@ class _DriverLogRoute(logging.Filter):
         emit(
             event,
             driver=record.name,
-            message=redact_text(record.getMessage()),
-            cause=None if cause is None else redact_text(cause),
+            message=mask_text(record.getMessage()),
+            cause=None if cause is None else mask_text(cause),
         )
         return False
 

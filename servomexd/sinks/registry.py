@@ -12,18 +12,47 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from servomexd.sinks.base import BaseSink
 from servomexd.sinks.files import CsvSink, JsonlSink
 from servomexd.sinks.parquet import ParquetSink
 from servomexd.sinks.postgres import PostgresSink
+from servomexd.sinks.postgres_config import PostgresConfig
 from servomexd.sinks.sqlite import SqliteSink
 
-if TYPE_CHECKING:  # the settings model imports this table, not the other way round
-    from servomexd.config import SinkSettings
 
-Builder = Callable[["SinkSettings", Path, "str | None"], BaseSink]
+class _PostgresSettings(Protocol):
+    def to_sink_config(self, password: str | None) -> PostgresConfig: ...
+    def resolve_password(self) -> str | None: ...
+
+
+class _ParquetSettings(Protocol):
+    @property
+    def compression(self) -> str: ...
+    @property
+    def roll_interval(self) -> float: ...
+
+
+class SinkSettings(Protocol):
+    """The ``[sink]`` settings as this table reads them (``config.SinkSettings``).
+
+    Structural, so the settings model can import this table and not the other way round.
+    """
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def synchronous(self) -> str: ...
+    @property
+    def postgres(self) -> _PostgresSettings: ...
+    @property
+    def parquet(self) -> _ParquetSettings: ...
+
+
+Builder = Callable[[SinkSettings, Path, "str | None"], BaseSink]
 """``(settings, path, password) -> sink``: ``path`` is where a file sink writes (a new
 timestamped name when the sink makes a file per open), ``password`` its credential."""
 

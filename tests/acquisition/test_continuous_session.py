@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from servomexd.acquisition.base import Rejection
 from servomexd.acquisition.continuous import ContinuousSession, ContinuousSessionFactory
 from servomexd.errors import ServomexConnectionError
 from servomexd.link.serial import SerialSettings
-from servomexd.model import Frame, ProtocolKind
+from servomexd.model import Frame, ProtocolKind, Rejection
 from servomexd.simulator.continuous import ContinuousSimulator
 
 

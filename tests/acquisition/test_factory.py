@@ -38,3 +38,17 @@ async def test_missing_port_raises_connection_error() -> None:
     factory = build_session_factory(DeviceConfig(name="a", port="/nonexistent/ttyQ"))
     with pytest.raises(ServomexConnectionError):
         await factory.open()
+
+
+def test_auto_device_gets_the_auto_factory_and_declares_its_line() -> None:
+    from servomexd.acquisition.auto import AutoSessionFactory
+    from servomexd.acquisition.modbus import ModbusBusRegistry
+    from servomexd.errors import ServomexConfigError
+
+    buses = ModbusBusRegistry()
+    device = DeviceConfig(name="m", port="/dev/ttyM", protocol="auto", address=7)
+    assert isinstance(build_session_factory(device, buses), AutoSessionFactory)
+    # The same address on the same line is refused while building, as configuration does.
+    twin = DeviceConfig(name="n", port="/dev/ttyM", protocol="modbus_rtu", address=7)
+    with pytest.raises(ServomexConfigError, match="distinct Modbus addresses"):
+        build_session_factory(twin, buses)

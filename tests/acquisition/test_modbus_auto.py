@@ -19,7 +19,8 @@ from servomexd.acquisition.auto import (
     listen_window,
 )
 from servomexd.acquisition.continuous import ContinuousSession as ContinuousSessionType
-from servomexd.acquisition.modbus import ModbusBusRegistry, ModbusSession, build_modbus_factory
+from servomexd.acquisition.factory import build_session_factory
+from servomexd.acquisition.modbus import ModbusBusRegistry, ModbusSession
 from servomexd.config import DeviceConfig
 from servomexd.errors import ServomexConnectionError
 from servomexd.model import ChannelId, Frame, ProtocolKind
@@ -70,7 +71,7 @@ def test_listen_window() -> None:
 @pytest.mark.parametrize("protocol", [ProtocolKind.MODBUS_RTU, ProtocolKind.MODBUS_ASCII])
 async def test_auto_finds_modbus(protocol: ProtocolKind, buses: ModbusBusRegistry) -> None:
     async with ModbusSimulator(protocol=protocol, addresses=[30]) as sim:
-        factory = build_modbus_factory(auto_device(sim.link_path), buses)
+        factory = build_session_factory(auto_device(sim.link_path), buses)
         assert isinstance(factory, AutoSessionFactory)
         session = await factory.open()
         try:

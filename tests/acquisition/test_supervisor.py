@@ -10,19 +10,20 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry
 
-from servomexd.acquisition.backoff import Backoff
-from servomexd.acquisition.base import AcquisitionEvent, Rejection
 from servomexd.acquisition.supervisor import DeviceSupervisor
+from servomexd.backoff import Backoff
 from servomexd.errors import ServomexChecksumError, ServomexConnectionError
 from servomexd.metrics import Metrics
 from servomexd.model import (
     CLEAR_STATUS,
+    AcquisitionEvent,
     AnalyserStatus,
     ChannelId,
     ChannelKind,
     Frame,
     ProtocolKind,
     Reading,
+    Rejection,
     Sample,
     Unit,
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 from servomexd.config import SinkSettings
 from servomexd.delivery import Writer
 from servomexd.destination import Destination

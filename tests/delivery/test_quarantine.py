@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from rig import FlakyDestination, Rig, rec, stored, until
 from structlog.testing import capture_logs
 
-from servomexd.acquisition.backoff import Backoff
+from servomexd.backoff import Backoff
 from servomexd.config import PostgresSettings, SinkSettings
 from servomexd.delivery import Writer
 from servomexd.destination import Destination

@@ -160,8 +160,46 @@ def test_entrypoint_and_cmd_run_the_daemon(final: Stage) -> None:
 def test_state_volume_config_and_port(final: Stage) -> None:
     assert json.loads(final.last("VOLUME").args) == ["/var/lib/servomexd"]
     assert final.last("EXPOSE").args.split() == [str(DEFAULT_METRICS_PORT)]
-    config_copy = [c for c in final.all("COPY") if c.args.split()[-1] == DEFAULT_CONFIG_PATH]
-    assert config_copy, "the example configuration is not in the image"
+    # The example ships as documentation; at the configuration path it would run as if it
+    # were the site's configuration (a container without its mount must exit 78 instead).
+    targets = [c.args.split()[-1] for c in final.all("COPY")]
+    assert DEFAULT_CONFIG_PATH not in targets
+    assert "/usr/local/share/doc/servomexd/servomexd.toml.example" in targets
+
+
+def test_dependencies_pinned_by_the_constraints_file(stages: list[Stage]) -> None:
+    from importlib.metadata import requires
+
+    script = " ".join(i.args for i in stages[0].all("RUN"))
+    assert "--constraint deploy/constraints.txt" in script
+    pins: dict[str, str] = {}
+    for line in (REPO / "deploy" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not an exact pin: {line}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    declared = requires("servomexd") or []
+    for requirement in declared:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement)
+        assert name is not None
+        marker = requirement.partition(";")[2]
+        extras = re.findall(r'extra == "([^"]+)"', marker)
+        if extras and not {"postgres", "parquet"} & set(extras):
+            continue
+        key = re.sub(r"[-_.]+", "-", name.group(0)).lower()
+        assert key in pins, f"{key} is not pinned in deploy/constraints.txt"
+
+
+def test_image_user_matches_the_installers_ids(final: Stage) -> None:
+    """The host's /etc/servomexd is root:servomexd 0640 (deploy/install.sh); mounted into
+    the container it is readable only if the image's group has the installer's gid."""
+    installer = (REPO / "deploy" / "install.sh").read_text()
+    match = re.search(r"^readonly service_id=(\d+)$", installer, re.M)
+    assert match, "deploy/install.sh does not fix the servomexd uid/gid"
+    setup = " ".join(r.args for r in final.all("RUN"))
+    assert f"--gid {match.group(1)} servomexd" in setup
+    assert f"--uid {match.group(1)}" in setup
+    assert final.last("USER").args == f"{match.group(1)}:{match.group(1)}"
 
 
 def _healthcheck(final: Stage) -> list[str]:

@@ -149,6 +149,34 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     commands = [line for line in out.splitlines() if line.startswith("+ ")]
     assert any(f"{root}/usr/local/lib/systemd/system/servomexd.service" in c for c in commands)
     assert f"{root}/etc/servomexd/servomexd.toml" in out
+    # It says what it would do; it never claims to have done it.
+    said = [line for line in out.splitlines() if not line.startswith("+ ")]
+    assert f"install.sh: would install {'/' + CONFIG} (edit it for your site)" in said, said
+    claims = ("installed", "created", "linked", "removed")
+    assert not [line for line in said if any(f": {word} " in line for word in claims)], said
+
+
+def test_links_the_command_and_uninstall_unlinks_it(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    out = install("--destdir", root, "--skip-venv")
+    link = root / "usr/local/bin/servomexd"
+    assert os.readlink(link) == "/opt/servomexd/venv/bin/servomexd"
+    assert "linked /usr/local/bin/servomexd -> /opt/servomexd/venv/bin/servomexd" in out
+    install("--destdir", root, "--skip-venv")  # idempotent
+    assert os.readlink(link) == "/opt/servomexd/venv/bin/servomexd"
+    install("--destdir", root, "--skip-venv", "--uninstall")
+    assert not link.is_symlink()
+
+
+def test_never_replaces_another_servomexd_command(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    mine = root / "usr/local/bin/servomexd"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("#!/bin/sh\n")
+    out = install("--destdir", root, "--skip-venv")
+    assert "is not our link" in out and mine.read_text() == "#!/bin/sh\n"
+    install("--destdir", root, "--skip-venv", "--uninstall")
+    assert mine.read_text() == "#!/bin/sh\n"
 
 
 @pytest.mark.parametrize(
@@ -208,7 +236,8 @@ def test_live_dry_run_plans_the_user_and_changes_nothing(user_absent: None) -> N
     out = install("--dry-run", "--wheel", INSTALL_SH)  # any existing file passes the check
     commands = [line for line in out.splitlines() if line.startswith("+ ")]
     assert any(
-        c.startswith("+ useradd --system --user-group --groups dialout") and c.endswith("servomexd")
+        c.startswith("+ useradd --system") and "--gid servomexd --groups dialout" in c
+        and c.endswith("servomexd")
         for c in commands
     ), commands
     assert "+ chown root:servomexd -- /etc/servomexd" in commands

@@ -8,6 +8,7 @@ Dependencies come from the package index (pip's cache makes a second run fast).
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import zipfile
@@ -115,8 +116,16 @@ def test_install_sh_installs_the_wheel_into_a_clean_venv(wheel: Path, tmp_path: 
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"installed servomexd {servomexd.__version__} into /opt/servomexd/venv" in again.stdout
     assert run([exe, "--version"]).returncode == 0
+    # Installing from the source tree leaves no build output in it.
+    assert not (src / "build").exists() and not list(src.glob("*.egg-info")), sorted(
+        p.name for p in src.iterdir()
+    )
+    # servomexd is on PATH (a link in /usr/local/bin), as the README's commands assume.
+    link = root / "usr/local/bin/servomexd"
+    assert link.is_symlink() and os.readlink(link) == "/opt/servomexd/venv/bin/servomexd"
 
     removed = run(["bash", install_sh, "--destdir", root, "--uninstall"])
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert not (root / "opt/servomexd").exists()
+    assert not link.is_symlink() and not link.exists()
     assert config.exists()

@@ -153,7 +153,7 @@ class DaemonProc:
 
     @property
     def metrics_port(self) -> int:
-        match = re.search(r"event=metrics_listening .*port=(\d+)", self.text())
+        match = re.search(r"event=metrics\.listening .*port=(\d+)", self.text())
         assert match, self.text()
         return int(match.group(1))
 

@@ -229,6 +229,24 @@ def test_bad_config_exits_78_naming_the_field(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_bad_config_under_journald_is_logged_at_error_priority(tmp_path: Path) -> None:
+    """Under journald an unprefixed stderr line is stored at info: the reason must be <3>."""
+    import os
+    import subprocess
+
+    config = tmp_path / "bad.toml"
+    config.write_text('[[devices]]\nname = "a"\nport = "/dev/ttyX"\nbogus = 1\n')
+    env = dict(os.environ, JOURNAL_STREAM="8:12345")
+    proc = subprocess.run(
+        [PYTHON, "-m", "servomexd", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, check=False, env=env,
+    )
+    assert proc.returncode == 78
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith("<3>servomexd: ") for line in lines), lines
+    assert any("devices[0].bogus" in line for line in lines), lines
+
+
 def test_missing_port_at_start_is_not_fatal(tmp_path: Path, procs: list[object]) -> None:
     config = write_config(
         tmp_path, [{"name": "absent", "port": str(tmp_path / "nope")}]

@@ -98,7 +98,8 @@ def test_modbus_multidrop_into_sqlite(tmp_path: Path) -> None:
             assert [r["channel"] for r in poll_rows] == CHANNELS
             assert {r["protocol"] for r in poll_rows} == {"modbus_rtu"}
             names = [r["name"] for r in poll_rows]
-            assert names == ["Oxygen", "CO", "CO\u2082", None, None]
+            # Sent with the display glyph 0x82, stored as the canonical ASCII name.
+            assert names == ["Oxygen", "CO", "CO2", None, None]
             assert [r["unit"] for r in poll_rows] == ["%", "%", "%", "mA", "mA"]
             assert {r["ok"] for r in poll_rows} == {"true"}
             # requested_at / latency_s filled on every Modbus row, consistently.

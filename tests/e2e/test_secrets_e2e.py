@@ -73,9 +73,9 @@ def _run_and_collect(
 def _metrics_port(daemon: DaemonProc) -> int:
     import re
 
-    wait_for(lambda: re.search(r"metrics_listening", daemon.text()) is not None, 10,
+    wait_for(lambda: re.search(r"metrics\.listening", daemon.text()) is not None, 10,
              "metrics listening")
-    line = next(line for line in daemon.text().splitlines() if "metrics_listening" in line)
+    line = next(line for line in daemon.text().splitlines() if "metrics.listening" in line)
     match = re.search(r'port\W+(\d+)', line)
     assert match, line
     return int(match.group(1))
@@ -168,7 +168,7 @@ def test_check_config_prints_masked(tmp_path: Path) -> None:
                           sink={"type": "postgres"}, postgres={"dsn": dsn})  # fmt: skip
     result = _check_config(config)
     assert result.returncode == 0, result.stderr
-    assert "postgresql://svc:********@db/plant?sslmode=require&password=********" in result.stdout
+    assert "postgresql://svc:***@db/plant?sslmode=require&password=***" in result.stdout
     assert _leaks(result.stdout + result.stderr) == []
 
 
@@ -217,7 +217,7 @@ def test_metrics_default_listen_is_localhost_only(tmp_path: Path) -> None:
     daemon = DaemonProc(config)
     try:
         daemon.wait_ready()
-        listening = next(line for line in daemon.text().splitlines() if "metrics_listening" in line)
+        listening = next(line for line in daemon.text().splitlines() if "metrics.listening" in line)
         assert "host=127.0.0.1" in listening and f"port={DEFAULT_METRICS_PORT}" in listening
         assert "servomexd_build_info" in _get(DEFAULT_METRICS_PORT, "/metrics")
         other = _non_loopback_ipv4()

@@ -37,8 +37,10 @@ PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
 VARIABLES = {
     "datasource": None,  # never inside PromQL
     "job": ".*",
+    "site": ".*",
     "instance": ".*",
     "device": ".*",
+    "gas": ".*",
     "__rate_interval": "10s",
     "__interval": "5s",
     "__range": "1m",
@@ -139,14 +141,17 @@ class PrometheusServer:
     """A throwaway ``prometheus`` server scraping given targets every second."""
 
     def __init__(self, binary: str, workdir: Path, targets: list[str],
-                 rule_files: list[str] | None = None) -> None:
+                 rule_files: list[str] | None = None,
+                 scrape_configs: list[dict[str, Any]] | None = None) -> None:
+        """``scrape_configs`` replaces the default plain-HTTP job over ``targets``."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                        "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "servomexd",
-                                "static_configs": [{"targets": targets}]}],
+            "scrape_configs": scrape_configs or [
+                {"job_name": "servomexd", "static_configs": [{"targets": targets}]}
+            ],
         }
         if rule_files:
             config["rule_files"] = rule_files

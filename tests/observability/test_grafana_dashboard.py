@@ -154,3 +154,31 @@ def test_every_servomexd_metric_is_on_the_dashboard_and_documented() -> None:
     assert sorted(m for m in exported if m not in exprs) == []
     docs = (PROVISIONING.parents[2] / "docs" / "metrics.md").read_text()
     assert sorted(m for m in exported if f"`{m}`" not in docs) == []
+
+
+def test_links_up_turns_red_when_a_configured_link_is_down() -> None:
+    """Up / configured, green only at 1: 2 of 3 links up is red, not a green "2"."""
+    panel = next(p for p in iter_panels(load_dashboard()["panels"]) if p["title"] == "Links up")
+    exprs = [t["expr"] for t in panel["targets"]]
+    link_up = (
+        'servomexd_link_up{job=~"$job", site=~"$site", instance=~"$instance", '
+        'device=~"$device"}'
+    )
+    assert exprs[0] == f"sum({link_up}) / count({link_up})"
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["color"]["mode"] == "thresholds"
+    steps = defaults["thresholds"]["steps"]
+    assert steps == [{"color": "red", "value": None}, {"color": "green", "value": 1}]
+    assert defaults["unit"] == "percentunit"
+
+
+def test_one_readings_panel_per_gas() -> None:
+    """O2 (around 21 %) and CO or CO2 (around 0.1 %) never share an axis."""
+    dashboard = load_dashboard()
+    readings = [p for p in iter_panels(dashboard["panels"]) if p["type"] == "timeseries"
+                and "servomexd_reading" in p["targets"][0]["expr"]]  # fmt: skip
+    assert len(readings) == 1
+    assert readings[0]["repeat"] == "gas"
+    assert 'name=~"$gas"' in readings[0]["targets"][0]["expr"]
+    gas = next(v for v in dashboard["templating"]["list"] if v["name"] == "gas")
+    assert gas["query"]["query"].endswith(", name)") and gas["includeAll"]

@@ -29,10 +29,9 @@ from obs_tools import (
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from servomexd.acquisition.base import Rejection
 from servomexd.http import MetricsServer
 from servomexd.metrics import Metrics
-from servomexd.model import Frame
+from servomexd.model import Frame, Rejection
 
 CAPTURE = Path(__file__).resolve().parents[1] / "fixtures" / "continuous_4100_live_5ch.bin"
 

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servomexd.acquisition.base import Rejection
 from servomexd.errors import (
     ServomexChecksumError,
     ServomexFrameError,
@@ -24,6 +23,7 @@ from servomexd.model import (
     ChannelStatus,
     Frame,
     ProtocolKind,
+    Rejection,
     Unit,
 )
 from servomexd.protocol.continuous import (

@@ -20,7 +20,7 @@ BENCH = (I1, I2, I3, E1, E2)
 
 
 def test_slot_addresses_match_the_table() -> None:
-    # Fact sheet 3.3: value/name/unit PDU of each channel.
+    # docs/protocol.md#register-map: value/name/unit PDU of each channel.
     assert [(mb.value_address(c), mb.name_address(c), mb.unit_address(c)) for c in ChannelId] == [
         (0, 2, 5), (7, 9, 12), (14, 16, 19), (21, 23, 26), (28, 30, 33),
         (35, 37, 40), (42, 44, 47), (49, 51, 54), (56, 58, 61), (63, 65, 68),
@@ -76,9 +76,25 @@ def test_oxygen_name_registers() -> None:
     assert mb.decode_name([0x4F78, 0x7967, 0x656E]) == "Oxygen"
 
 
-def test_co2_subscript_glyph() -> None:
+def test_co2_subscript_glyph_gives_the_canonical_ascii_name() -> None:
+    # The display glyph 0x82 (subscript two) decodes to CO\u2082; the canonical name,
+    # the one continuous mode sends, is CO2.
     registers = mb.bytes_to_registers(bytes.fromhex("434F82202020"))
-    assert mb.decode_name(registers) == "CO\u2082"
+    assert mb.decode_display_text(bytes.fromhex("434F82")) == "CO\u2082"
+    assert mb.decode_name(registers) == "CO2"
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        (b"NO\x82   ", "NO2"),
+        (b"O\x82    ", "O2"),
+        (b"CO\xb2   ", "CO2"),  # Latin-1 superscript two
+        (b"H\x82S\x00\x00\x00", "H2S"),
+    ],
+)
+def test_sub_and_superscripts_in_names_become_ascii(raw: bytes, name: str) -> None:
+    assert mb.decode_name(mb.bytes_to_registers(raw)) == name
 
 
 def test_every_byte_decodes_without_raising() -> None:
@@ -121,7 +137,7 @@ def test_units(raw: bytes, unit: Unit, text: str) -> None:
 def test_encode_display_text_round_trip() -> None:
     raw = mb.encode_display_text("CO\u2082", 6)
     assert raw == b"CO\x82   "
-    assert mb.decode_name(mb.bytes_to_registers(raw)) == "CO\u2082"
+    assert mb.decode_name(mb.bytes_to_registers(raw)) == "CO2"
     assert mb.encode_display_text("%", 4, pad=b"\x00") == b"%\x00\x00\x00"
     assert mb.encode_display_text("\u20ac", 2) == b"? "
 
@@ -282,7 +298,7 @@ def test_reported_channels_keep_named_slots_and_e1_e2() -> None:
         mb.decode_slot_info(E2, _slot(b"||||||", b" mA\x00")),
     ]
     assert mb.reported_channels(infos) == BENCH
-    assert infos[2].name == "CO\u2082"
+    assert infos[2].name == "CO2"
     assert infos[5] == mb.SlotInfo(E1, None, Unit.MA, "mA")
 
 
@@ -335,7 +351,7 @@ def test_decode_sweep_broad() -> None:
         latency_s=0.25,
     )
     assert [r.channel for r in frame.readings] == list(BENCH)
-    assert [r.name for r in frame.readings] == ["Oxygen", "CO", "CO\u2082", None, None]
+    assert [r.name for r in frame.readings] == ["Oxygen", "CO", "CO2", None, None]
     values = [r.value for r in frame.readings]
     assert values[:3] == [pytest.approx(20.378), pytest.approx(0.084), pytest.approx(0.25)]
     assert values[3:] == [0.0, 4.0]

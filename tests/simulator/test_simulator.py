@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from servomexd.acquisition.base import Rejection
 from servomexd.errors import ServomexConnectionError
 from servomexd.link.serial import SerialLink, SerialSettings
-from servomexd.model import Frame
+from servomexd.model import Frame, Rejection
 from servomexd.protocol.continuous import ContinuousFramer, checksum, parse_frame
 from servomexd.simulator.continuous import simulated_blocks
 

@@ -19,6 +19,7 @@ from servomexd.sinks import PostgresConfig, PostgresSink, SqliteSink
 RECORDS = [sample_to_record(s) for s in steady_samples(6)]
 
 
+@pytest.mark.anyio  # asyncio and trio
 async def test_sqlite_refuses_a_write_it_already_holds(tmp_path: Path) -> None:
     path = tmp_path / "out.sqlite"
     async with SqliteSink(path) as sink:
@@ -39,6 +40,7 @@ async def test_sqlite_refuses_a_write_it_already_holds(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM samples").fetchone()[0] == len(RECORDS)
 
 
+@pytest.mark.anyio  # asyncio and trio
 async def test_bad_first_seq_is_a_validation_error(tmp_path: Path) -> None:
     async with SqliteSink(tmp_path / "out.sqlite") as sink:
         with pytest.raises(ServomexValidationError):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sinkdata import T0, frame, varied_samples
+from sinkdata import T0, error_sample, frame, varied_samples
 
 from servomexd.model import ChannelId, ChannelStatus, ProtocolKind, Reading, Sample, Unit
 from servomexd.rows import ROW_COLUMNS, record_to_text_record, sample_to_record, sample_to_row
@@ -30,6 +30,20 @@ def test_text_rows_equal_sample_to_row_for_every_status_and_error_rows() -> None
         for value in row:
             assert value is None or type(value) in (str, float, int)
     assert len(rows[0]) == len(ROW_COLUMNS)
+
+
+def test_error_rows_of_one_channel_keep_it() -> None:
+    samples = [
+        error_sample(1)._replace(channel=ChannelId.D2),
+        error_sample(2),
+        error_sample(3)._replace(channel=ChannelId.E1),
+    ]
+    channel = ROW_COLUMNS.index("channel")
+    text = RowEncoder().text_rows(samples)
+    assert [row[channel] for row in text] == ["D2", None, "E1"]
+    assert all(row[channel] is None or type(row[channel]) is str for row in text)
+    assert [r[channel] for r in RowEncoder().native_records(samples)] == ["D2", None, "E1"]
+    assert text == [tuple(sample_to_row(s).values()) for s in samples]
 
 
 def test_native_records_equal_sample_to_record() -> None:
@@ -90,10 +104,12 @@ def _samples(draw: st.DrawFn) -> Sample:
     latency = draw(_optional_float)
     mono = draw(st.integers(min_value=0, max_value=2**63 - 1))
     if draw(st.booleans()):
-        return Sample.rejected(
+        rejected = Sample.rejected(
             draw(_text), protocol, ValueError(draw(_text)), received_at=received,
             monotonic_ns=mono, requested_at=requested, latency_s=latency,
         )
+        # An error of one channel (a failed Modbus read of it) carries that channel.
+        return rejected._replace(channel=draw(st.none() | _channels))
     channel = draw(_channels)
     reading = Reading(
         channel, channel.kind, draw(st.none() | _text), draw(_optional_float),

@@ -1,4 +1,5 @@
-"""InMemorySink, CsvSink, JsonlSink and ParquetSink, read back with their own readers."""
+"""InMemorySink, CsvSink, JsonlSink and ParquetSink, read back with their own readers,
+under asyncio and trio."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from sinkdata import steady_samples, varied_samples
 from servomexd.errors import ServomexSinkDependencyError, ServomexSinkError, ServomexValidationError
 from servomexd.rows import ROW_COLUMNS, sample_to_record
 from servomexd.sinks import CsvSink, InMemorySink, JsonlSink, ParquetSink, sample_to_row
+
+pytestmark = pytest.mark.anyio  # every async test runs under asyncio and trio
 
 
 def csv_text(value: Any) -> str:

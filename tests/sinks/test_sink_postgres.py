@@ -13,6 +13,8 @@ from sinkdata import steady_samples, varied_samples
 from structlog.testing import capture_logs
 
 from servomexd.errors import (
+    ServomexConfigError,
+    ServomexSinkDependencyError,
     ServomexSinkError,
     ServomexSinkSchemaError,
     ServomexSinkWriteError,
@@ -254,3 +256,18 @@ async def test_table_dropped_mid_run(pg_dsn: str, conn: asyncpg.Connection) -> N
         await sink.write_many(samples[10:])
         assert await sink.read_checkpoint("s") == 1
     assert await fetch(conn, "samples") == [sample_to_record(s) for s in samples[5:]]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_open_under_trio_says_the_sink_needs_asyncio(anyio_backend: str) -> None:
+    # asyncpg is asyncio-only: under trio open() refuses clearly, before any connection.
+    sink = PostgresSink(PostgresConfig(host="127.0.0.1", port=9, password="s3cret"))
+    with pytest.raises(ServomexSinkDependencyError) as caught:
+        await sink.open()
+    assert "asyncio only" in str(caught.value) and "not under trio" in str(caught.value)
+    assert caught.value.context == {"backend": "trio", "requires": "asyncio"}
+    assert isinstance(caught.value, ServomexConfigError)  # a usage error, not an outage
+    assert "s3cret" not in str(caught.value)
+    assert not sink.is_open
+    await sink.close()  # nothing to release

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 from sinkdata import steady_samples, varied_samples
 from structlog.testing import capture_logs
@@ -23,6 +23,8 @@ from servomexd.errors import (
 )
 from servomexd.rows import ROW_COLUMNS, sample_to_record
 from servomexd.sinks import SqliteSink, sample_to_row
+
+pytestmark = pytest.mark.anyio  # every async test runs under asyncio and trio
 
 
 def read_rows(path: Path, table: str = "samples") -> list[tuple[object, ...]]:
@@ -268,15 +270,16 @@ async def test_writes_do_not_block_the_event_loop(tmp_path: Path) -> None:
         async def ticker() -> None:
             nonlocal ticks
             while True:
-                await asyncio.sleep(0.01)
+                await anyio.sleep(0.01)
                 ticks += 1
 
-        task = asyncio.create_task(ticker())
         try:
-            with pytest.raises(ServomexSinkWriteError):
-                await sink.write_many(steady_samples(5))
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(ticker)
+                with pytest.raises(ServomexSinkWriteError):
+                    await sink.write_many(steady_samples(5))
+                tasks.cancel_scope.cancel()
         finally:
-            task.cancel()
             blocker.execute("ROLLBACK")
             blocker.close()
         assert ticks >= 10

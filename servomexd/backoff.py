@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 
 class Backoff:
-    """``next_delay()`` after a failure; ``mark_healthy_since(t)`` / ``reset()`` on success."""
+    """``next_delay()`` after a failure; ``mark_healthy()`` or ``reset()`` on success."""
 
     def __init__(
         self,
