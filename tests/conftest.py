@@ -6,6 +6,7 @@ Postgres tests are skipped only when no server can be found or started AND
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,3 +39,14 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
     """DSN of a fresh, uniquely named database, dropped after the test."""
     with fresh_database(pg_server) as dsn:
         yield dsn
+
+
+@pytest.fixture
+def pty_path() -> Iterator[str]:
+    """The path of a real pseudo-terminal's slave end: a tty that exists, held open."""
+    master, slave = os.openpty()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(slave)
+        os.close(master)
