@@ -277,30 +277,23 @@ class PgServer:
     def create_database(self) -> tuple[str, str]:
         """A fresh, uniquely named database: returns (name, dsn)."""
         name = f"servomexd_test_{uuid.uuid4().hex[:16]}"
-
-        async def create() -> None:
-            import asyncpg
-
-            conn = await asyncpg.connect(self.admin_dsn, timeout=10)
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        run_async(create)
+        self._admin_execute(f'CREATE DATABASE "{name}"')
         return name, with_database(self.admin_dsn, name)
 
     def drop_database(self, name: str) -> None:
-        async def drop() -> None:
+        self._admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _admin_execute(self, sql: str) -> None:
+        async def execute() -> None:
             import asyncpg
 
             conn = await asyncpg.connect(self.admin_dsn, timeout=10)
             try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await conn.execute(sql)
             finally:
                 await conn.close()
 
-        run_async(drop)
+        run_async(execute)
 
     def close(self) -> None:
         if self.cluster is not None:
@@ -323,6 +316,27 @@ def resolve_server() -> PgServer:
         cluster.cleanup()
         raise
     return PgServer(cluster.dsn, cluster)
+
+
+def query_rows(dsn: str, sql: str) -> list[tuple[object, ...]]:
+    """The rows of ``sql``; none while the server is down or the table not yet created
+    (for polling a daemon's progress)."""
+
+    async def fetch() -> list[tuple[object, ...]]:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except (OSError, asyncpg.PostgresError):
+            return []
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        except asyncpg.UndefinedTableError:
+            return []
+        finally:
+            await conn.close()
+
+    return run_async(fetch)
 
 
 def pg_required() -> bool:
