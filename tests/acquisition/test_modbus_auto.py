@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +40,11 @@ ASCII_PROBES = {
 
 
 def auto_device(port: str, **overrides: Any) -> DeviceConfig:
-    settings: dict[str, Any] = {
-        "name": "auto30",
-        "port": port,
-        "protocol": "auto",
-        "address": 30,
-        "poll_interval": 0.1,
-        "inter_request_delay": 0.02,
-        "request_timeout": 0.3,
-        "expected_frame_period": 0.3,
-    }
-    settings.update(overrides)
-    return DeviceConfig(**settings)
-
-
-@pytest.fixture
-async def buses() -> AsyncIterator[ModbusBusRegistry]:
-    registry = ModbusBusRegistry()
-    yield registry
-    await registry.aclose()
+    settings: dict[str, Any] = {"name": "auto30", "port": port, "protocol": "auto",
+                                "address": 30, "poll_interval": 0.1,
+                                "inter_request_delay": 0.02, "request_timeout": 0.3,
+                                "expected_frame_period": 0.3}  # fmt: skip
+    return DeviceConfig(**{**settings, **overrides})
 
 
 def test_listen_window() -> None:
