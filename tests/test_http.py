@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -104,9 +105,11 @@ class Reply:
         return data
 
 
-async def exchange(port: int, request: bytes, wait: float = 5.0) -> Reply:
-    """Send raw bytes, read until the server closes, parse the reply."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def exchange(
+    port: int, request: bytes, wait: float = 5.0, tls: ssl.SSLContext | None = None
+) -> Reply:
+    """Send raw bytes (over TLS with a context), read until the server closes, parse the reply."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     try:
         writer.write(request)
         await writer.drain()
