@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import bcrypt
 
-from servomexd.errors import ServomexConfigError
+from servomexd.errors import ServomexConfigError, short_cause
 
 if TYPE_CHECKING:
     from servomexd.config import MetricsSettings
@@ -114,7 +114,7 @@ class WebSecurity:
                 context.load_verify_locations(cafile=str(self.client_ca_file))
             except (OSError, ssl.SSLError) as exc:
                 raise ServomexConfigError(
-                    f"{self.source}: client CA {self.client_ca_file}: {_why(exc)}"
+                    f"{self.source}: client CA {self.client_ca_file}: {short_cause(exc)}"
                 ) from None
         context.verify_mode = {
             "none": ssl.CERT_NONE,
@@ -142,7 +142,7 @@ class WebSecurity:
         except (OSError, ssl.SSLError, TypeError) as exc:
             raise ServomexConfigError(
                 f"{self.source}: certificate {self.cert_file} / key {self.key_file}: "
-                f"{_why(exc)} (the key must be unencrypted PEM matching the certificate)"
+                f"{short_cause(exc)} (the key must be unencrypted PEM matching the certificate)"
             ) from None
 
     def file_stamp(self) -> tuple[tuple[int, int], ...]:
@@ -159,14 +159,6 @@ class WebSecurity:
 
 def _no_passphrase() -> str:
     raise TypeError("the key is encrypted (passphrases are not supported)")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def exposure_gaps(host: str, security: WebSecurity) -> list[str]:
@@ -257,7 +249,7 @@ def _read_yaml(path: Path, where: str) -> dict[Any, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ServomexConfigError(f"{where}: cannot read ({_why(exc)})") from None
+        raise ServomexConfigError(f"{where}: cannot read ({short_cause(exc)})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
