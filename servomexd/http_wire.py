@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_HEADERS = 64
@@ -44,33 +45,23 @@ class BadRequest(Exception):
         self.message = message
 
 
+@dataclass(slots=True)
 class Request:
     """The parts of a request the endpoint looks at."""
 
-    __slots__ = ("headers", "method", "path")
-
-    def __init__(self, method: str, path: str, headers: dict[str, str]) -> None:
-        self.method = method
-        self.path = path
-        self.headers = headers
+    method: str
+    path: str
+    headers: dict[str, str]
 
 
+@dataclass(slots=True)
 class Response:
     """One complete response; the body is always sent with its Content-Length."""
 
-    __slots__ = ("body", "content_type", "extra_headers", "status")
-
-    def __init__(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        extra_headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.extra_headers = extra_headers
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
 
 def json_response(status: int, payload: dict[str, object]) -> Response:

@@ -19,14 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon_harness import (
-    DaemonProc,
-    Simulator,
-    compare,
-    missing_between,
-    wait_for,
-    write_config,
-)
+from daemon_harness import DaemonProc, Simulator, compare, missing_between, wait_for, write_config
 from pg import PgCluster, query_rows, run_async
 from pg_rollup_check import rollup_mismatches
 
