@@ -211,6 +211,22 @@ class PgCluster:
             hba.write_text("\n".join(self._hba) + "\n" + hba.read_text(encoding="utf-8"))
         self._initialised = True
 
+    @classmethod
+    def with_tls(
+        cls, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, hba: Sequence[str]
+    ) -> PgCluster:
+        """A cluster serving TLS with this certificate and key, trusting client
+        certificates from ``ca_pem``; ``hba`` says who must connect how."""
+        cluster = cls(
+            conf=["ssl = on", "ssl_cert_file = '../server.crt'",
+                  "ssl_key_file = '../server.key'", "ssl_ca_file = '../ca.crt'"],
+            hba=hba,
+        )  # fmt: skip
+        cluster.add_file("server.crt", cert_pem, 0o644)
+        cluster.add_file("server.key", key_pem, 0o600)
+        cluster.add_file("ca.crt", ca_pem, 0o644)
+        return cluster
+
     def add_file(self, name: str, data: bytes, mode: int = 0o600) -> Path:
         """A file the server can read (a certificate, a key), owned by its OS user."""
         path = self.base / name

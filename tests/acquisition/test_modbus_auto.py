@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +119,24 @@ async def _collect_writes(device: PtyDevice, into: bytearray, stop: asyncio.Even
         await asyncio.sleep(0.005)
 
 
+@contextlib.asynccontextmanager
+async def writes_to(device: PtyDevice) -> AsyncIterator[bytearray]:
+    """Everything the master writes towards ``device`` while the block runs."""
+    written = bytearray()
+    stop = asyncio.Event()
+    collector = asyncio.create_task(_collect_writes(device, written, stop))
+    try:
+        yield written
+    finally:
+        stop.set()
+        await collector
+
+
 async def test_auto_finds_continuous(buses: ModbusBusRegistry, tmp_path: Path) -> None:
     from servomexd.simulator.continuous import ContinuousSimulator
 
     link = tmp_path / "ttyAUTO"
-    async with ContinuousSimulator(link, period=0.3) as sim:
-        written = bytearray()
-        stop = asyncio.Event()
-        collector = asyncio.create_task(_collect_writes(sim.device, written, stop))
+    async with ContinuousSimulator(link, period=0.3) as sim, writes_to(sim.device) as written:
         factory = AutoSessionFactory(auto_device(str(link)), buses)
         session = await factory.open()
         try:
@@ -139,8 +150,6 @@ async def test_auto_finds_continuous(buses: ModbusBusRegistry, tmp_path: Path) -
             await events.aclose()
         finally:
             await session.aclose()
-            stop.set()
-            await collector
     assert factory.detected is ProtocolKind.CONTINUOUS
     assert isinstance(first, Frame) and first.protocol is ProtocolKind.CONTINUOUS
     assert second.received_at > first.received_at
@@ -165,16 +174,10 @@ def _split_probes(data: bytes) -> set[bytes]:
 async def test_auto_reports_what_it_tried(buses: ModbusBusRegistry, tmp_path: Path) -> None:
     link = tmp_path / "ttyQUIET"
     with PtyDevice(link) as device:
-        written = bytearray()
-        stop = asyncio.Event()
-        collector = asyncio.create_task(_collect_writes(device, written, stop))
-        factory = AutoSessionFactory(auto_device(str(link)), buses)
-        try:
+        async with writes_to(device) as written:
+            factory = AutoSessionFactory(auto_device(str(link)), buses)
             with pytest.raises(ServomexConnectionError, match="no recognised protocol") as raised:
                 await factory.open()
-        finally:
-            stop.set()
-            await collector
     tried = raised.value.context["tried"]
     assert "modbus_rtu: no reply" in tried
     assert "modbus_ascii: no reply" in tried
@@ -211,33 +214,26 @@ async def test_auto_reopens_a_continuous_unit_without_probing(
     from servomexd.simulator.continuous import ContinuousSimulator
 
     link = tmp_path / "ttyAUTO"
-    async with ContinuousSimulator(link, period=0.3) as sim:
-        written = bytearray()
-        stop = asyncio.Event()
-        collector = asyncio.create_task(_collect_writes(sim.device, written, stop))
+    async with ContinuousSimulator(link, period=0.3) as sim, writes_to(sim.device) as written:
         factory = AutoSessionFactory(auto_device(str(link)), buses)
+        session = await factory.open()
         try:
-            session = await factory.open()
-            try:
-                await _first_frame(session, 2.0)
-            finally:
-                await session.aclose()
-            assert factory.remembered is ProtocolKind.CONTINUOUS
-            await asyncio.sleep(0.05)  # let the collector drain what the ladder sent
-            assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
-            written.clear()
-
-            with capture_logs() as logs:
-                again = await factory.open()
-            try:
-                assert isinstance(again.inner, ContinuousSessionType)
-                frame = await _first_frame(again, 1.0)  # one 0.3 s period, not a ladder
-            finally:
-                await again.aclose()
-            await asyncio.sleep(0.05)
+            await _first_frame(session, 2.0)
         finally:
-            stop.set()
-            await collector
+            await session.aclose()
+        assert factory.remembered is ProtocolKind.CONTINUOUS
+        await asyncio.sleep(0.05)  # let the collector drain what the ladder sent
+        assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
+        written.clear()
+
+        with capture_logs() as logs:
+            again = await factory.open()
+        try:
+            assert isinstance(again.inner, ContinuousSessionType)
+            frame = await _first_frame(again, 1.0)  # one 0.3 s period, not a ladder
+        finally:
+            await again.aclose()
+        await asyncio.sleep(0.05)
     assert frame.protocol is ProtocolKind.CONTINUOUS
     assert bytes(written) == b"", "no Modbus probe on the reopen"
     assert [entry["event"] for entry in logs] == ["auto.reusing_mode"]

@@ -78,6 +78,19 @@ def start_fleet(tmp: Path, dsn: str) -> tuple[list[Simulator], list[Path], list[
     return sims, configs, daemons
 
 
+def terminate_all(daemons: list[DaemonProc]) -> None:
+    for daemon in daemons:
+        code, _ = daemon.terminate()
+        assert code == 0
+
+
+def stop_fleet(sims: list[Simulator], daemons: list[DaemonProc]) -> None:
+    for daemon in daemons:
+        daemon.cleanup()
+    for sim in sims:
+        sim.stop()
+
+
 def test_four_daemons_create_one_partitioned_layout_at_once(
     tmp_path: Path, cluster: PgCluster
 ) -> None:
@@ -88,20 +101,15 @@ def test_four_daemons_create_one_partitioned_layout_at_once(
         devices = "SELECT DISTINCT device FROM samples"
         wait_for(lambda: len(query_rows(cluster.dsn, devices)) == FLEET, 30,
                  "rows from every daemon")
-        for daemon in daemons:
-            code, _ = daemon.terminate()
-            assert code == 0
+        terminate_all(daemons)
     finally:
-        for daemon in daemons:
-            daemon.cleanup()
-        for sim in sims:
-            sim.stop()
+        stop_fleet(sims, daemons)
     for daemon in daemons:
         assert serious_lines(daemon) == [], daemon.text()
     assert query_rows(cluster.dsn, "SELECT partstrat::text FROM pg_partitioned_table "
-                 "WHERE partrelid = 'samples'::regclass") == [("r",)]
+                      "WHERE partrelid = 'samples'::regclass") == [("r",)]
     children = query_rows(cluster.dsn, "SELECT count(*) FROM pg_inherits "
-                     "WHERE inhparent = 'samples'::regclass")
+                          "WHERE inhparent = 'samples'::regclass")
     assert children == [(4,)]  # today, two days ahead, DEFAULT
 
 
@@ -130,14 +138,9 @@ def test_fleet_survives_a_restart_and_a_sigkill_exactly_once(
             wait_for(lambda d=daemon: d.metric("servomexd_spool_pending_samples") == 0, 40,
                      "backlog drained")
         time.sleep(1.0)
-        for daemon in daemons:
-            code, _ = daemon.terminate()
-            assert code == 0
+        terminate_all(daemons)
     finally:
-        for daemon in daemons:
-            daemon.cleanup()
-        for sim in sims:
-            sim.stop()
+        stop_fleet(sims, daemons)
     rows = raw_rows(cluster.dsn)
     for index, sim in enumerate(sims):
         frames = sim.frames()
