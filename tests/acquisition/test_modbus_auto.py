@@ -207,6 +207,15 @@ async def _first_frame(session: AutoSession, within: float) -> Frame:
     return event
 
 
+async def _detect_and_read_one(factory: AutoSessionFactory) -> None:
+    """Open (detecting or reusing the mode), take one frame, close."""
+    session = await factory.open()
+    try:
+        await _first_frame(session, 2.0)
+    finally:
+        await session.aclose()
+
+
 @pytest.mark.usefixtures("quick_probes")
 async def test_auto_reopens_a_continuous_unit_without_probing(
     buses: ModbusBusRegistry, tmp_path: Path
@@ -216,11 +225,7 @@ async def test_auto_reopens_a_continuous_unit_without_probing(
     link = tmp_path / "ttyAUTO"
     async with ContinuousSimulator(link, period=0.3) as sim, writes_to(sim.device) as written:
         factory = AutoSessionFactory(auto_device(str(link)), buses)
-        session = await factory.open()
-        try:
-            await _first_frame(session, 2.0)
-        finally:
-            await session.aclose()
+        await _detect_and_read_one(factory)
         assert factory.remembered is ProtocolKind.CONTINUOUS
         await asyncio.sleep(0.05)  # let the collector drain what the ladder sent
         assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
@@ -247,11 +252,7 @@ async def test_auto_reopens_a_modbus_slave_without_probing(
 ) -> None:
     async with ModbusSimulator(protocol=protocol, addresses=[30]) as sim:
         factory = AutoSessionFactory(auto_device(sim.link_path), buses)
-        session = await factory.open()
-        try:
-            await _first_frame(session, 2.0)
-        finally:
-            await session.aclose()
+        await _detect_and_read_one(factory)
         assert factory.remembered is protocol
         sent_before = len(_sent(sim))
 
@@ -279,11 +280,7 @@ async def test_auto_redetects_after_a_remembered_session_without_frames(
     link = tmp_path / "ttySWITCH"
     factory = AutoSessionFactory(auto_device(str(link)), buses)
     async with ContinuousSimulator(link, period=0.3):
-        session = await factory.open()
-        try:
-            await _first_frame(session, 2.0)
-        finally:
-            await session.aclose()
+        await _detect_and_read_one(factory)
     assert factory.remembered is ProtocolKind.CONTINUOUS
 
     # The operator switches the unit to Modbus RTU at the front panel.
