@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -28,6 +27,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from measure import cpu_seconds, percentile, rss_mb, sqlite_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL = 0.01
@@ -53,37 +54,14 @@ SIMULATORS = textwrap.dedent(
 )
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def write_config(tmp: Path, devices: int, flush_interval: float) -> Path:
     lines = []
     for i in range(devices):
         lines += ["[[devices]]", f'name = "an-{i:02d}"', f'port = "{tmp}/tty-{i}"']
-    lines += [
-        "[sink]", f'path = "{tmp}/samples.sqlite"', f"flush_interval = {flush_interval}",
-        "[spool]", f'path = "{tmp}/spool"',
-        "[metrics]", 'listen = "127.0.0.1:0"',
-        "[log]", 'level = "info"', 'format = "journald"',
-    ]  # fmt: skip
+    lines += sqlite_tables(tmp, flush_interval)
     path = tmp / "servomexd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(args: argparse.Namespace) -> int:

@@ -51,8 +51,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "sinks"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_daemon import SIMULATORS, cpu_seconds, percentile  # noqa: E402
+from bench_daemon import SIMULATORS  # noqa: E402
 from fleetdata import records_at  # noqa: E402
+from measure import (  # noqa: E402
+    cpu_seconds,
+    percentile,
+    start_daemon,
+    start_simulators,
+    wait_simulators,
+)
 
 from servomexd.sinks import PostgresConfig, PostgresSink  # noqa: E402
 from servomexd.sinks import pg_partitions as parts  # noqa: E402
@@ -133,26 +140,17 @@ def bench_write(args: argparse.Namespace) -> None:
         with (cluster.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\ntrack_commit_timestamp = on\n")
         cluster.start()
-        sims = subprocess.Popen(
-            [sys.executable, "-c", SIMULATORS, str(tmp), str(args.devices), str(args.period)],
-            cwd=ROOT,
-        )
+        sims = start_simulators(SIMULATORS, tmp, args.devices, args.period)
         daemons: list[subprocess.Popen[bytes]] = []
         try:
-            deadline = time.monotonic() + 30
-            while not all((tmp / f"tty-{i}").exists() for i in range(args.devices)):
-                if time.monotonic() > deadline or sims.poll() is not None:
-                    raise SystemExit("simulators did not start")
-                time.sleep(0.1)
+            wait_simulators(
+                sims, lambda: all((tmp / f"tty-{i}").exists() for i in range(args.devices)), 30
+            )
             per = -(-args.devices // args.daemons)
             for d in range(args.daemons):
                 devices = range(d * per, min(args.devices, (d + 1) * per))
                 config = daemon_config(tmp / f"host-{d}", d, devices, cluster.dsn)
-                log = (tmp / f"daemon-{d}.log").open("wb")
-                daemons.append(subprocess.Popen(
-                    [sys.executable, "-m", "servomexd", "run", "--config", str(config)],
-                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                ))  # fmt: skip
+                daemons.append(start_daemon(config, tmp / f"daemon-{d}.log"))
             print(f"warming up {args.warmup:g} s ...", flush=True)
             time.sleep(args.warmup)
             rows0 = asyncio.run(row_count(cluster.dsn))

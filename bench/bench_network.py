@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -28,7 +27,16 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from measure import (
+    cpu_seconds,
+    percentile,
+    rss_mb,
+    sqlite_tables,
+    start_daemon,
+    start_simulators,
+    wait_simulators,
+)
+
 POLL = 0.01
 
 SIMULATORS = textwrap.dedent(
@@ -77,19 +85,6 @@ SIMULATORS = textwrap.dedent(
 )
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def write_config(tmp: Path, endpoints: list[tuple[str, str]], flush_interval: float) -> Path:
     lines = []
     for i, (protocol, url) in enumerate(endpoints):
@@ -97,37 +92,19 @@ def write_config(tmp: Path, endpoints: list[tuple[str, str]], flush_interval: fl
         if protocol == "modbus_tcp":
             lines += ['protocol = "modbus_tcp"', "address = 1", "poll_interval = 1.0",
                       "silence_timeout = 10.0"]  # fmt: skip
-    lines += [
-        "[sink]", f'path = "{tmp}/samples.sqlite"', f"flush_interval = {flush_interval}",
-        "[spool]", f'path = "{tmp}/spool"',
-        "[metrics]", 'listen = "127.0.0.1:0"',
-        "[log]", 'level = "info"', 'format = "journald"',
-    ]  # fmt: skip
+    lines += sqlite_tables(tmp, flush_interval)
     path = tmp / "servomexd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="servomexd-bench-net-") as name:
         tmp = Path(name)
-        sims = subprocess.Popen(
-            [sys.executable, "-c", SIMULATORS, str(tmp), str(args.devices), str(args.period),
-             str(args.modbus)],
-            cwd=ROOT,
-        )  # fmt: skip
+        sims = start_simulators(SIMULATORS, tmp, args.devices, args.period, args.modbus)
         daemon: subprocess.Popen[bytes] | None = None
         try:
-            deadline = time.monotonic() + 60
-            while not (tmp / "endpoints.txt").exists():
-                if time.monotonic() > deadline or sims.poll() is not None:
-                    raise SystemExit("simulators did not start")
-                time.sleep(0.1)
+            wait_simulators(sims, (tmp / "endpoints.txt").exists, 60)
             endpoints = [
                 (kind, url)
                 for kind, _, url in (
@@ -135,11 +112,7 @@ def main(args: argparse.Namespace) -> int:
                 )
             ]
             config = write_config(tmp, endpoints, args.flush_interval)
-            log = (tmp / "daemon.log").open("wb")
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "servomexd", "run", "--config", str(config)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
+            daemon = start_daemon(config, tmp / "daemon.log")
             db = tmp / "samples.sqlite"
             while not db.exists():
                 time.sleep(0.1)

@@ -74,13 +74,43 @@ def _sql_identifier(value: str) -> str:
     must stay free to import this module)."""
     from servomexd.sinks.base import IDENTIFIER_RE
 
+    return _matching(IDENTIFIER_RE, value, f"an SQL identifier: {IDENTIFIER_RE.pattern}")
+
+
+def _matching(pattern: re.Pattern[str], value: str, rule: str) -> str:
+    """``value`` if the whole of it matches ``pattern``; else "must be {rule}"."""
     # fullmatch, never "$": "$" also matches before a trailing "\n".
-    if not IDENTIFIER_RE.fullmatch(value):
-        raise ValueError(f"must be an SQL identifier: {IDENTIFIER_RE.pattern}")
+    if not pattern.fullmatch(value):
+        raise ValueError(f"must be {rule}")
     return value
 
 
 SqlIdentifier = Annotated[str, AfterValidator(_sql_identifier)]
+
+
+def _label(pattern: re.Pattern[str], rule: str) -> AfterValidator:
+    """The field rule that the whole value matches ``pattern``."""
+    return AfterValidator(lambda value: _matching(pattern, value, rule))
+
+
+# A device name becomes Sample.device and a Prometheus label value: keep it tame.
+DeviceName = Annotated[
+    str,
+    _label(
+        _DEVICE_NAME,
+        "1-64 characters: letters, digits, '_', '.', ':' or '-', starting with a letter "
+        "or digit",
+    ),
+]
+_SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@ -]{0,127}")
+SiteLabel = Annotated[
+    str,
+    _label(
+        _SITE,
+        "1-128 characters: letters, digits, space, '_', '.', ':', '/', '@' or '-', "
+        "starting with a letter or digit",
+    ),
+]
 
 
 class _Section(BaseModel):
@@ -90,7 +120,7 @@ class _Section(BaseModel):
 class DeviceConfig(_Section):
     """One analyser. The Modbus helper reads the Modbus keys by these names."""
 
-    name: str
+    name: DeviceName
     port: str
     protocol: Protocol = "continuous"
     baudrate: int = 19200
@@ -113,16 +143,6 @@ class DeviceConfig(_Section):
     # its transactions, and gateways to RS485 cannot overlap requests anyway.
     max_in_flight: Annotated[int, Field(ge=1, le=1)] = 1
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_a_label(cls, value: str) -> str:
-        # The name becomes Sample.device and a Prometheus label value: keep it tame.
-        if not _DEVICE_NAME.fullmatch(value):
-            raise ValueError(
-                "must be 1-64 characters: letters, digits, '_', '.', ':' or '-', "
-                "starting with a letter or digit"
-            )
-        return value
 
     @field_validator("baudrate")
     @classmethod
@@ -462,24 +482,12 @@ class LogSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
-_SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@ -]{0,127}")
-
-
 class DaemonSettings(_Section):
     """Who this daemon is in a fleet."""
 
-    site: str = Field(default_factory=socket.gethostname)
+    site: SiteLabel = Field(default_factory=socket.gethostname)
     """Written to the ``site`` column (e.g. ``plant-a/line-2``); default: the host name."""
 
-    @field_validator("site")
-    @classmethod
-    def _site_is_a_label(cls, value: str) -> str:
-        if not _SITE.fullmatch(value):
-            raise ValueError(
-                "must be 1-128 characters: letters, digits, space, '_', '.', ':', '/', '@' "
-                "or '-', starting with a letter or digit"
-            )
-        return value
 
 
 class Settings(BaseSettings):

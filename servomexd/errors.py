@@ -10,8 +10,9 @@ masked (``servomexd.redaction``). ``reason`` is the short machine label used for
 from __future__ import annotations
 
 import enum
+import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from servomexd.redaction import MASK, is_secret_name
 
@@ -74,6 +75,34 @@ def _rebuild(
     return error
 
 
+class ErrorDetails(TypedDict, total=False):
+    """The keyword arguments every ``ServomexError`` takes, passed on by subclasses."""
+
+    raw: bytes | None
+    context: Mapping[str, Any] | None
+    reason: str | None
+
+
+def _with_context(details: ErrorDetails, extra: Mapping[str, Any]) -> ErrorDetails:
+    """``details`` with the given values added to its context (None values left out;
+    a key the caller's context already has keeps the caller's value)."""
+    merged = dict(details.get("context") or {})
+    for key, value in extra.items():
+        if value is not None:
+            merged.setdefault(key, value)
+    return {**details, "context": merged}
+
+
+def short_cause(exc: BaseException) -> str:
+    """What an OS or TLS failure says, without the errno and library noise around it
+    (for "cannot read (No such file or directory)"-style messages)."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 # --- transport: the serial line itself -------------------------------------------------
 
 
@@ -127,16 +156,13 @@ class ServomexChecksumError(ServomexProtocolError):
         *,
         expected: int | None = None,
         received: int | None = None,
-        raw: bytes | None = None,
-        context: Mapping[str, Any] | None = None,
-        reason: str | None = None,
+        **details: Unpack[ErrorDetails],
     ) -> None:
-        merged = dict(context or {})
-        if expected is not None:
-            merged.setdefault("computed", f"{expected:04X}")
-        if received is not None:
-            merged.setdefault("received", f"{received:04X}")
-        super().__init__(message, raw=raw, context=merged, reason=reason)
+        shown = {
+            "computed": None if expected is None else f"{expected:04X}",
+            "received": None if received is None else f"{received:04X}",
+        }
+        super().__init__(message, **_with_context(details, shown))
         self.expected = expected
         self.received = received
 
@@ -147,18 +173,9 @@ class ServomexModbusError(ServomexProtocolError):
     reason = "modbus_exception"
 
     def __init__(
-        self,
-        message: str,
-        *,
-        exception_code: int | None = None,
-        raw: bytes | None = None,
-        context: Mapping[str, Any] | None = None,
-        reason: str | None = None,
+        self, message: str, *, exception_code: int | None = None, **details: Unpack[ErrorDetails]
     ) -> None:
-        merged = dict(context or {})
-        if exception_code is not None:
-            merged.setdefault("exception_code", exception_code)
-        super().__init__(message, raw=raw, context=merged, reason=reason)
+        super().__init__(message, **_with_context(details, {"exception_code": exception_code}))
         self.exception_code = exception_code
 
 

@@ -23,22 +23,28 @@ A replaced certificate or key file is picked up for the next connection, no rest
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
-import json
-import ssl
 import time
 from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from servomexd import __version__
-from servomexd.errors import ServomexConfigError
-from servomexd.webconfig import REALM, BasicAuth, WebSecurity, exposure_gaps
+from servomexd.http_access import AuthGate, ServerCertificate
+from servomexd.http_wire import (
+    BadRequest,
+    Request,
+    Response,
+    accepts_gzip,
+    json_response,
+    linger,
+    read_request,
+    send,
+)
+from servomexd.webconfig import WebSecurity, exposure_gaps
 
 log = structlog.get_logger(__name__)
 
@@ -47,28 +53,7 @@ DEFAULT_PORT = 9723
 
 _ALLOWED_METHODS = ("GET", "HEAD")
 _PATHS = ("/metrics", "/healthz", "/readyz")
-_MAX_HEADERS = 64
-_MAX_DISCARDED_BODY = 64 * 1024
-"""A GET/HEAD/POST body up to this size is read and thrown away before answering, so
-closing the socket does not reset the connection under the client's feet; larger bodies
-get 413."""
 _GZIP_MIN_BYTES = 1024
-_LINGER_SECONDS = 0.5
-_LINGER_MAX_BYTES = 1 << 20
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
 
 
 class Health(Protocol):
@@ -77,43 +62,6 @@ class Health(Protocol):
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """``(ready, details)``; details name what is wrong (JSON-serialisable)."""
         ...
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class _Request:
-    __slots__ = ("headers", "method", "path")
-
-    def __init__(self, method: str, path: str, headers: dict[str, str]) -> None:
-        self.method = method
-        self.path = path
-        self.headers = headers
-
-
-class _Response:
-    __slots__ = ("body", "content_type", "extra_headers", "status")
-
-    def __init__(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        extra_headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.extra_headers = extra_headers
-
-
-def _json_response(status: int, payload: dict[str, object]) -> _Response:
-    body = json.dumps(payload, default=str, sort_keys=True).encode() + b"\n"
-    return _Response(status, body, "application/json", (("Cache-Control", "no-store"),))
 
 
 class MetricsServer:
@@ -146,17 +94,9 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.security = security or WebSecurity()
-        self._auth = BasicAuth(self.security.users) if self.security.users else None
-        self._ssl: ssl.SSLContext | None = None
-        self._tls_stamp: tuple[tuple[int, int], ...] = ()
-        self.unauthorized = Counter(
-            "servomexd_http_unauthorized_requests",
-            "Requests refused with 401 by basic auth, by reason (missing or invalid).",
-            ["reason"],
-            registry=None,
-        )
-        for reason in ("missing", "invalid"):
-            self.unauthorized.labels(reason)
+        self._certificate = ServerCertificate(self.security)
+        self._auth = AuthGate(self.security)
+        self.unauthorized = self._auth.unauthorized
 
     @property
     def bound_port(self) -> int:
@@ -171,8 +111,7 @@ class MetricsServer:
         if self._server is not None:
             raise RuntimeError("MetricsServer already started")
         self._started_at = self._clock()
-        self._ssl = self.security.ssl_context()  # ServomexConfigError when a file is bad
-        self._tls_stamp = self.security.file_stamp()
+        tls = self._certificate.load()  # ServomexConfigError when a file is bad
         self._server = await asyncio.start_server(
             self._on_connection,
             self.host,
@@ -181,11 +120,10 @@ class MetricsServer:
             # buffer more than the whole request may take.
             limit=self.max_request_bytes,
             reuse_address=True,
-            ssl=self._ssl,
-            ssl_handshake_timeout=self.read_timeout if self._ssl is not None else None,
+            ssl=tls,
+            ssl_handshake_timeout=self.read_timeout if tls is not None else None,
         )
-        with contextlib.suppress(ValueError):  # already registered: a restarted server
-            self.registry.register(self.unauthorized)
+        self._auth.register(self.registry)
         # tests/e2e parse this event for the bound port (listen = "...:0"): keep its name.
         log.info(
             "metrics.listening",
@@ -212,8 +150,7 @@ class MetricsServer:
         if server is None:
             return
         server.close()
-        with contextlib.suppress(KeyError):
-            self.registry.unregister(self.unauthorized)
+        self._auth.unregister(self.registry)
         # Aborting the transport ends each handler through its normal EOF path.
         for writer in list(self._connections.values()):
             writer.transport.abort()
@@ -244,7 +181,7 @@ class MetricsServer:
         # drain() then waits until the response has actually left the buffer, so the
         # write timeout below covers the whole response, not all but the last 64 KiB.
         writer.transport.set_write_buffer_limits(high=0)
-        self._reload_certificate_if_changed()
+        self._certificate.reload_if_changed()
         try:
             active = len(self._connections)
             if active > 2 * self.max_connections:
@@ -272,26 +209,20 @@ class MetricsServer:
     ) -> None:
         try:
             async with asyncio.timeout(self.read_timeout):
-                request = await self._read_request(reader)
+                request = await read_request(reader, self.max_request_bytes)
         except TimeoutError:
             await self._refuse(reader, writer, 408, "request timeout")
             return
-        except _BadRequest as error:
+        except BadRequest as error:
             await self._refuse(reader, writer, error.status, error.message)
             return
         if overloaded:
-            await self._send(writer, _json_response(503, {"error": "too many connections"}))
+            await self._send(writer, json_response(503, {"error": "too many connections"}))
             return
-        if self._auth is not None and request.path not in self.security.public_paths:
-            verdict = await self._auth.check(request.headers.get("authorization"))
-            if verdict != "ok":
-                self.unauthorized.labels(verdict).inc()
-                response = _json_response(401, {"error": "authentication required"})
-                response.extra_headers += (
-                    ("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'),
-                )
-                await self._send(writer, response, head_only=request.method == "HEAD")
-                return
+        refusal = await self._auth.refusal(request)
+        if refusal is not None:
+            await self._send(writer, refusal, head_only=request.method == "HEAD")
+            return
         if request.path == "/metrics" and request.method in _ALLOWED_METHODS:
             # Rendering the exposition is CPU-bound (tens of ms for a few thousand
             # series on a slow box); in a thread the loop keeps reading the analysers
@@ -301,112 +232,30 @@ class MetricsServer:
             response = self._route(request)
         await self._send(writer, response, head_only=request.method == "HEAD")
 
-    def _reload_certificate_if_changed(self) -> None:
-        """A rotated certificate or key serves the next connections (this one already
-        completed its handshake). A half-written pair keeps the old one, logged."""
-        if self._ssl is None:
-            return
-        stamp = self.security.file_stamp()
-        if stamp == self._tls_stamp:
-            return
-        try:
-            self.security.load_certificate(self._ssl)
-        except ServomexConfigError as exc:
-            log.error("metrics.certificate_reload_failed", error=exc.message)
-            return
-        finally:
-            self._tls_stamp = stamp
-        log.info("metrics.certificate_reloaded", cert_file=str(self.security.cert_file))
-
     async def _refuse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, message: str
     ) -> None:
-        """Answer an unreadable request, then discard what the client still sends for a
-        moment: closing with unread input resets the connection and the client would
-        lose the answer (the "lingering close" of RFC 9112 9.6)."""
-        await self._send(writer, _json_response(status, {"error": message}))
-        if writer.transport.is_closing():
-            return
-        with contextlib.suppress(Exception):
-            if writer.can_write_eof():
-                writer.write_eof()
-            async with asyncio.timeout(_LINGER_SECONDS):
-                discarded = 0
-                while discarded < _LINGER_MAX_BYTES:
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        break
-                    discarded += len(chunk)
+        """Answer an unreadable request, then linger so the client gets the answer."""
+        await self._send(writer, json_response(status, {"error": message}))
+        await linger(reader, writer)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> _Request:
-        """Parse the request line and headers, then drain a small body if one was sent."""
-        total = 0
+    async def _send(
+        self, writer: asyncio.StreamWriter, response: Response, head_only: bool = False
+    ) -> None:
+        await send(writer, response, write_timeout=self.write_timeout, head_only=head_only)
 
-        async def line() -> bytes:
-            nonlocal total
-            try:
-                raw = await reader.readline()
-            except ValueError:  # longer than the stream limit
-                raise _BadRequest(431, "request line or header too long") from None
-            total += len(raw)
-            if total > self.max_request_bytes:
-                raise _BadRequest(431, "request head too large")
-            if raw and not raw.endswith(b"\n"):
-                raise asyncio.IncompleteReadError(raw, None)
-            return raw
-
-        request_line = await line()
-        while request_line in (b"\r\n", b"\n"):  # RFC 9112 2.2: ignore leading empty lines
-            request_line = await line()
-        if not request_line:
-            raise asyncio.IncompleteReadError(b"", None)
-        try:
-            method, target, version = request_line.decode("ascii").split()
-        except (UnicodeDecodeError, ValueError):
-            raise _BadRequest(400, "malformed request line") from None
-        if not version.startswith("HTTP/1."):
-            raise _BadRequest(505, "only HTTP/1.x is served")
-
-        headers: dict[str, str] = {}
-        while True:
-            raw = await line()
-            if raw in (b"\r\n", b"\n"):
-                break
-            if not raw:
-                raise asyncio.IncompleteReadError(raw, None)
-            if len(headers) >= _MAX_HEADERS:
-                raise _BadRequest(431, "too many headers")
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep or not name or name != name.strip():
-                raise _BadRequest(400, "malformed header")
-            headers[name.lower()] = value.strip()
-
-        if "transfer-encoding" in headers:
-            raise _BadRequest(413, "request bodies are not accepted")
-        length_text = headers.get("content-length", "0")
-        if not length_text.isdigit():
-            raise _BadRequest(400, "malformed Content-Length")
-        length = int(length_text)
-        if length > _MAX_DISCARDED_BODY:
-            raise _BadRequest(413, "request body too large")
-        if length:
-            await reader.readexactly(length)
-
-        path = urlsplit(target).path or "/"
-        return _Request(method, path, headers)
-
-    def _route(self, request: _Request) -> _Response:
+    def _route(self, request: Request) -> Response:
         if request.path not in _PATHS:
-            return _json_response(404, {"error": "not found", "paths": list(_PATHS)})
+            return json_response(404, {"error": "not found", "paths": list(_PATHS)})
         if request.method not in _ALLOWED_METHODS:
-            response = _json_response(405, {"error": "method not allowed"})
+            response = json_response(405, {"error": "method not allowed"})
             response.extra_headers += (("Allow", ", ".join(_ALLOWED_METHODS)),)
             return response
         try:
             if request.path == "/metrics":
                 return self._metrics(request)
             if request.path == "/healthz":
-                return _json_response(
+                return json_response(
                     200,
                     {
                         "status": "ok",
@@ -417,47 +266,18 @@ class MetricsServer:
             ready, details = self.health.readiness()
             payload: dict[str, object] = {"status": "ready" if ready else "not ready"}
             payload.update(details)
-            return _json_response(200 if ready else 503, payload)
+            return json_response(200 if ready else 503, payload)
         except Exception as error:
             # A broken collector or health check must answer 500, not kill the server.
             log.exception("http.handler_failed", path=request.path)
-            return _json_response(500, {"error": type(error).__name__})
+            return json_response(500, {"error": type(error).__name__})
 
-    def _metrics(self, request: _Request) -> _Response:
+    def _metrics(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         body = encoder(self.registry)
         extra: tuple[tuple[str, str], ...] = (("Cache-Control", "no-store"),)
-        if len(body) >= _GZIP_MIN_BYTES and _accepts_gzip(request.headers):
+        if len(body) >= _GZIP_MIN_BYTES and accepts_gzip(request.headers):
             # Prometheus asks for gzip on every scrape; level 1 is plenty for text.
             body = gzip.compress(body, compresslevel=1)
             extra += (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
-        return _Response(200, body, content_type, extra)
-
-    async def _send(
-        self, writer: asyncio.StreamWriter, response: _Response, head_only: bool = False
-    ) -> None:
-        reason = _REASONS.get(response.status, "Unknown")
-        lines = [
-            f"HTTP/1.1 {response.status} {reason}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-            "Connection: close",
-            "X-Content-Type-Options: nosniff",
-            *(f"{name}: {value}" for name, value in response.extra_headers),
-        ]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        writer.write(head if head_only else head + response.body)
-        try:
-            async with asyncio.timeout(self.write_timeout):
-                await writer.drain()
-        except TimeoutError:
-            # A client that does not read its response is not allowed to pin the buffer.
-            writer.transport.abort()
-
-
-def _accepts_gzip(headers: dict[str, str]) -> bool:
-    for item in headers.get("accept-encoding", "").split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() == "gzip":
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
+        return Response(200, body, content_type, extra)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import bcrypt
 
-from servomexd.errors import ServomexConfigError
+from servomexd.errors import ServomexConfigError, short_cause
 
 if TYPE_CHECKING:
     from servomexd.config import MetricsSettings
@@ -114,7 +114,7 @@ class WebSecurity:
                 context.load_verify_locations(cafile=str(self.client_ca_file))
             except (OSError, ssl.SSLError) as exc:
                 raise ServomexConfigError(
-                    f"{self.source}: client CA {self.client_ca_file}: {_why(exc)}"
+                    f"{self.source}: client CA {self.client_ca_file}: {short_cause(exc)}"
                 ) from None
         context.verify_mode = {
             "none": ssl.CERT_NONE,
@@ -142,7 +142,7 @@ class WebSecurity:
         except (OSError, ssl.SSLError, TypeError) as exc:
             raise ServomexConfigError(
                 f"{self.source}: certificate {self.cert_file} / key {self.key_file}: "
-                f"{_why(exc)} (the key must be unencrypted PEM matching the certificate)"
+                f"{short_cause(exc)} (the key must be unencrypted PEM matching the certificate)"
             ) from None
 
     def file_stamp(self) -> tuple[tuple[int, int], ...]:
@@ -159,14 +159,6 @@ class WebSecurity:
 
 def _no_passphrase() -> str:
     raise TypeError("the key is encrypted (passphrases are not supported)")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def exposure_gaps(host: str, security: WebSecurity) -> list[str]:
@@ -214,23 +206,8 @@ def load_web_config(path: Path, *, public_paths: frozenset[str] = frozenset({"/h
     WebSecurity
 ):
     """Parse an exporter-toolkit web-config file; ``ServomexConfigError`` with the reason."""
-    import yaml  # only when a web config is used
-
     where = f"web_config {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ServomexConfigError(f"{where}: cannot read ({_why(exc)})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ServomexConfigError(f"{where}: not valid YAML{line}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ServomexConfigError(f"{where}: must be a mapping (tls_server_config, ...)")
+    data = _read_yaml(path, where)
     _no_unknown(where, data, _TOP_KEYS, frozenset())
     tls = data.get("tls_server_config") or {}
     if not isinstance(tls, dict):
@@ -248,22 +225,66 @@ def load_web_config(path: Path, *, public_paths: frozenset[str] = frozenset({"/h
         str(name): _check_hash(f"{where}: basic_auth_users.{name}", value)
         for name, value in users_data.items()
     }
-    base = path.parent
+    cert = _tls_file(where, path.parent, tls, "cert_file")
+    key = _tls_file(where, path.parent, tls, "key_file")
+    client_ca = _tls_file(where, path.parent, tls, "client_ca_file")
+    client_auth = _client_auth(where, tls, cert, key, client_ca)
+    return WebSecurity(
+        cert_file=cert,
+        key_file=key,
+        client_ca_file=client_ca,
+        client_auth=client_auth,
+        min_version=_version(where, tls.get("min_version")) or ssl.TLSVersion.TLSv1_2,
+        max_version=_version(where, tls.get("max_version")),
+        users=users,
+        public_paths=public_paths,
+        source=where,
+    )
 
-    def file(key: str) -> Path | None:
-        value = tls.get(key)
-        if value in (None, ""):
-            return None
-        if "-----BEGIN" in str(value) or "\n" in str(value):
-            raise ServomexConfigError(
-                f"{where}: tls_server_config.{key} must be the path of a PEM file, not "
-                "its contents"
-            )
-        candidate = Path(str(value))
-        return candidate if candidate.is_absolute() else base / candidate
 
-    cert, key = file("cert_file"), file("key_file")
-    client_ca = file("client_ca_file")
+def _read_yaml(path: Path, where: str) -> dict[Any, Any]:
+    """The file as a mapping (an empty file is an empty one)."""
+    import yaml  # only when a web config is used
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ServomexConfigError(f"{where}: cannot read ({short_cause(exc)})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ServomexConfigError(f"{where}: not valid YAML{line}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ServomexConfigError(f"{where}: must be a mapping (tls_server_config, ...)")
+    return data
+
+
+def _tls_file(where: str, base: Path, tls: Mapping[Any, Any], key: str) -> Path | None:
+    """A PEM file named in tls_server_config; relative paths are to the web-config's folder."""
+    value = tls.get(key)
+    if value in (None, ""):
+        return None
+    if "-----BEGIN" in str(value) or "\n" in str(value):
+        raise ServomexConfigError(
+            f"{where}: tls_server_config.{key} must be the path of a PEM file, not "
+            "its contents"
+        )
+    candidate = Path(str(value))
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def _client_auth(
+    where: str,
+    tls: Mapping[Any, Any],
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None,
+) -> ClientAuth:
+    """The client-certificate policy, refusing combinations that cannot be served."""
     auth_type = str(tls.get("client_auth_type") or "")
     if auth_type in _UNVERIFIED_CLIENT_AUTH:
         raise ServomexConfigError(
@@ -287,17 +308,7 @@ def load_web_config(path: Path, *, public_paths: frozenset[str] = frozenset({"/h
         )
     if client_auth != "none" and client_ca is None:
         raise ServomexConfigError(f"{where}: client_auth_type {auth_type} needs client_ca_file")
-    return WebSecurity(
-        cert_file=cert,
-        key_file=key,
-        client_ca_file=client_ca,
-        client_auth=client_auth,
-        min_version=_version(where, tls.get("min_version")) or ssl.TLSVersion.TLSv1_2,
-        max_version=_version(where, tls.get("max_version")),
-        users=users,
-        public_paths=public_paths,
-        source=where,
-    )
+    return client_auth
 
 
 def _no_unknown(

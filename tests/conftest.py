@@ -48,3 +48,14 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
     """DSN of a fresh, uniquely named database, dropped after the test."""
     with fresh_database(pg_server) as dsn:
         yield dsn
+
+
+@pytest.fixture
+def pty_path() -> Iterator[str]:
+    """The path of a real pseudo-terminal's slave end: a tty that exists, held open."""
+    master, slave = os.openpty()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(slave)
+        os.close(master)

@@ -211,6 +211,22 @@ class PgCluster:
             hba.write_text("\n".join(self._hba) + "\n" + hba.read_text(encoding="utf-8"))
         self._initialised = True
 
+    @classmethod
+    def with_tls(
+        cls, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, hba: Sequence[str]
+    ) -> PgCluster:
+        """A cluster serving TLS with this certificate and key, trusting client
+        certificates from ``ca_pem``; ``hba`` says who must connect how."""
+        cluster = cls(
+            conf=["ssl = on", "ssl_cert_file = '../server.crt'",
+                  "ssl_key_file = '../server.key'", "ssl_ca_file = '../ca.crt'"],
+            hba=hba,
+        )  # fmt: skip
+        cluster.add_file("server.crt", cert_pem, 0o644)
+        cluster.add_file("server.key", key_pem, 0o600)
+        cluster.add_file("ca.crt", ca_pem, 0o644)
+        return cluster
+
     def add_file(self, name: str, data: bytes, mode: int = 0o600) -> Path:
         """A file the server can read (a certificate, a key), owned by its OS user."""
         path = self.base / name
@@ -277,30 +293,23 @@ class PgServer:
     def create_database(self) -> tuple[str, str]:
         """A fresh, uniquely named database: returns (name, dsn)."""
         name = f"servomexd_test_{uuid.uuid4().hex[:16]}"
-
-        async def create() -> None:
-            import asyncpg
-
-            conn = await asyncpg.connect(self.admin_dsn, timeout=10)
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        run_async(create)
+        self._admin_execute(f'CREATE DATABASE "{name}"')
         return name, with_database(self.admin_dsn, name)
 
     def drop_database(self, name: str) -> None:
-        async def drop() -> None:
+        self._admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _admin_execute(self, sql: str) -> None:
+        async def execute() -> None:
             import asyncpg
 
             conn = await asyncpg.connect(self.admin_dsn, timeout=10)
             try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await conn.execute(sql)
             finally:
                 await conn.close()
 
-        run_async(drop)
+        run_async(execute)
 
     def close(self) -> None:
         if self.cluster is not None:
@@ -323,6 +332,27 @@ def resolve_server() -> PgServer:
         cluster.cleanup()
         raise
     return PgServer(cluster.dsn, cluster)
+
+
+def query_rows(dsn: str, sql: str) -> list[tuple[object, ...]]:
+    """The rows of ``sql``; none while the server is down or the table not yet created
+    (for polling a daemon's progress)."""
+
+    async def fetch() -> list[tuple[object, ...]]:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except (OSError, asyncpg.PostgresError):
+            return []
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        except asyncpg.UndefinedTableError:
+            return []
+        finally:
+            await conn.close()
+
+    return run_async(fetch)
 
 
 def pg_required() -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -104,9 +105,11 @@ class Reply:
         return data
 
 
-async def exchange(port: int, request: bytes, wait: float = 5.0) -> Reply:
-    """Send raw bytes, read until the server closes, parse the reply."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def exchange(
+    port: int, request: bytes, wait: float = 5.0, tls: ssl.SSLContext | None = None
+) -> Reply:
+    """Send raw bytes (over TLS with a context), read until the server closes, parse the reply."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     try:
         writer.write(request)
         await writer.drain()
@@ -152,9 +155,16 @@ async def test_metrics_gzip_when_accepted(server: MetricsServer) -> None:
     assert b"servomexd_build_info" in gzip.decompress(reply.body)
 
 
-async def test_head_has_headers_but_no_body(server: MetricsServer) -> None:
-    full = await exchange(server.bound_port, get("/healthz"))
-    head = await exchange(server.bound_port, get("/healthz", method="HEAD"))
+async def test_head_has_headers_but_no_body(metrics: Metrics, health: FakeHealth) -> None:
+    # A clock that stands still: /healthz's uptime (3 decimals) would otherwise change the
+    # body's length between the GET and the HEAD (0.009 -> 0.01).
+    server = MetricsServer("127.0.0.1", 0, metrics.registry, health, clock=lambda: 100.0)
+    await server.start()
+    try:
+        full = await exchange(server.bound_port, get("/healthz"))
+        head = await exchange(server.bound_port, get("/healthz", method="HEAD"))
+    finally:
+        await server.stop()
     assert head.status == 200
     assert head.body == b""
     assert int(head.headers["content-length"]) == len(full.body)

@@ -16,7 +16,7 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
-from test_http import FakeHealth, Reply, get
+from test_http import FakeHealth, Reply, exchange, get
 from tlscerts import CertificateAuthority
 
 from servomexd.http import MetricsServer
@@ -74,15 +74,7 @@ def basic(user: str, password: str) -> str:
 async def tls_exchange(
     port: int, request: bytes, context: ssl.SSLContext, wait: float = 5.0
 ) -> Reply:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(wait):
-            raw = await reader.read()
-    finally:
-        writer.close()
-    return Reply(raw)
+    return await exchange(port, request, wait, tls=context)
 
 
 async def raw_answer(port: int, context: ssl.SSLContext) -> bytes:

@@ -42,6 +42,8 @@ LAYERS: dict[str, int] = {
     "writer": 4,
     "delivery": 4,
     "http": 4,
+    "http_access": 4,
+    "http_wire": 4,
     "status": 4,
     "webconfig": 4,
     "tls_check": 5,

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from servomexd.config import DeviceConfig
 from servomexd.portcheck import port_findings, same_adapter_problems
-
-
-@pytest.fixture
-def pty_path() -> Iterator[str]:
-    master, slave = os.openpty()
-    try:
-        yield os.ttyname(slave)
-    finally:
-        os.close(slave)
-        os.close(master)
 
 
 def device(name: str, port: str | Path, **extra: Any) -> DeviceConfig:

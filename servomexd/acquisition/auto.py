@@ -114,15 +114,19 @@ class AutoSessionFactory:
     ) -> DeviceSession:
         self.detected = protocol
         self.remembered = protocol
+        self._log_mode("auto.detected", protocol, tried="; ".join(tried))
+        return session
+
+    def _log_mode(self, event: str, protocol: ProtocolKind, **details: object) -> None:
+        """An event about the mode of this device, naming the device, mode and line."""
         log.info(
-            "auto.detected",
+            event,
             device=self.device.name,
             protocol=protocol.value,
             port=self.device.port,
             address=self.device.address,
-            tried="; ".join(tried),
+            **details,
         )
-        return session
 
     # --- remembered mode ---------------------------------------------------------------
 
@@ -132,13 +136,8 @@ class AutoSessionFactory:
         if last is not None and last.frames == 0:
             self._forget(protocol, "the last session in this mode produced no valid frame")
             return None
-        log.info(
-            "auto.reusing_mode",
-            device=self.device.name,
-            protocol=protocol.value,
-            port=self.device.port,
-            address=self.device.address,
-            previous_frames=0 if last is None else last.frames,
+        self._log_mode(
+            "auto.reusing_mode", protocol, previous_frames=0 if last is None else last.frames
         )
         if protocol is ProtocolKind.CONTINUOUS:
             if self.buses.users_on(self.device.port):
@@ -167,15 +166,7 @@ class AutoSessionFactory:
         return session
 
     def _forget(self, protocol: ProtocolKind, why: str) -> None:
-        log.info(
-            "auto.forgetting_mode",
-            device=self.device.name,
-            protocol=protocol.value,
-            port=self.device.port,
-            address=self.device.address,
-            why=why,
-            action="re-detecting",
-        )
+        self._log_mode("auto.forgetting_mode", protocol, why=why, action="re-detecting")
         self.remembered = None
 
     def _continuous(self) -> ContinuousSessionFactory:

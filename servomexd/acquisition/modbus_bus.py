@@ -284,28 +284,7 @@ class ModbusBus:
                     attempts=attempts,
                 )
                 continue
-            if response.isError():
-                code = int(getattr(response, "exception_code", 0))
-                raise ServomexModbusError(
-                    f"slave answered exception {code:02d}",
-                    exception_code=code,
-                    context={
-                        "port": self.settings.port,
-                        "address": address,
-                        "request": request.describe(),
-                    },
-                )
-            if response.function_code != request.function:
-                # A late reply to an earlier request of this slave: never decode it as ours.
-                raise ServomexProtocolError(
-                    "reply does not match the request",
-                    context={
-                        "port": self.settings.port,
-                        "address": address,
-                        "request": request.describe(),
-                        "reply_function": response.function_code,
-                    },
-                )
+            self._check_reply(address, request, response)
             return _payload(request, response)
         raise ServomexTimeoutError(
             "no reply from slave",
@@ -317,6 +296,32 @@ class ModbusBus:
                 "timeout_s": request_timeout,
             },
         )
+
+    def _check_reply(self, address: int, request: Request, response: ModbusPDU) -> None:
+        """Refuse an exception reply (the slave answered: no retry) and a reply to some
+        other request."""
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            raise ServomexModbusError(
+                f"slave answered exception {code:02d}",
+                exception_code=code,
+                context={
+                    "port": self.settings.port,
+                    "address": address,
+                    "request": request.describe(),
+                },
+            )
+        if response.function_code != request.function:
+            # A late reply to an earlier request of this slave: never decode it as ours.
+            raise ServomexProtocolError(
+                "reply does not match the request",
+                context={
+                    "port": self.settings.port,
+                    "address": address,
+                    "request": request.describe(),
+                    "reply_function": response.function_code,
+                },
+            )
 
     async def _attempt(
         self, address: int, request: Request, request_timeout: float, stamp: SendStamp | None

@@ -53,20 +53,9 @@ async def connect_modbus_client(
     connect_timeout: float = CONNECT_TIMEOUT,
 ) -> ModbusClient:
     """A connected client; ``ServomexConnectionError`` naming the cause otherwise."""
+    serial = {"baudrate": baudrate, "bytesize": bytesize, "parity": parity, "stopbits": stopbits}
     if not is_network_port(port):
-        client: ModbusClient = AsyncModbusSerialClient(
-            port,
-            framer=framer,
-            baudrate=baudrate,
-            bytesize=bytesize,
-            parity=parity,
-            stopbits=stopbits,
-            name=port,
-            reconnect_delay=0,  # no pymodbus reconnect: the supervisor owns it
-            reconnect_delay_max=0,
-            timeout=response_timeout,
-            retries=0,  # our retries wait for the idle gap; pymodbus's would not
-        )
+        client: ModbusClient = _serial_client(port, framer, serial, response_timeout)
         await _connect(client, lambda error: _serial_error(port, error))
         return client
     endpoint = parse_network_port(port)
@@ -76,19 +65,7 @@ async def connect_modbus_client(
                 "Modbus TCP needs socket://HOST:PORT", context={"port": port}
             )
         line = SerialSettings(port, baudrate, bytesize, parity, stopbits)
-        client = AsyncModbusSerialClient(
-            endpoint.url,
-            framer=framer,
-            baudrate=baudrate,
-            bytesize=bytesize,
-            parity=parity,
-            stopbits=stopbits,
-            name=endpoint.url,
-            reconnect_delay=0,
-            reconnect_delay_max=0,
-            timeout=response_timeout,
-            retries=0,
-        )
+        client = _serial_client(endpoint.url, framer, serial, response_timeout)
         client.ctx.call_create = partial(
             _create_rfc2217, client, endpoint, line.serial_kwargs(), connect_timeout
         )
@@ -111,6 +88,22 @@ async def connect_modbus_client(
         client.ctx.transport.get_extra_info("socket") if client.ctx.transport else None
     )
     return client
+
+
+def _serial_client(
+    target: str, framer: FramerType, serial: dict[str, Any], response_timeout: float
+) -> AsyncModbusSerialClient:
+    """A pymodbus serial client (a local port or an RFC 2217 URL), not yet connected."""
+    return AsyncModbusSerialClient(
+        target,
+        framer=framer,
+        **serial,
+        name=target,
+        reconnect_delay=0,  # no pymodbus reconnect: the supervisor owns it
+        reconnect_delay_max=0,
+        timeout=response_timeout,
+        retries=0,  # our retries wait for the idle gap; pymodbus's would not
+    )
 
 
 async def _connect(client: ModbusClient, failure: Callable[[BaseException], Exception]) -> None:

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Self
 
 from servomexd.model import ChannelId, Unit
@@ -142,12 +141,7 @@ class ContinuousSimulator:
             self._task.result()  # re-raise a start-up failure
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.stop()
         if self._task is not None:
             await self._task

@@ -340,6 +340,26 @@ def _request_complete(protocol: ProtocolKind, data: bytes | bytearray) -> int:
     return end + 2 if end >= 0 else 0
 
 
+class _Pending:
+    """The transaction being assembled: its request so far and what answered it."""
+
+    __slots__ = ("complete", "end", "idle", "reply", "reply_end", "request", "start")
+
+    def __init__(self, start: int, end: int, idle: float | None) -> None:
+        self.start = start
+        self.end = end
+        self.idle = idle
+        self.reply_end: int | None = None
+        self.request = bytearray()
+        self.reply = bytearray()
+        self.complete = False
+
+    def done(self) -> Transaction:
+        return Transaction(
+            self.start, self.end, self.reply_end, bytes(self.request), bytes(self.reply), self.idle
+        )
+
+
 def transactions(chunks: Iterable[WireChunk], protocol: ProtocolKind) -> list[Transaction]:
     """Group relay chunks into transactions (one request ADU and whatever answered it).
 
@@ -349,57 +369,37 @@ def transactions(chunks: Iterable[WireChunk], protocol: ProtocolKind) -> list[Tr
     get an idle time of 0.
     """
     out: list[Transaction] = []
-    current: dict[str, Any] | None = None
+    current: _Pending | None = None
     last_activity: int | None = None
-
-    def close() -> None:
-        if current is not None:
-            out.append(
-                Transaction(
-                    current["start"],
-                    current["end"],
-                    current["reply_end"],
-                    bytes(current["request"]),
-                    bytes(current["reply"]),
-                    current["idle"],
-                )
-            )
-
     for chunk in chunks:
         if not chunk.to_slave:
             if current is not None:
-                current["reply"].extend(chunk.data)
-                current["reply_end"] = chunk.delivered_ns
+                current.reply.extend(chunk.data)
+                current.reply_end = chunk.delivered_ns
             last_activity = chunk.delivered_ns
             continue
         data = chunk.data
         while data:
-            if current is None or current["reply"] or current["complete"]:
-                close()
+            if current is None or current.reply or current.complete:
+                if current is not None:
+                    out.append(current.done())
                 idle = None if last_activity is None else (chunk.read_ns - last_activity) / 1e9
-                if current is not None and not current["reply"] and current["complete"]:
-                    idle = max(0.0, (chunk.read_ns - current["end"]) / 1e9)
-                current = {
-                    "start": chunk.read_ns,
-                    "end": chunk.delivered_ns,
-                    "reply_end": None,
-                    "request": bytearray(),
-                    "reply": bytearray(),
-                    "idle": idle,
-                    "complete": False,
-                }
-            needed = _request_complete(protocol, current["request"] + data)
+                if current is not None and not current.reply and current.complete:
+                    idle = max(0.0, (chunk.read_ns - current.end) / 1e9)
+                current = _Pending(chunk.read_ns, chunk.delivered_ns, idle)
+            needed = _request_complete(protocol, current.request + data)
             if needed:
-                take = needed - len(current["request"])
-                current["request"].extend(data[:take])
-                current["complete"] = True
+                take = needed - len(current.request)
+                current.request.extend(data[:take])
+                current.complete = True
                 data = data[take:]
             else:
-                current["request"].extend(data)
+                current.request.extend(data)
                 data = b""
-            current["end"] = chunk.delivered_ns
+            current.end = chunk.delivered_ns
         last_activity = chunk.delivered_ns
-    close()
+    if current is not None:
+        out.append(current.done())
     return out
 
 
@@ -433,6 +433,77 @@ class TcpPacket(NamedTuple):
     data: bytes
 
 
+class SlaveBank:
+    """The slaves as pymodbus sees them: one ``SimDevice`` per address whose registers are
+    refreshed from the analyser model on each read; every FC04 answer is recorded (and
+    written as a JSON line to ``emit_log`` once per tick)."""
+
+    def __init__(
+        self, analysers: dict[int, SimulatedAnalyser], emit_log: IO[str] | None = None
+    ) -> None:
+        self.analysers = analysers
+        self._emit_log = emit_log
+        self._emitted: dict[int, int] = {}
+        self.served: list[tuple[int, int, dict[ChannelId, float | None]]] = []
+        """(address, monotonic_ns, values) of every FC04 read answered."""
+
+    def device(self, address: int) -> SimDevice:
+        """The pymodbus device of one address, its blocks refreshed on every read."""
+        analyser = self.analysers[address]
+        return SimDevice(
+            id=address,
+            simdata=(
+                [SimData(0, values=[False] * BITS_PER_REGISTER, datatype=DataType.BITS)],
+                [SimData(0, values=analyser.discrete_inputs(), datatype=DataType.BITS)],
+                [SimData(0, count=1, datatype=DataType.INVALID)],
+                [SimData(0, values=analyser.input_registers(), datatype=DataType.REGISTERS)],
+            ),
+            action=partial(self._action, address),
+        )
+
+    async def _action(
+        self,
+        address: int,
+        function: int,
+        start: int,
+        _request_address: int,
+        quantity: int,
+        registers: list[int],
+        values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Refresh the block being read from the model, or refuse the read."""
+        analyser = self.analysers[address]
+        analyser.reads += 1
+        if values is None and (code := analyser.exception_for(function, quantity)):
+            return ExcCodes(code)
+        if function == mb.FC_READ_INPUT_REGISTERS:
+            tick = analyser.tick()
+            fresh = analyser.input_registers(tick)
+            registers[start : start + len(fresh)] = fresh
+            served = analyser.values(tick)
+            self.served.append((address, monotonic_ns(), served))
+            self._emit(analyser, tick, served)
+        elif function == mb.FC_READ_DISCRETE_INPUTS:
+            fresh = _bits_to_registers(analyser.discrete_inputs())
+            registers[start : start + len(fresh)] = fresh
+        return None
+
+    def _emit(
+        self, analyser: SimulatedAnalyser, tick: int, values: dict[ChannelId, float | None]
+    ) -> None:
+        if self._emit_log is None or self._emitted.get(analyser.address) == tick:
+            return
+        self._emitted[analyser.address] = tick
+        line = {
+            "time": datetime.now(UTC).isoformat(),
+            "address": analyser.address,
+            "tick": tick,
+            "values": {channel.value: value for channel, value in values.items()},
+        }
+        self._emit_log.write(json.dumps(line) + "\n")
+        self._emit_log.flush()
+
+
 class ModbusSimulator:
     """The in-process simulator: ``async with ModbusSimulator(...) as sim: sim.link_path``."""
 
@@ -463,7 +534,7 @@ class ModbusSimulator:
             raise ValueError("at least one address")
         self.link = Path(link) if link is not None else None
         self.relay = PtyRelay(pace_baud=pace_baud, record=record_wire)
-        self._emit_log = emit_log
+        self.bank = SlaveBank(self.analysers, emit_log)
         self._server: ModbusSerialServer | ModbusTcpServer | None = None
         self.listen = listen
         """Serve over TCP (a device server or gateway) on (host, port) instead of a pty."""
@@ -471,11 +542,10 @@ class ModbusSimulator:
         """Server-side timestamps of every chunk received and sent over TCP."""
         self.stalled = False
         self.connections = 0
-        self._emitted: dict[int, int] = {}
         self.corrupt_every = corrupt_every
         self.replies = 0
         self.corrupted = 0
-        self.served: list[tuple[int, int, dict[ChannelId, float | None]]] = []
+        self.served = self.bank.served
         """(address, monotonic_ns, values) of every FC04 read answered."""
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -497,7 +567,7 @@ class ModbusSimulator:
             with contextlib.suppress(FileNotFoundError):
                 self.link.unlink()
             self.link.symlink_to(self.relay.master_path)
-        devices = [self._device(address) for address in self.analysers]
+        devices = [self.bank.device(address) for address in self.analysers]
         self._server = ModbusSerialServer(
             devices,
             framer=FRAMERS[self.protocol],
@@ -516,7 +586,7 @@ class ModbusSimulator:
     async def _start_tcp(self) -> None:
         assert self.listen is not None
         server = ModbusTcpServer(
-            [self._device(address) for address in self.analysers],
+            [self.bank.device(address) for address in self.analysers],
             framer=FRAMERS[self.protocol],
             address=self.listen,
             trace_packet=self._trace_packet,
@@ -626,63 +696,6 @@ class ModbusSimulator:
 
     def wire_transactions(self) -> list[Transaction]:
         return transactions(self.relay.chunks, self.protocol)
-
-    # --- pymodbus plumbing -------------------------------------------------------------
-
-    def _device(self, address: int) -> SimDevice:
-        analyser = self.analysers[address]
-        return SimDevice(
-            id=address,
-            simdata=(
-                [SimData(0, values=[False] * BITS_PER_REGISTER, datatype=DataType.BITS)],
-                [SimData(0, values=analyser.discrete_inputs(), datatype=DataType.BITS)],
-                [SimData(0, count=1, datatype=DataType.INVALID)],
-                [SimData(0, values=analyser.input_registers(), datatype=DataType.REGISTERS)],
-            ),
-            action=partial(self._action, address),
-        )
-
-    async def _action(
-        self,
-        address: int,
-        function: int,
-        start: int,
-        _request_address: int,
-        quantity: int,
-        registers: list[int],
-        values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """Refresh the block being read from the model, or refuse the read."""
-        analyser = self.analysers[address]
-        analyser.reads += 1
-        if values is None and (code := analyser.exception_for(function, quantity)):
-            return ExcCodes(code)
-        if function == mb.FC_READ_INPUT_REGISTERS:
-            tick = analyser.tick()
-            fresh = analyser.input_registers(tick)
-            registers[start : start + len(fresh)] = fresh
-            served = analyser.values(tick)
-            self.served.append((address, monotonic_ns(), served))
-            self._emit(analyser, tick, served)
-        elif function == mb.FC_READ_DISCRETE_INPUTS:
-            fresh = _bits_to_registers(analyser.discrete_inputs())
-            registers[start : start + len(fresh)] = fresh
-        return None
-
-    def _emit(
-        self, analyser: SimulatedAnalyser, tick: int, values: dict[ChannelId, float | None]
-    ) -> None:
-        if self._emit_log is None or self._emitted.get(analyser.address) == tick:
-            return
-        self._emitted[analyser.address] = tick
-        line = {
-            "time": datetime.now(UTC).isoformat(),
-            "address": analyser.address,
-            "tick": tick,
-            "values": {channel.value: value for channel, value in values.items()},
-        }
-        self._emit_log.write(json.dumps(line) + "\n")
-        self._emit_log.flush()
 
     def _trace_packet(self, sending: bool, packet: bytes) -> bytes:
         """Silence replies of failed or unknown addresses: on RS485 they just do not answer."""

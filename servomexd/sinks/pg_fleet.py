@@ -23,7 +23,8 @@ from servomexd.sinks import pg_partitions as parts
 from servomexd.sinks import pg_rollups as rollups
 from servomexd.sinks import pg_writers as writers
 from servomexd.sinks.base import CHECKPOINT_TABLE
-from servomexd.sinks.pg_ddl import locked_ddl, run_formatted
+from servomexd.sinks.pg_create import RAW_KEY, create_missing, relation_exists
+from servomexd.sinks.pg_ddl import locked_ddl
 from servomexd.sinks.pg_stats import table_stats
 
 if TYPE_CHECKING:
@@ -31,32 +32,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("servomexd.sinks")
 
-_CREATE_TYPES = {
-    "value": "double precision",
-    "latency_s": "double precision",
-    "monotonic_ns": "bigint",
-    "ok": "boolean",
-    "fault": "boolean",
-    "maintenance": "boolean",
-    "calibrating": "boolean",
-    "warming_up": "boolean",
-    "received_at": "timestamptz",
-    "requested_at": "timestamptz",
-}
-RAW_KEY = "received_at"
 ROLLUP_UNIT: parts.Granularity = "month"
 _RETRY_AFTER_FAILURE_S = 60.0
 _NO_PRIVILEGE = "42501"
 _RECEIVED = ROW_COLUMNS.index("received_at")
 _devices_of = itemgetter(ROW_COLUMNS.index("device"))
-
-
-async def _exists(conn: Any, schema: str, name: str) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT 1 FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace "
-        "WHERE n.nspname = $1 AND r.relname = $2",
-        schema, name,
-    ))  # fmt: skip
 
 
 class FleetLayout:
@@ -84,11 +64,7 @@ class FleetLayout:
         self._partitioned = False
         self._covered: tuple[datetime, datetime] | None = None
         self._next_maintenance = 0.0
-        self._next_heartbeat = 0.0
-        self._devices: set[str] = set()
-        self._registered: set[str] = set()
-        self._stream = ""
-        self._registry_ok = self.site is not None
+        self._writers = writers.WriterHeartbeat(config.schema, self.site, clock=clock)
 
     @property
     def has_rollups(self) -> bool:
@@ -98,53 +74,16 @@ class FleetLayout:
 
     async def create_layout(self, conn: Any) -> None:
         """Create whatever is missing, one daemon at a time (four may start together)."""
-        await locked_ddl(conn, self._create)
-
-    async def _create(self, conn: Any) -> None:
-        # Each object is looked up before it is created: CREATE ... IF NOT EXISTS needs
-        # CREATE rights even when the object exists, which a site's role may not have.
-        c = self.config
-        if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", c.schema):
-            await run_formatted(conn, "CREATE SCHEMA IF NOT EXISTS %I", c.schema)
-        if not await _exists(conn, c.schema, c.table):
-            columns = [f'"{name}" {_CREATE_TYPES.get(name, "text")}' for name in ROW_COLUMNS]
-            if self.site is not None:
-                columns.insert(0, '"site" text')
-            tail = f" PARTITION BY RANGE ({RAW_KEY})" if self.unit is not None else ""
-            await run_formatted(
-                conn, f"CREATE TABLE IF NOT EXISTS %I.%I ({', '.join(columns)}){tail}",
-                c.schema, c.table,
-            )  # fmt: skip
-        index = f"{c.table[:40]}_device_time_idx"
-        if not await _exists(conn, c.schema, index):
-            await run_formatted(
-                conn,
-                "CREATE INDEX IF NOT EXISTS %I ON %I.%I (device, channel, received_at)",
-                index, c.schema, c.table,
-            )  # fmt: skip
-        if not await _exists(conn, c.schema, CHECKPOINT_TABLE):
-            await conn.execute(
-                f'CREATE TABLE IF NOT EXISTS "{c.schema}"."{CHECKPOINT_TABLE}" ('
-                "stream text PRIMARY KEY, seq bigint NOT NULL, "
-                "updated_at timestamptz NOT NULL DEFAULT now())"
-            )
-        if self.site is not None and not await _exists(conn, c.schema, writers.WRITERS_TABLE):
-            await conn.execute(writers.create_sql(c.schema))
-        for spec in self.specs:
-            if not await _exists(conn, c.schema, spec.table(c.table)):
-                await rollups.create_rollup_table(
-                    conn, c.schema, spec.table(c.table), partitioned=self.unit is not None
-                )
-        if await parts.is_partitioned(conn, c.schema, c.table) and not await _exists(
-            conn, c.schema, parts.default_name(c.table)
-        ):
-            await parts.ensure_default(conn, c.schema, c.table)
+        partitioned = self.unit is not None
+        await locked_ddl(
+            conn, lambda cx: create_missing(cx, self.config, self.specs, partitioned=partitioned)
+        )
 
     async def check_layout(self, conn: Any) -> None:
         """At open: the rollup tables must exist; then the first maintenance run."""
         c = self.config
         for spec in self.specs:
-            if not await _exists(conn, c.schema, spec.table(c.table)):
+            if not await relation_exists(conn, c.schema, spec.table(c.table)):
                 raise ServomexSinkSchemaError(
                     f"rollup table {c.schema}.{spec.table(c.table)} does not exist; create "
                     "it (docs/operations.md) or set create_table",
@@ -202,10 +141,7 @@ class FleetLayout:
 
     def note_write(self, records: Sequence[Record], stream: str | None) -> None:
         """Cheap bookkeeping after a committed batch: devices seen, rows sent to DEFAULT."""
-        if stream:
-            self._stream = stream
-        if self._registry_ok and records:
-            self._devices.update(map(_devices_of, records))
+        self._writers.note(map(_devices_of, records), stream)
         covered = self._covered
         if covered is None or not records:
             return
@@ -229,53 +165,16 @@ class FleetLayout:
                 "clock jump): they are kept in the DEFAULT partition",
             )
 
-    def _heartbeat_due(self, now: float) -> bool:
-        return self._registry_ok and (
-            now >= self._next_heartbeat or not self._devices <= self._registered
-        )
-
     def due(self) -> bool:
         now = self._clock()
-        return now >= self._next_maintenance or self._heartbeat_due(now)
+        return now >= self._next_maintenance or self._writers.due(now)
 
     async def after_write(self, conn: Any) -> None:
         now = self._clock()
-        if self._heartbeat_due(now):
-            await self._heartbeat(conn)
+        if self._writers.due(now):
+            await self._writers.beat(conn)
         if now >= self._next_maintenance:
             await self.maintain(conn, raise_errors=False)
-
-    async def _heartbeat(self, conn: Any) -> None:
-        assert self.site is not None
-        self._next_heartbeat = self._clock() + writers.HEARTBEAT_S
-        if not self._devices or not self._stream:
-            return
-        try:
-            others = await writers.register(
-                conn, self.config.schema, self.site, self._devices, self._stream
-            )
-        except Exception as exc:
-            if getattr(exc, "sqlstate", None) is None:
-                raise  # connection trouble: the caller handles it
-            self._registry_ok = False
-            log.warning(
-                "sink.writer_registry_unavailable",
-                error=f"{type(exc).__name__}: {exc}",
-                note="duplicate site+device detection is off for this run",
-            )
-            return
-        self._registered |= self._devices
-        for other in others:
-            log.warning(
-                "sink.duplicate_writer",
-                site=other.site,
-                device=other.device,
-                other_host=other.host,
-                other_pid=other.pid,
-                seen_s_ago=round(other.age_s, 1),
-                note="another daemon writes rows with the same site and device: they cannot "
-                "be told apart; give each daemon its own [daemon] site or device names",
-            )
 
     # --- maintenance ----------------------------------------------------------------------
 

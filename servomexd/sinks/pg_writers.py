@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from servomexd.sinks.pg_ddl import qualified
+
+log = structlog.get_logger("servomexd.sinks")
 
 WRITERS_TABLE = "servomexd_writers"
 HEARTBEAT_S = 60.0
@@ -70,3 +75,66 @@ async def register(
         OtherWriter(site, row["device"], row["host"], int(row["pid"]), float(row["age"]))
         for row in rows
     ]
+
+
+class WriterHeartbeat:
+    """One sink's claim on its (site, device) pairs: the devices it has written, renewed
+    every ``HEARTBEAT_S`` and at once when a new device appears.
+
+    A registry the role may not use turns the check off for the run (logged once); any
+    other failure is the connection's and goes to the caller.
+    """
+
+    def __init__(
+        self, schema: str, site: str | None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.schema = schema
+        self.site = site
+        self._clock = clock
+        self._next = 0.0
+        self._devices: set[str] = set()
+        self._registered: set[str] = set()
+        self._stream = ""
+        self._enabled = site is not None
+
+    def note(self, devices: Iterable[str], stream: str | None) -> None:
+        """Remember the devices of a committed batch and the stream that wrote it."""
+        if stream:
+            self._stream = stream
+        if self._enabled:
+            self._devices.update(devices)
+
+    def due(self, now: float) -> bool:
+        """Whether a heartbeat is owed: its interval passed or a device is unclaimed."""
+        return self._enabled and (now >= self._next or not self._devices <= self._registered)
+
+    async def beat(self, conn: Any) -> None:
+        """Claim the devices seen so far and warn about every other live writer."""
+        assert self.site is not None
+        self._next = self._clock() + HEARTBEAT_S
+        if not self._devices or not self._stream:
+            return
+        try:
+            others = await register(conn, self.schema, self.site, self._devices, self._stream)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) is None:
+                raise  # connection trouble: the caller handles it
+            self._enabled = False
+            log.warning(
+                "sink.writer_registry_unavailable",
+                error=f"{type(exc).__name__}: {exc}",
+                note="duplicate site+device detection is off for this run",
+            )
+            return
+        self._registered |= self._devices
+        for other in others:
+            log.warning(
+                "sink.duplicate_writer",
+                site=other.site,
+                device=other.device,
+                other_host=other.host,
+                other_pid=other.pid,
+                seen_s_ago=round(other.age_s, 1),
+                note="another daemon writes rows with the same site and device: they cannot "
+                "be told apart; give each daemon its own [daemon] site or device names",
+            )

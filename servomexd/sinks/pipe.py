@@ -67,6 +67,74 @@ async def _pull(iterator: AsyncIterator[Any], handoff: _Handoff) -> None:
         await handoff.emptied.acquire()
 
 
+class _Batcher:
+    """The samples buffered for the sink, and what has been written so far."""
+
+    __slots__ = (
+        "batch_size", "batches", "buffer", "emitted", "flush_interval", "last_flush", "sink"
+    )
+
+    def __init__(self, sink: SampleSink, batch_size: int, flush_interval: float) -> None:
+        self.sink = sink
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.buffer: list[Sample] = []
+        self.emitted = 0
+        self.batches = 0
+        self.last_flush = monotonic()
+
+    def add(self, item: Sequence[Sample] | Sample | None) -> None:
+        if isinstance(item, Sample):
+            self.buffer.append(item)
+        elif item is not None:
+            self.buffer.extend(item)
+
+    def full(self) -> bool:
+        """A whole batch is buffered, or the flush interval has passed with something in it."""
+        buffer = self.buffer
+        return len(buffer) >= self.batch_size or (
+            bool(buffer) and monotonic() - self.last_flush >= self.flush_interval
+        )
+
+    async def flush(self) -> None:
+        if self.buffer:
+            batch, self.buffer = self.buffer, []
+            await self.sink.write_many(batch)
+            self.emitted += len(batch)
+            self.batches += 1
+        self.last_flush = monotonic()
+
+
+async def _drain(handoff: _Handoff, batcher: _Batcher) -> None:
+    """Take the puller's items into the batcher until the stream ends; a flush deadline
+    that passes while the stream is silent flushes without waiting for the next item."""
+    filled = handoff.filled
+    while True:
+        try:
+            filled.acquire_nowait()
+        except anyio.WouldBlock:
+            if batcher.buffer:
+                deadline = batcher.last_flush + batcher.flush_interval
+                with anyio.move_on_after(deadline - monotonic()) as wait:
+                    await filled.acquire()
+                if wait.cancelled_caught:  # the deadline came first: flush, keep waiting
+                    await batcher.flush()
+                    continue
+            else:
+                await filled.acquire()
+        if handoff.ended:
+            break
+        if handoff.error is not None:
+            await batcher.flush()  # keep what the source delivered before failing
+            raise handoff.error
+        item, handoff.item = handoff.item, None
+        batcher.add(item)
+        if batcher.full():
+            await batcher.flush()
+        handoff.emptied.release()
+    await batcher.flush()
+
+
 async def pipe(
     stream: AsyncIterable[Sequence[Sample] | Sample],
     sink: SampleSink,
@@ -88,58 +156,14 @@ async def pipe(
 
     started_at = datetime.now(UTC)
     iterator = aiter(stream)
-    buffer: list[Sample] = []
-    emitted = 0
-    batches = 0
-    last_flush = monotonic()
-
-    async def flush() -> None:
-        nonlocal emitted, batches, last_flush, buffer
-        if buffer:
-            batch, buffer = buffer, []
-            await sink.write_many(batch)
-            emitted += len(batch)
-            batches += 1
-        last_flush = monotonic()
-
-    async def drain(handoff: _Handoff) -> None:
-        filled = handoff.filled
-        while True:
-            try:
-                filled.acquire_nowait()
-            except anyio.WouldBlock:
-                if buffer:
-                    with anyio.move_on_after(last_flush + flush_interval - monotonic()) as wait:
-                        await filled.acquire()
-                    if wait.cancelled_caught:  # the deadline came first: flush, keep waiting
-                        await flush()
-                        continue
-                else:
-                    await filled.acquire()
-            if handoff.ended:
-                break
-            if handoff.error is not None:
-                await flush()  # keep what the source delivered before failing
-                raise handoff.error
-            item, handoff.item = handoff.item, None
-            if isinstance(item, Sample):
-                buffer.append(item)
-            elif item is not None:
-                buffer.extend(item)
-            if len(buffer) >= batch_size or (
-                buffer and monotonic() - last_flush >= flush_interval
-            ):
-                await flush()
-            handoff.emptied.release()
-        await flush()
-
+    batcher = _Batcher(sink, batch_size, flush_interval)
     failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tasks:
             handoff = _Handoff()
             tasks.start_soon(_pull, iterator, handoff)
             try:
-                await drain(handoff)
+                await _drain(handoff, batcher)
             except Exception as exc:
                 # Raised after the task group, so callers see it as it is.
                 failure = exc
@@ -151,4 +175,4 @@ async def pipe(
                 await aclose()
     if failure is not None:
         raise failure
-    return AcquisitionSummary(started_at, datetime.now(UTC), emitted, batches)
+    return AcquisitionSummary(started_at, datetime.now(UTC), batcher.emitted, batcher.batches)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+from servomexd.errors import short_cause
+
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_SSLMODE = "prefer"
 CREDENTIAL_SSLKEY = "pg-sslkey"
@@ -173,7 +175,8 @@ def build_context(tls: PgTls) -> ssl.SSLContext:
                 context.load_verify_locations(cafile=root)
             except ssl.SSLError as exc:
                 raise TlsSetupError(
-                    "sslrootcert", f"sslrootcert {root}: not a PEM CA certificate ({_why(exc)})"
+                    "sslrootcert",
+                    f"sslrootcert {root}: not a PEM CA certificate ({short_cause(exc)})",
                 ) from None
     else:
         context.verify_mode = ssl.CERT_NONE
@@ -188,7 +191,7 @@ def build_context(tls: PgTls) -> ssl.SSLContext:
             raise TlsSetupError(
                 "sslkey",
                 f"sslcert {tls.sslcert} / sslkey {key or '(in sslcert)'}: cannot load the "
-                f"client certificate and key ({_why(exc)}); the key must be unencrypted PEM "
+                f"client certificate and key ({short_cause(exc)}); the key must be unencrypted PEM "
                 "matching the certificate",
             ) from None
     return context
@@ -221,14 +224,6 @@ def _require_readable(setting: str, path: str) -> None:
         ) from None
 
 
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 # --- what a failure means -------------------------------------------------------------
 
 
@@ -242,7 +237,7 @@ def classify(exc: BaseException) -> tuple[str, str] | None:
         return exc.check, exc.message
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = exc.verify_code
-        detail = exc.verify_message or _why(exc)
+        detail = exc.verify_message or short_cause(exc)
         if code in _EXPIRY_CODES:
             return "expiry", (
                 f"the server's certificate (or its CA) is {_EXPIRY_CODES[code]} ({detail}); "

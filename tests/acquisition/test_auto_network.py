@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,24 +18,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def auto_device(port: str, **overrides: Any) -> DeviceConfig:
-    settings: dict[str, Any] = {
-        "name": "auto-net",
-        "port": port,
-        "protocol": "auto",
-        "address": 7,
-        "poll_interval": 0.2,
-        "request_timeout": 0.3,
-        "expected_frame_period": 0.5,
-    }
-    settings.update(overrides)
-    return DeviceConfig(**settings)
-
-
-@pytest.fixture
-async def buses() -> AsyncIterator[ModbusBusRegistry]:
-    registry = ModbusBusRegistry()
-    yield registry
-    await registry.aclose()
+    settings: dict[str, Any] = {"name": "auto-net", "port": port, "protocol": "auto",
+                                "address": 7, "poll_interval": 0.2, "request_timeout": 0.3,
+                                "expected_frame_period": 0.5}  # fmt: skip
+    return DeviceConfig(**{**settings, **overrides})
 
 
 async def first_frames(session: Any, count: int) -> list[Frame]:

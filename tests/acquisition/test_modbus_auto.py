@@ -41,25 +41,11 @@ ASCII_PROBES = {
 
 
 def auto_device(port: str, **overrides: Any) -> DeviceConfig:
-    settings: dict[str, Any] = {
-        "name": "auto30",
-        "port": port,
-        "protocol": "auto",
-        "address": 30,
-        "poll_interval": 0.1,
-        "inter_request_delay": 0.02,
-        "request_timeout": 0.3,
-        "expected_frame_period": 0.3,
-    }
-    settings.update(overrides)
-    return DeviceConfig(**settings)
-
-
-@pytest.fixture
-async def buses() -> AsyncIterator[ModbusBusRegistry]:
-    registry = ModbusBusRegistry()
-    yield registry
-    await registry.aclose()
+    settings: dict[str, Any] = {"name": "auto30", "port": port, "protocol": "auto",
+                                "address": 30, "poll_interval": 0.1,
+                                "inter_request_delay": 0.02, "request_timeout": 0.3,
+                                "expected_frame_period": 0.3}  # fmt: skip
+    return DeviceConfig(**{**settings, **overrides})
 
 
 def test_listen_window() -> None:
@@ -133,14 +119,24 @@ async def _collect_writes(device: PtyDevice, into: bytearray, stop: asyncio.Even
         await asyncio.sleep(0.005)
 
 
+@contextlib.asynccontextmanager
+async def writes_to(device: PtyDevice) -> AsyncIterator[bytearray]:
+    """Everything the master writes towards ``device`` while the block runs."""
+    written = bytearray()
+    stop = asyncio.Event()
+    collector = asyncio.create_task(_collect_writes(device, written, stop))
+    try:
+        yield written
+    finally:
+        stop.set()
+        await collector
+
+
 async def test_auto_finds_continuous(buses: ModbusBusRegistry, tmp_path: Path) -> None:
     from servomexd.simulator.continuous import ContinuousSimulator
 
     link = tmp_path / "ttyAUTO"
-    async with ContinuousSimulator(link, period=0.3) as sim:
-        written = bytearray()
-        stop = asyncio.Event()
-        collector = asyncio.create_task(_collect_writes(sim.device, written, stop))
+    async with ContinuousSimulator(link, period=0.3) as sim, writes_to(sim.device) as written:
         factory = AutoSessionFactory(auto_device(str(link)), buses)
         session = await factory.open()
         try:
@@ -154,8 +150,6 @@ async def test_auto_finds_continuous(buses: ModbusBusRegistry, tmp_path: Path) -
             await events.aclose()
         finally:
             await session.aclose()
-            stop.set()
-            await collector
     assert factory.detected is ProtocolKind.CONTINUOUS
     assert isinstance(first, Frame) and first.protocol is ProtocolKind.CONTINUOUS
     assert second.received_at > first.received_at
@@ -180,16 +174,10 @@ def _split_probes(data: bytes) -> set[bytes]:
 async def test_auto_reports_what_it_tried(buses: ModbusBusRegistry, tmp_path: Path) -> None:
     link = tmp_path / "ttyQUIET"
     with PtyDevice(link) as device:
-        written = bytearray()
-        stop = asyncio.Event()
-        collector = asyncio.create_task(_collect_writes(device, written, stop))
-        factory = AutoSessionFactory(auto_device(str(link)), buses)
-        try:
+        async with writes_to(device) as written:
+            factory = AutoSessionFactory(auto_device(str(link)), buses)
             with pytest.raises(ServomexConnectionError, match="no recognised protocol") as raised:
                 await factory.open()
-        finally:
-            stop.set()
-            await collector
     tried = raised.value.context["tried"]
     assert "modbus_rtu: no reply" in tried
     assert "modbus_ascii: no reply" in tried
@@ -219,6 +207,15 @@ async def _first_frame(session: AutoSession, within: float) -> Frame:
     return event
 
 
+async def _detect_and_read_one(factory: AutoSessionFactory) -> None:
+    """Open (detecting or reusing the mode), take one frame, close."""
+    session = await factory.open()
+    try:
+        await _first_frame(session, 2.0)
+    finally:
+        await session.aclose()
+
+
 @pytest.mark.usefixtures("quick_probes")
 async def test_auto_reopens_a_continuous_unit_without_probing(
     buses: ModbusBusRegistry, tmp_path: Path
@@ -226,33 +223,22 @@ async def test_auto_reopens_a_continuous_unit_without_probing(
     from servomexd.simulator.continuous import ContinuousSimulator
 
     link = tmp_path / "ttyAUTO"
-    async with ContinuousSimulator(link, period=0.3) as sim:
-        written = bytearray()
-        stop = asyncio.Event()
-        collector = asyncio.create_task(_collect_writes(sim.device, written, stop))
+    async with ContinuousSimulator(link, period=0.3) as sim, writes_to(sim.device) as written:
         factory = AutoSessionFactory(auto_device(str(link)), buses)
-        try:
-            session = await factory.open()
-            try:
-                await _first_frame(session, 2.0)
-            finally:
-                await session.aclose()
-            assert factory.remembered is ProtocolKind.CONTINUOUS
-            await asyncio.sleep(0.05)  # let the collector drain what the ladder sent
-            assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
-            written.clear()
+        await _detect_and_read_one(factory)
+        assert factory.remembered is ProtocolKind.CONTINUOUS
+        await asyncio.sleep(0.05)  # let the collector drain what the ladder sent
+        assert _split_probes(bytes(written)) == RTU_PROBES | ASCII_PROBES
+        written.clear()
 
-            with capture_logs() as logs:
-                again = await factory.open()
-            try:
-                assert isinstance(again.inner, ContinuousSessionType)
-                frame = await _first_frame(again, 1.0)  # one 0.3 s period, not a ladder
-            finally:
-                await again.aclose()
-            await asyncio.sleep(0.05)
+        with capture_logs() as logs:
+            again = await factory.open()
+        try:
+            assert isinstance(again.inner, ContinuousSessionType)
+            frame = await _first_frame(again, 1.0)  # one 0.3 s period, not a ladder
         finally:
-            stop.set()
-            await collector
+            await again.aclose()
+        await asyncio.sleep(0.05)
     assert frame.protocol is ProtocolKind.CONTINUOUS
     assert bytes(written) == b"", "no Modbus probe on the reopen"
     assert [entry["event"] for entry in logs] == ["auto.reusing_mode"]
@@ -266,11 +252,7 @@ async def test_auto_reopens_a_modbus_slave_without_probing(
 ) -> None:
     async with ModbusSimulator(protocol=protocol, addresses=[30]) as sim:
         factory = AutoSessionFactory(auto_device(sim.link_path), buses)
-        session = await factory.open()
-        try:
-            await _first_frame(session, 2.0)
-        finally:
-            await session.aclose()
+        await _detect_and_read_one(factory)
         assert factory.remembered is protocol
         sent_before = len(_sent(sim))
 
@@ -298,11 +280,7 @@ async def test_auto_redetects_after_a_remembered_session_without_frames(
     link = tmp_path / "ttySWITCH"
     factory = AutoSessionFactory(auto_device(str(link)), buses)
     async with ContinuousSimulator(link, period=0.3):
-        session = await factory.open()
-        try:
-            await _first_frame(session, 2.0)
-        finally:
-            await session.aclose()
+        await _detect_and_read_one(factory)
     assert factory.remembered is ProtocolKind.CONTINUOUS
 
     # The operator switches the unit to Modbus RTU at the front panel.

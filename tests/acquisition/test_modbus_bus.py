@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from servomexd.acquisition.modbus_bus import BusSettings, ModbusBusRegistry
 from servomexd.model import ProtocolKind
@@ -25,16 +21,6 @@ class Slave:
     bytesize: int = 8
     parity: str = "N"
     stopbits: int = 1
-
-
-@pytest.fixture
-def pty_path() -> Iterator[str]:
-    master, slave = os.openpty()
-    try:
-        yield os.ttyname(slave)
-    finally:
-        os.close(slave)
-        os.close(master)
 
 
 def test_two_spellings_of_one_adapter_share_the_bus(tmp_path: Path, pty_path: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,25 +25,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def device(port: str, protocol: str, address: int, **overrides: Any) -> DeviceConfig:
-    settings: dict[str, Any] = {
-        "name": f"kiln{address}",
-        "port": port,
-        "protocol": protocol,
-        "address": address,
-        "poll_interval": 0.1,
-        "inter_request_delay": 0.02,
-        "request_timeout": 0.5,
-        "retries": 1,
-    }
-    settings.update(overrides)
-    return DeviceConfig(**settings)
-
-
-@pytest.fixture
-async def buses() -> AsyncIterator[ModbusBusRegistry]:
-    registry = ModbusBusRegistry()
-    yield registry
-    await registry.aclose()
+    settings: dict[str, Any] = {"name": f"kiln{address}", "port": port, "protocol": protocol,
+                                "address": address, "poll_interval": 0.1,
+                                "inter_request_delay": 0.02, "request_timeout": 0.5,
+                                "retries": 1}  # fmt: skip
+    return DeviceConfig(**{**settings, **overrides})
 
 
 async def frames(session: ModbusSession, count: int) -> list[Frame]:

@@ -43,19 +43,11 @@ BENCH = (I1, I2, I3, E1, E2)
 
 
 def device(port: str, address: int = 30, **overrides: Any) -> DeviceConfig:
-    settings: dict[str, Any] = {
-        "name": f"ox{address}",
-        "port": port,
-        "protocol": "modbus_rtu",
-        "address": address,
-        "poll_interval": 0.1,
-        "inter_request_delay": 0.02,
-        "request_timeout": 0.3,
-        "retries": 1,
-        "timeout_streak": 3,
-    }
-    settings.update(overrides)
-    return DeviceConfig(**settings)
+    settings: dict[str, Any] = {"name": f"ox{address}", "port": port, "protocol": "modbus_rtu",
+                                "address": address, "poll_interval": 0.1,
+                                "inter_request_delay": 0.02, "request_timeout": 0.3,
+                                "retries": 1, "timeout_streak": 3}  # fmt: skip
+    return DeviceConfig(**{**settings, **overrides})
 
 
 async def open_session(dev: DeviceConfig, buses: ModbusBusRegistry) -> ModbusSession:
@@ -71,13 +63,6 @@ async def take(events: AsyncIterator[Any], count: int) -> list[Any]:
         if len(out) == count:
             break
     return out
-
-
-@pytest.fixture
-async def buses() -> AsyncIterator[ModbusBusRegistry]:
-    registry = ModbusBusRegistry()
-    yield registry
-    await registry.aclose()
 
 
 # --- values, statuses, names ---------------------------------------------------------------

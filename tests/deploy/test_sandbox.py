@@ -178,6 +178,47 @@ def _count_parquet(directory: Path) -> int:
     return sum(pq.read_table(f).num_rows for f in files)
 
 
+def record_in_sandbox(
+    sandbox_dir: Path,
+    config: Path,
+    link: Path,
+    recorded: Callable[[], None],
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run a simulated analyser on ``link`` and the sandboxed daemon on ``config`` (in the
+    config's folder) until ``recorded()`` returns, then SIGTERM. Returns the daemon's
+    output, checked for a clean exit and for no call the sandbox denied."""
+    servomexd = str(installed_servomexd())
+    simulator = subprocess.Popen(
+        [servomexd, "simulate", "--link", str(link), "--period", "0.05"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    daemon: subprocess.Popen[str] | None = None
+    try:
+        _wait_for(link.exists, 15, "the simulated analyser")
+        daemon = subprocess.Popen(
+            sandboxed(sandbox_dir, [servomexd, "run", "--config", str(config)]),
+            cwd=config.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        recorded()
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = daemon.communicate(timeout=15)
+        assert daemon.returncode == 0, output
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+        simulator.terminate()
+        simulator.communicate(timeout=10)
+    assert "Operation not permitted" not in output and "PermissionError" not in output, output
+    return output
+
+
 @pytest.mark.parametrize("sink", ["sqlite", "parquet", "postgres"])
 def test_daemon_records_inside_the_sandbox(
     sink: str, sandbox_dir: Path, request: pytest.FixtureRequest
@@ -198,22 +239,8 @@ def test_daemon_records_inside_the_sandbox(
         f'[[devices]]\nname = "sandboxed"\nport = "{link}"\n\n[sink]\n{sink_table}\n'
         f'[spool]\npath = "{work}/spool"\n\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
     )
-    servomexd = str(installed_servomexd())
-    simulator = subprocess.Popen(
-        [servomexd, "simulate", "--link", str(link), "--period", "0.05"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    daemon: subprocess.Popen[str] | None = None
-    try:
-        _wait_for(link.exists, 15, "the simulated analyser")
-        daemon = subprocess.Popen(
-            sandboxed(sandbox_dir, [servomexd, "run", "--config", str(config)]),
-            cwd=work,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+
+    def recorded() -> None:
         _wait_for(lambda: _get(port, "/readyz")[0] == 200, 30, "/readyz to answer 200")
         _wait_for(lambda: _written(port) >= 50, 30, "samples written to the sink")
         _status, metrics = _get(port, "/metrics")
@@ -221,17 +248,7 @@ def test_daemon_records_inside_the_sandbox(
         assert re.search(r"^process_cpu_seconds_total \S+$", metrics, re.M), metrics[:2000]
         assert re.search(r"^process_resident_memory_bytes \S+$", metrics, re.M)
 
-        daemon.send_signal(signal.SIGTERM)
-        output, _ = daemon.communicate(timeout=15)
-        assert daemon.returncode == 0, output
-    finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.kill()
-            daemon.communicate()
-        simulator.terminate()
-        simulator.communicate(timeout=10)
-
-    assert "Operation not permitted" not in output and "PermissionError" not in output, output
+    output = record_in_sandbox(sandbox_dir, config, link, recorded)
     if sink == "sqlite":
         with sqlite3.connect(work / "samples.sqlite") as db:
             rows = db.execute("SELECT count(*) FROM samples").fetchone()[0]

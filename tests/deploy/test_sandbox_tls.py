@@ -8,18 +8,15 @@ import asyncio
 import base64
 import http.client
 import re
-import signal
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import bcrypt
 import pytest
-from deploy_helpers import installed_servomexd
 from pg import PgCluster, PgUnavailable, pg_required
-from test_sandbox import _free_port, _wait_for, sandbox_dir, sandboxed
+from test_sandbox import _free_port, _wait_for, record_in_sandbox, sandbox_dir
 from tlscerts import CertificateAuthority
 
 __all__ = ["sandbox_dir"]  # the fixture, imported for use here
@@ -32,14 +29,9 @@ def tls_cluster() -> Iterator[tuple[PgCluster, CertificateAuthority]]:
     ca = CertificateAuthority()
     pair = ca.issue("127.0.0.1", hosts=("127.0.0.1",))
     try:
-        cluster = PgCluster(
-            conf=["ssl = on", "ssl_cert_file = '../server.crt'",
-                  "ssl_key_file = '../server.key'", "ssl_ca_file = '../ca.crt'"],
-            hba=["hostssl all fleet 127.0.0.1/32 cert"],
+        cluster = PgCluster.with_tls(
+            pair.cert_pem, pair.key_pem, ca.cert_pem, hba=["hostssl all fleet 127.0.0.1/32 cert"]
         )
-        cluster.add_file("server.crt", pair.cert_pem, 0o644)
-        cluster.add_file("server.key", pair.key_pem, 0o600)
-        cluster.add_file("ca.crt", ca.cert_pem, 0o644)
         with cluster:
             asyncio.run(_sql(cluster, "CREATE ROLE fleet LOGIN",
                              "CREATE SCHEMA fleet AUTHORIZATION fleet"))
@@ -101,37 +93,18 @@ def test_tls_everywhere_inside_the_sandbox(
         f'[spool]\npath = "{work}/spool"\n\n'
         f'[metrics]\nlisten = "127.0.0.1:{port}"\nweb_config = "{work}/web-config.yml"\n'
     )
-    servomexd = str(installed_servomexd())
-    simulator = subprocess.Popen(
-        [servomexd, "simulate", "--link", str(link), "--period", "0.05"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    daemon: subprocess.Popen[str] | None = None
-    try:
-        _wait_for(link.exists, 15, "the simulated analyser")
-        daemon = subprocess.Popen(
-            sandboxed(sandbox_dir, [servomexd, "run", "--config", str(config)]),
-            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds)},
-        )
+
+    def written() -> float:
+        status, body = _https_get(port, "/metrics", ca_file)
+        assert status == 200
+        found = re.findall(r"^servomexd_samples_written_total\{[^}]*\} (\S+)$", body, re.M)
+        return sum(float(v) for v in found)
+
+    def recorded() -> None:
         _wait_for(lambda: _https_get(port, "/readyz", ca_file)[0] == 200, 30, "/readyz 200")
-
-        def written() -> float:
-            status, body = _https_get(port, "/metrics", ca_file)
-            assert status == 200
-            found = re.findall(r"^servomexd_samples_written_total\{[^}]*\} (\S+)$", body, re.M)
-            return sum(float(v) for v in found)
-
         _wait_for(lambda: written() >= 50, 30, "samples written over TLS")
-        daemon.send_signal(signal.SIGTERM)
-        output, _ = daemon.communicate(timeout=15)
-        assert daemon.returncode == 0, output
-    finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.kill()
-            daemon.communicate()
-        simulator.terminate()
-        simulator.communicate(timeout=10)
-    assert "Operation not permitted" not in output and "PermissionError" not in output, output
+
+    env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds)}
+    record_in_sandbox(sandbox_dir, config, link, recorded, env)
     stored = asyncio.run(_sql(cluster, "SELECT count(*) FROM fleet.samples"))
     assert stored >= 50

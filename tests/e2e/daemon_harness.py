@@ -34,21 +34,20 @@ def wait_for(predicate: Callable[[], bool], within: float, what: str, step: floa
         time.sleep(step)
 
 
-class Simulator:
-    """``servomexd simulate`` on a pty linked at ``link``, logging every line it sends."""
+class SimulatorProcess:
+    """``servomexd simulate`` in its own process; its emit log says what it really sent."""
 
-    def __init__(
-        self, tmp: Path, name: str = "sim", *, period: float = 0.1, args: Iterable[str] = ()
-    ) -> None:
-        self.link = tmp / f"tty-{name}"
+    def __init__(self, tmp: Path, name: str, args: Iterable[str]) -> None:
         self.emit_log = tmp / f"emit-{name}.jsonl"
-        self.stderr = (tmp / f"sim-{name}.log").open("wb")
+        self.out_path = tmp / f"sim-{name}.log"
+        self.stderr = self.out_path.open("wb")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "servomexd", "simulate", "--link", str(self.link),
-             "--period", str(period), "--emit-log", str(self.emit_log), *args],
+            [PYTHON, "-m", "servomexd", "simulate", "--emit-log", str(self.emit_log), *args],
             stdout=self.stderr, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
-        wait_for(self.link.exists, 15, f"simulator link {self.link}")
+
+    def text(self) -> str:
+        return self.out_path.read_text(errors="replace")
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.emit_log.exists():
@@ -60,7 +59,8 @@ class Simulator:
         return out
 
     def frames(self) -> list[dict[str, Any]]:
-        """Frames actually sent whole (a full pty buffer drops writes: not 'sent')."""
+        """Frames actually sent whole (a full pty buffer drops writes: not 'sent'; over
+        TCP only what went to a connected client)."""
         return [e for e in self.entries() if "index" in e and not e.get("dropped")]
 
     def stop(self) -> None:
@@ -72,6 +72,17 @@ class Simulator:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+class Simulator(SimulatorProcess):
+    """``servomexd simulate`` on a pty linked at ``link``, logging every line it sends."""
+
+    def __init__(
+        self, tmp: Path, name: str = "sim", *, period: float = 0.1, args: Iterable[str] = ()
+    ) -> None:
+        self.link = tmp / f"tty-{name}"
+        super().__init__(tmp, name, ["--link", str(self.link), "--period", str(period), *args])
+        wait_for(self.link.exists, 15, f"simulator link {self.link}")
 
 
 def write_config(
@@ -110,6 +121,14 @@ def write_config(
     path = tmp / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def check_config(config: Path) -> subprocess.CompletedProcess[str]:
+    """``servomexd check-config --config PATH``, output captured as text."""
+    return subprocess.run(
+        [PYTHON, "-m", "servomexd", "check-config", "--config", str(config)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,53 +15,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon_harness import (
-    DaemonProc,
-    Simulator,
-    compare,
-    missing_between,
-    wait_for,
-    write_config,
-)
-from pg import PgCluster, PgUnavailable, pg_required, run_async
+from daemon_harness import DaemonProc, Simulator, compare, missing_between, wait_for, write_config
+from pg import PgCluster, query_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
-@pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    try:
-        pg = PgCluster()
-        pg.start()
-    except (PgUnavailable, OSError) as exc:
-        if pg_required():
-            pytest.fail(f"PostgreSQL needed (SERVOMEXD_REQUIRE_PG): {exc}", pytrace=False)
-        pytest.skip(f"no PostgreSQL cluster possible here: {exc}")
-    try:
-        yield pg
-    finally:
-        pg.cleanup()
-
-
 def pg_rows(dsn: str) -> list[tuple[Any, ...]]:
-    async def fetch() -> list[tuple[Any, ...]]:
-        import asyncpg
-
-        try:
-            conn = await asyncpg.connect(dsn, timeout=5)
-        except (OSError, asyncpg.PostgresError):
-            return []
-        try:
-            records = await conn.fetch(
-                "SELECT device, channel, value, monotonic_ns, received_at, error FROM samples"
-            )
-        except asyncpg.UndefinedTableError:
-            return []
-        finally:
-            await conn.close()
-        return [tuple(r) for r in records]
-
-    return run_async(fetch)
+    return query_rows(
+        dsn, "SELECT device, channel, value, monotonic_ns, received_at, error FROM samples"
+    )
 
 
 def test_postgres_outage_zero_loss_zero_duplicates(

@@ -11,7 +11,6 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +19,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon_harness import (
-    DaemonProc,
-    Simulator,
-    compare,
-    missing_between,
-    wait_for,
-    write_config,
-)
-from pg import PgCluster, PgUnavailable, pg_required, run_async
+from daemon_harness import DaemonProc, Simulator, compare, missing_between, wait_for, write_config
+from pg import PgCluster, query_rows, run_async
 from pg_rollup_check import rollup_mismatches
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 FLEET = 4
 _SERIOUS = re.compile(r"^<[0-4]>", re.MULTILINE)  # syslog priority: emerg..warning
-
-
-@pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    try:
-        pg = PgCluster()
-        pg.start()
-    except (PgUnavailable, OSError) as exc:
-        if pg_required():
-            pytest.fail(f"PostgreSQL needed (SERVOMEXD_REQUIRE_PG): {exc}", pytrace=False)
-        pytest.skip(f"no PostgreSQL cluster possible here: {exc}")
-    try:
-        yield pg
-    finally:
-        pg.cleanup()
 
 
 def fleet_config(tmp: Path, index: int, sim: Simulator, dsn: str) -> Path:
@@ -71,26 +48,8 @@ def fleet_config(tmp: Path, index: int, sim: Simulator, dsn: str) -> Path:
     return path
 
 
-def query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    async def fetch() -> list[tuple[Any, ...]]:
-        import asyncpg
-
-        try:
-            conn = await asyncpg.connect(dsn, timeout=5)
-        except (OSError, asyncpg.PostgresError):
-            return []
-        try:
-            return [tuple(r) for r in await conn.fetch(sql)]
-        except asyncpg.UndefinedTableError:
-            return []
-        finally:
-            await conn.close()
-
-    return run_async(fetch)
-
-
 def raw_rows(dsn: str) -> list[tuple[Any, ...]]:
-    return query(
+    return query_rows(
         dsn, "SELECT device, channel, value, monotonic_ns, received_at, error FROM samples"
     )
 
@@ -119,6 +78,19 @@ def start_fleet(tmp: Path, dsn: str) -> tuple[list[Simulator], list[Path], list[
     return sims, configs, daemons
 
 
+def terminate_all(daemons: list[DaemonProc]) -> None:
+    for daemon in daemons:
+        code, _ = daemon.terminate()
+        assert code == 0
+
+
+def stop_fleet(sims: list[Simulator], daemons: list[DaemonProc]) -> None:
+    for daemon in daemons:
+        daemon.cleanup()
+    for sim in sims:
+        sim.stop()
+
+
 def test_four_daemons_create_one_partitioned_layout_at_once(
     tmp_path: Path, cluster: PgCluster
 ) -> None:
@@ -126,22 +98,18 @@ def test_four_daemons_create_one_partitioned_layout_at_once(
     try:
         for daemon in daemons:
             daemon.wait_ready(40)
-        wait_for(lambda: len(query(cluster.dsn, "SELECT DISTINCT device FROM samples")) == FLEET,
-                 30, "rows from every daemon")
-        for daemon in daemons:
-            code, _ = daemon.terminate()
-            assert code == 0
+        devices = "SELECT DISTINCT device FROM samples"
+        wait_for(lambda: len(query_rows(cluster.dsn, devices)) == FLEET, 30,
+                 "rows from every daemon")
+        terminate_all(daemons)
     finally:
-        for daemon in daemons:
-            daemon.cleanup()
-        for sim in sims:
-            sim.stop()
+        stop_fleet(sims, daemons)
     for daemon in daemons:
         assert serious_lines(daemon) == [], daemon.text()
-    assert query(cluster.dsn, "SELECT partstrat::text FROM pg_partitioned_table "
-                 "WHERE partrelid = 'samples'::regclass") == [("r",)]
-    children = query(cluster.dsn, "SELECT count(*) FROM pg_inherits "
-                     "WHERE inhparent = 'samples'::regclass")
+    assert query_rows(cluster.dsn, "SELECT partstrat::text FROM pg_partitioned_table "
+                      "WHERE partrelid = 'samples'::regclass") == [("r",)]
+    children = query_rows(cluster.dsn, "SELECT count(*) FROM pg_inherits "
+                          "WHERE inhparent = 'samples'::regclass")
     assert children == [(4,)]  # today, two days ahead, DEFAULT
 
 
@@ -170,14 +138,9 @@ def test_fleet_survives_a_restart_and_a_sigkill_exactly_once(
             wait_for(lambda d=daemon: d.metric("servomexd_spool_pending_samples") == 0, 40,
                      "backlog drained")
         time.sleep(1.0)
-        for daemon in daemons:
-            code, _ = daemon.terminate()
-            assert code == 0
+        terminate_all(daemons)
     finally:
-        for daemon in daemons:
-            daemon.cleanup()
-        for sim in sims:
-            sim.stop()
+        stop_fleet(sims, daemons)
     rows = raw_rows(cluster.dsn)
     for index, sim in enumerate(sims):
         frames = sim.frames()
@@ -188,7 +151,7 @@ def test_fleet_survives_a_restart_and_a_sigkill_exactly_once(
         last = result.last if index else max(f["index"] for f in frames)
         assert missing_between(result, frames, result.first, last) == [], f"an-{index}"
         assert set(result.frame_rows.values()) == {5}
-    sites = query(cluster.dsn, "SELECT DISTINCT site, device FROM samples ORDER BY device")
+    sites = query_rows(cluster.dsn, "SELECT DISTINCT site, device FROM samples ORDER BY device")
     assert sites == [(f"plant-{i}/line", f"an-{i}") for i in range(FLEET)]
     for table, seconds in (("samples_1m", 60), ("samples_1h", 3600)):
         total, bad = mismatches(cluster.dsn, table, seconds)

@@ -8,12 +8,9 @@ a client was connected stored exactly once.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import re
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon_harness import (
-    PYTHON,
-    ROOT,
     DaemonProc,
+    SimulatorProcess,
+    check_config,
     compare,
     missing_between,
     sqlite_rows,
@@ -36,18 +33,11 @@ from daemon_harness import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
 
-class NetSimulator:
+class NetSimulator(SimulatorProcess):
     """``servomexd simulate`` serving over TCP; ``url`` is what goes into ``port``."""
 
     def __init__(self, tmp: Path, name: str, *args: str, period: float = 0.1) -> None:
-        self.emit_log = tmp / f"emit-{name}.jsonl"
-        self.out_path = tmp / f"sim-{name}.log"
-        self._out = self.out_path.open("wb")
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "servomexd", "simulate", "--period", str(period),
-             "--emit-log", str(self.emit_log), *args],
-            stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
+        super().__init__(tmp, name, ["--period", str(period), *args])
         wait_for(lambda: self._ready() is not None, 15, f"simulator {name} ready")
         url = self._ready()
         assert url is not None
@@ -56,32 +46,6 @@ class NetSimulator:
     def _ready(self) -> str | None:
         match = re.search(r"^ready (\S+://\S+) ->", self.out_path.read_text(), re.MULTILINE)
         return match.group(1) if match else None
-
-    def text(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def entries(self) -> list[dict[str, Any]]:
-        if not self.emit_log.exists():
-            return []
-        out = []
-        for line in self.emit_log.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-        return out
-
-    def frames(self) -> list[dict[str, Any]]:
-        """Continuous frames written to a connected client (not dropped, not stalled)."""
-        return [e for e in self.entries() if "index" in e and not e.get("dropped")]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
 
 
 def stored_indexes(db: Path, frames: list[dict[str, Any]], device: str) -> int:
@@ -258,10 +222,7 @@ def test_check_config_modbus_tcp_with_a_device_path_exits_78(tmp_path: Path) -> 
     config = write_config(
         tmp_path, [{"name": "kiln-d", "port": "/dev/ttyUSB0", "protocol": "modbus_tcp"}]
     )
-    result = subprocess.run(
-        [PYTHON, "-m", "servomexd", "check-config", "--config", str(config)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+    result = check_config(config)
     assert result.returncode == 78, result
     assert "devices[0].protocol" in result.stderr and "socket://HOST:PORT" in result.stderr
 

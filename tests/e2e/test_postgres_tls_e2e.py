@@ -32,16 +32,12 @@ def server() -> Iterator[Server]:
     ca = CertificateAuthority()
     pair = ca.issue("127.0.0.1", hosts=("127.0.0.1",))
     try:
-        cluster = PgCluster(
-            conf=["ssl = on", "ssl_cert_file = '../server.crt'",
-                  "ssl_key_file = '../server.key'", "ssl_ca_file = '../ca.crt'"],
+        cluster = PgCluster.with_tls(
+            pair.cert_pem, pair.key_pem, ca.cert_pem,
             hba=["hostssl all fleet 127.0.0.1/32 cert",
                  "hostssl all postgres 127.0.0.1/32 trust",
                  "host all postgres 127.0.0.1/32 reject"],
-        )
-        cluster.add_file("server.crt", pair.cert_pem, 0o644)
-        cluster.add_file("server.key", pair.key_pem, 0o600)
-        cluster.add_file("ca.crt", ca.cert_pem, 0o644)
+        )  # fmt: skip
         with cluster:
             asyncio.run(_setup(cluster))
             yield Server(cluster, ca)

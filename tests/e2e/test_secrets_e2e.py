@@ -19,7 +19,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon_harness import PYTHON, ROOT, DaemonProc, Simulator, wait_for, write_config
+from daemon_harness import (
+    PYTHON,
+    ROOT,
+    DaemonProc,
+    Simulator,
+    check_config,
+    wait_for,
+    write_config,
+)
 from pg import free_port
 
 pytestmark = [pytest.mark.e2e]
@@ -129,13 +137,6 @@ def test_host_password_never_shown(tmp_path: Path, source: str) -> None:
     assert _leaks(text) == [], text
 
 
-def _check_config(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "servomexd", "check-config", "--config", str(config)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("postgres", "bad_field"),
     [
@@ -155,7 +156,7 @@ def test_check_config_rejects_without_showing_secrets(
 ) -> None:
     config = write_config(tmp_path, [{"name": "a", "port": "/dev/ttyX"}],
                           sink={"type": "postgres"}, postgres=postgres)  # fmt: skip
-    result = _check_config(config)
+    result = check_config(config)
     assert result.returncode == 78, result
     assert bad_field in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -166,7 +167,7 @@ def test_check_config_prints_masked(tmp_path: Path) -> None:
     dsn = f"postgresql://svc:{PW_DSN}@db/plant?sslmode=require&password={PW_QUERY}"
     config = write_config(tmp_path, [{"name": "a", "port": "/dev/ttyX"}],
                           sink={"type": "postgres"}, postgres={"dsn": dsn})  # fmt: skip
-    result = _check_config(config)
+    result = check_config(config)
     assert result.returncode == 0, result.stderr
     assert "postgresql://svc:***@db/plant?sslmode=require&password=***" in result.stdout
     assert _leaks(result.stdout + result.stderr) == []

@@ -8,23 +8,12 @@ import grp
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from servomexd.link.diagnose import diagnose, holders, probe_open
 from servomexd.link.endpoint import is_network_port
-
-
-@pytest.fixture
-def pty_path() -> Iterator[str]:
-    master, slave = os.openpty()
-    try:
-        yield os.ttyname(slave)
-    finally:
-        os.close(slave)
-        os.close(master)
 
 
 def test_missing_path(tmp_path: Path) -> None:

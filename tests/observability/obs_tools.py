@@ -12,13 +12,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +221,43 @@ def wait_for(condition: Any, timeout: float, interval: float = 0.2, what: str = 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def start_daemon(
+    config: Path, log: Any, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``servomexd run --config PATH`` from the repository, its output into ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "servomexd", "run", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+    )  # fmt: skip
+
+
+def wait_serving(
+    daemon: subprocess.Popen[bytes],
+    probe: Callable[[], bool],
+    log_tail: Callable[[], str],
+    what: str,
+) -> None:
+    """Wait up to 30 s for ``probe()``; a daemon that exits meanwhile fails with its log."""
+
+    def serving() -> bool:
+        if daemon.poll() is not None:
+            raise AssertionError(f"daemon exited {daemon.returncode}: {log_tail()}")
+        try:
+            return probe()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    wait_for(serving, 30, what=what)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 15 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,7 +36,10 @@ from obs_tools import (
     http_get_json,
     require_tool,
     run_tool,
+    start_daemon,
+    stop_process,
     wait_for,
+    wait_serving,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -95,16 +97,6 @@ def _simulator(tmp: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("daemon-scrape")
@@ -140,22 +132,14 @@ format = "json"
     env = {**os.environ, "SERVOMEXD_CONFIG": str(config)}
     daemon_log = (tmp / "daemon.log").open("wb")
     exact = PtyDevice(tmp / "exact").open()
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "servomexd", "run", "--config", str(config)],
-        stdout=daemon_log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-    )
+    daemon = start_daemon(config, daemon_log, env)
     rig = Rig(tmp, f"http://127.0.0.1:{port}", daemon, exact)
     try:
-        def serving() -> bool:
-            if daemon.poll() is not None:
-                raise AssertionError(f"daemon exited {daemon.returncode}: {rig.daemon_log()}")
-            try:
-                health = http_get_json(rig.metrics_url + "/healthz", timeout=1)
-                return bool(health["status"] == "ok")
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return False
+        def healthy() -> bool:
+            health = http_get_json(rig.metrics_url + "/healthz", timeout=1)
+            return bool(health["status"] == "ok")
 
-        wait_for(serving, 30, what="daemon /healthz")
+        wait_serving(daemon, healthy, rig.daemon_log, "daemon /healthz")
         wait_for(lambda: _holds_open(daemon.pid, exact.slave_name), 30,
                  what="daemon opening the exact port")
         prometheus_bin = require_tool("prometheus")
@@ -169,7 +153,7 @@ format = "json"
     finally:
         for process in (rig.live_sim, daemon):
             if process is not None:
-                _stop(process)
+                stop_process(process)
         exact.close()
         if rig.prometheus is not None:
             rig.prometheus.stop()

@@ -9,11 +9,8 @@ second job with a wrong password that must be refused (401) and counted.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +21,17 @@ from typing import Any
 import bcrypt
 import pytest
 import yaml
-from obs_tools import REPO, PrometheusServer, free_port, http_get_json, require_tool, wait_for
+from obs_tools import (
+    REPO,
+    PrometheusServer,
+    free_port,
+    http_get_json,
+    require_tool,
+    start_daemon,
+    stop_process,
+    wait_for,
+    wait_serving,
+)
 from tlscerts import CertificateAuthority
 
 pytestmark = pytest.mark.e2e
@@ -101,23 +108,15 @@ web_config = "{tmp / 'web-config.yml'}"
 format = "json"
 """)
     log = (tmp / "daemon.log").open("wb")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "servomexd", "run", "--config", str(config)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=dict(os.environ),
-    )
+    daemon = start_daemon(config, log)
     rig = TlsRig(tmp, f"https://127.0.0.1:{port}", ca_file, daemon)
     try:
-        def serving() -> bool:
-            if daemon.poll() is not None:
-                raise AssertionError(
-                    f"daemon exited {daemon.returncode}: {rig.daemon_log()[-4000:]}"
-                )
-            try:
-                return rig.get("/healthz")[0] == 200
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return False
-
-        wait_for(serving, 30, what="daemon /healthz over https")
+        wait_serving(
+            daemon,
+            lambda: rig.get("/healthz")[0] == 200,
+            lambda: rig.daemon_log()[-4000:],
+            "daemon /healthz over https",
+        )
         (tmp / "password").write_text(PASSWORD)
         (tmp / "wrong-password").write_text("not-" + PASSWORD)
         (tmp / "prom").mkdir()
@@ -131,13 +130,7 @@ format = "json"
         rig.prometheus.wait_ready()
         yield rig
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+        stop_process(daemon)
         if rig.prometheus is not None:
             rig.prometheus.stop()
         log.close()

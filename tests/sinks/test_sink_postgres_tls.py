@@ -74,13 +74,10 @@ def tls_pg() -> Iterator[TlsPg]:
     server = ca.issue("127.0.0.1", hosts=("127.0.0.1",))
     client = ca.issue(CERT_USER, client=True)
     try:
-        cluster = PgCluster(
-            conf=[
-                "ssl = on",
-                "ssl_cert_file = '../server.crt'",
-                "ssl_key_file = '../server.key'",
-                "ssl_ca_file = '../ca.crt'",
-            ],
+        cluster = PgCluster.with_tls(
+            server.cert_pem,
+            server.key_pem,
+            ca.cert_pem,
             hba=[
                 f"hostssl all {CERT_USER} 127.0.0.1/32 cert",
                 f"host all {CERT_USER} 127.0.0.1/32 reject",
@@ -92,9 +89,6 @@ def tls_pg() -> Iterator[TlsPg]:
         pytest.skip(str(exc))
     with tempfile.TemporaryDirectory(prefix="servomexd-tls-") as tmp:
         files = Path(tmp)
-        cluster.add_file("server.crt", server.cert_pem, 0o644)
-        cluster.add_file("server.key", server.key_pem, 0o600)
-        cluster.add_file("ca.crt", ca.cert_pem, 0o644)
         try:
             with cluster:
                 asyncio.run(_create_cert_user(cluster))
