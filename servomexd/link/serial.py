@@ -3,8 +3,13 @@
 The link only reads: a continuous-mode analyser broadcasts, and Modbus polling goes
 through pymodbus's own serial client (``acquisition/modbus_bus.py``).
 
-Built on pyserial-asyncio-fast (the port is opened in an executor, the fd is then
-watched by the event loop). Two facts of serial lines shape this module:
+pyserial opens and configures the port (in an executor: an open can block on a
+wedged adapter); reading is ours: the fd is registered with the loop's ``add_reader``
+(epoll) and read with one ``os.read`` per wake-up. pyserial's own ``read`` polls with
+``select()``, which raises ``filedescriptor out of range in select()`` for any
+descriptor at or above 1024, and a daemon with ~200 ports (five descriptors each:
+the port and pyserial's abort pipes) crosses that line (issue 17). Two facts of
+serial lines shape this module:
 
 * A serial line has no EOF. A read on a silent port never returns by itself, so
   ``SerialLink.read`` always takes a timeout and returns ``b""`` when it expires:
@@ -32,7 +37,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import serial
-import serial_asyncio_fast
 
 from servomexd.errors import (
     ServomexConnectionError,
@@ -52,8 +56,8 @@ _STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: ser
 _HIGH_WATER = 256 * 1024
 """Bytes buffered before the link stops reading the fd (the kernel then buffers, and
 eventually drops, like a real UART): memory stays bounded if nobody reads."""
-_CLOSE_WAIT = 2.0
-"""How long ``close()`` waits for the transport's own cleanup to report back."""
+_READ_SIZE = 64 * 1024
+"""Bytes taken per wake-up: everything the tty has (its buffer is 4 KiB) in one call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,35 +117,72 @@ class SerialSettings:
         }
 
 
-class _LinkProtocol(asyncio.Protocol):
-    """Collects received bytes and wakes the reader; remembers how the link ended."""
+class _FdReader:
+    """Reads one non-blocking fd when the loop says it is readable; remembers how the
+    link ended. Pausing stops watching the fd (the kernel then buffers, like a UART)."""
 
-    def __init__(self, high_water: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: serial.Serial, high_water: int):
+        self.loop = loop
+        self.port = port
+        self.fd: int = port.fd
         self.buffer = bytearray()
         self.readable = asyncio.Event()
-        self.closed = asyncio.Event()
         self.lost = False
         self.error: BaseException | None = None
         self.paused = False
+        self.watching = False
         self.high_water = high_water
-        self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    def start(self) -> None:
+        os.set_blocking(self.fd, False)
+        self._watch()
 
-    def data_received(self, data: bytes) -> None:
+    def _watch(self) -> None:
+        self.loop.add_reader(self.fd, self._on_readable)
+        self.watching = True
+
+    def _unwatch(self) -> None:
+        if self.watching:
+            self.watching = False
+            self.loop.remove_reader(self.fd)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:  # EIO: the adapter was unplugged, the pty master closed
+            self._lose(error)
+            return
+        if not data:  # readable with no data: a hang-up
+            self._lose(None)
+            return
         self.buffer += data
         self.readable.set()
-        if len(self.buffer) >= self.high_water and not self.paused and self.transport:
+        if len(self.buffer) >= self.high_water and not self.paused:
             self.paused = True
-            self.transport.pause_reading()
+            self._unwatch()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def resume_if_drained(self) -> None:
+        if self.paused and len(self.buffer) < self.high_water // 2 and not self.lost:
+            self.paused = False
+            self._watch()
+
+    def _lose(self, error: BaseException | None) -> None:
+        """The link is gone: stop watching and release the fd now (see the module doc)."""
         self.lost = True
-        self.error = exc
+        self.error = error
         self.readable.set()
-        self.closed.set()
+        self.release()
+
+    def release(self) -> None:
+        """Stop watching and close the port; idempotent."""
+        self._unwatch()
+        if self.port.is_open:
+            try:
+                self.port.close()
+            except (OSError, serial.SerialException) as error:
+                log.debug("closing %s: %s", self.port.port, error)
 
 
 class SerialLink:
@@ -160,8 +201,7 @@ class SerialLink:
     def __init__(self, settings: SerialSettings, *, high_water: int = _HIGH_WATER) -> None:
         self._settings = settings
         self._high_water = high_water
-        self._transport: serial_asyncio_fast.SerialTransport | None = None
-        self._protocol: _LinkProtocol | None = None
+        self._reader: _FdReader | None = None
         self._closed_by_us = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -179,7 +219,6 @@ class SerialLink:
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
-        protocol = _LinkProtocol(self._high_water)
         # Opening can block (a wedged USB device), so it runs in an executor. If we are
         # cancelled meanwhile, the port is closed as soon as the open finishes, so a
         # shutdown or a supervisor timeout never leaks the fd.
@@ -202,9 +241,13 @@ class SerialLink:
                 f"cannot open serial port: {diagnose(self._settings.port, error)}",
                 context={"port": self._settings.port},
             ) from error
-        transport, _ = await serial_asyncio_fast.connection_for_serial(loop, lambda: protocol, port)
-        self._transport = transport
-        self._protocol = protocol
+        reader = _FdReader(loop, port, self._high_water)
+        try:
+            reader.start()
+        except BaseException:
+            reader.release()
+            raise
+        self._reader = reader
         log.debug("serial port open: %s", self.describe())
 
     def describe(self) -> str:
@@ -220,34 +263,21 @@ class SerialLink:
     @property
     def is_open(self) -> bool:
         """True until the link is closed or lost."""
-        protocol = self._protocol
-        return protocol is not None and not protocol.lost and not self._closed_by_us
+        reader = self._reader
+        return reader is not None and not reader.lost and not self._closed_by_us
 
     async def close(self) -> None:
         """Close the port now; idempotent. The fd is released before this returns."""
-        transport, protocol = self._transport, self._protocol
-        if transport is None or protocol is None or self._closed_by_us:
+        reader = self._reader
+        if reader is None or self._closed_by_us:
             return
         self._closed_by_us = True
-        if not transport.is_closing():
-            port = transport.serial
-            # abort() stops watching the fd and schedules the transport's own cleanup
-            # (which would close the fd later, in an executor); close it here, now.
-            transport.abort()
-            if port is not None:
-                try:
-                    port.close()
-                except (OSError, serial.SerialException) as error:
-                    log.debug("closing %s: %s", self._settings.port, error)
-        # The transport was already closing (link lost) or is finishing up: wait for it,
-        # bounded, so that no fd or executor job outlives the link.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CLOSE_WAIT):
-                await protocol.closed.wait()
-        protocol.buffer.clear()
+        reader.release()
+        reader.buffer.clear()
+        reader.readable.set()  # a pending read wakes up and reports the close
 
     async def __aenter__(self) -> Self:
-        if self._transport is None:
+        if self._reader is None:
             await self._open()
         return self
 
@@ -261,8 +291,8 @@ class SerialLink:
 
     # --- I/O ---------------------------------------------------------------------------------
 
-    def _require(self) -> tuple[serial_asyncio_fast.SerialTransport, _LinkProtocol]:
-        if self._transport is None or self._protocol is None:
+    def _require(self) -> _FdReader:
+        if self._reader is None:
             raise ServomexConnectionError(
                 "serial link is not open", context={"port": self._settings.port}
             )
@@ -270,10 +300,10 @@ class SerialLink:
             raise ServomexConnectionError(
                 "serial link is closed", context={"port": self._settings.port}
             )
-        return self._transport, self._protocol
+        return self._reader
 
-    def _lost(self, protocol: _LinkProtocol) -> ServomexConnectionError:
-        cause = protocol.error
+    def _lost(self, reader: _FdReader) -> ServomexConnectionError:
+        cause = reader.error
         message = "serial link lost" if cause is None else f"serial link lost: {_cause(cause)}"
         error = ServomexConnectionError(message, context={"port": self._settings.port})
         error.__cause__ = cause
@@ -292,46 +322,39 @@ class SerialLink:
             raise ServomexValidationError(
                 "max_bytes must be >= 1", context={"max_bytes": max_bytes}
             )
-        transport, protocol = self._require()
-        if not protocol.buffer:
-            # is_closing(): the transport hit a read error and is still cleaning up (its
-            # flush and close run in an executor); the link is gone already.
-            if protocol.lost or transport.is_closing():
-                raise self._lost(protocol)
-            protocol.readable.clear()
+        reader = self._require()
+        if not reader.buffer:
+            if reader.lost:
+                raise self._lost(reader)
+            reader.readable.clear()
             try:
                 async with asyncio.timeout(timeout):
-                    await protocol.readable.wait()
+                    await reader.readable.wait()
             except TimeoutError:
-                if transport.is_closing():
-                    raise self._lost(protocol) from None
                 return b""
             if self._closed_by_us:
                 raise ServomexConnectionError(
                     "serial link closed while reading", context={"port": self._settings.port}
                 )
-            if not protocol.buffer:
-                raise self._lost(protocol)
-        buffer = protocol.buffer
+            if not reader.buffer:
+                raise self._lost(reader)
+        buffer = reader.buffer
         if max_bytes is None or max_bytes >= len(buffer):
             data = bytes(buffer)
             buffer.clear()
         else:
             data = bytes(buffer[:max_bytes])
             del buffer[:max_bytes]
-        if protocol.paused and len(buffer) < protocol.high_water // 2 and not protocol.lost:
-            protocol.paused = False
-            transport.resume_reading()
+        reader.resume_if_drained()
         return data
 
     def reset_input(self) -> None:
         """Discard everything received and not yet read (ours and the kernel's)."""
-        transport, protocol = self._require()
-        protocol.buffer.clear()
-        port = transport.serial
-        if port is not None and not protocol.lost:
+        reader = self._require()
+        reader.buffer.clear()
+        if not reader.lost:
             with contextlib.suppress(OSError, serial.SerialException):
-                port.reset_input_buffer()
+                reader.port.reset_input_buffer()
 
 
 def _close_when_opened(opening: asyncio.Future[serial.Serial]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,42 @@ async def test_cancelled_open_never_leaks_the_fd(device: PtyDevice) -> None:
     assert len(open_fds_to(slave)) == 1  # ours only: no cancelled open left one behind
     await link.close()
     assert open_fds_to(slave) == []
+
+
+# --- descriptors above 1024 ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def low_fds_taken() -> Iterator[None]:
+    """Fill descriptors 0..1100 so that the next port opens above 1024, where select() fails."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    dummies: list[int] = []
+    try:
+        while not dummies or dummies[-1] < 1100:
+            dummies.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in dummies:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_reads_work_on_descriptors_above_1024(low_fds_taken: None, tmp_path: Path) -> None:
+    with PtyDevice(tmp_path / "adapter-1025") as device:
+        slave = device.slave_name
+        assert slave is not None
+        link = await SerialLink.open(SerialSettings(str(device.link)))
+        assert min(int(fd) for fd in open_fds_to(slave)) > 1024
+        for line in (b"first frame\n", b"second frame\n"):
+            device.write(line)
+            assert await read_until(link, len(line)) == line
+        device.unplug()
+        with pytest.raises(ServomexConnectionError, match="lost"):
+            await link.read(5.0)
+        await link.close()
+        assert open_fds_to(slave) == []
