@@ -48,6 +48,7 @@ from servomexd.delivery import DeliveryHealth, Writer
 from servomexd.destination import Destination
 from servomexd.errors import ServomexConfigError, ServomexError
 from servomexd.logs import configure_logging, early_line
+from servomexd.looplag import LoopLagMonitor
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
 from servomexd.signals import capture_signals
@@ -226,9 +227,12 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_READY_SINK_WAIT):
                 await writer.first_sync.wait()
+        self.loop_lag = LoopLagMonitor(self.metrics)
+        lag_task = tg.create_task(self.loop_lag.run(), name="loop-lag")
         notify_task = tg.create_task(
             self.notifier.run(self.status_line, self.alive), name="sd_notify"
         )
+        notify_task.add_done_callback(lambda _: lag_task.cancel())
         self.notifier.ready(self.status_line())
         self.ready.set()
         log.info(
