@@ -56,8 +56,60 @@ class LinkHealth(NamedTuple):
     reconnects: int
 
 
-class _Silence(Exception):
-    """No valid frame within ``silence_timeout``."""
+_LAG_GRACE = 0.05
+"""A watchdog check this late means the loop itself was busy: bytes may be waiting."""
+
+
+class _SilenceWatchdog:
+    """Expires the session's ``asyncio.timeout`` after ``silence_timeout`` without a frame.
+
+    It accounts for the daemon's own lag (issue 17): a check that runs late means the
+    event loop was busy, and the frame that would have fed it may be waiting unread in
+    the kernel, so the check is retried once the loop had a turn to read it, for at most
+    another ``silence_timeout`` in total. A device is not declared silent for the
+    daemon's own delay.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float]) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._fed = clock()
+        self._granted = 0.0
+        self._expiry: asyncio.Timeout | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def fed(self) -> None:
+        self._fed = self._clock()
+
+    def arm(self, expiry: asyncio.Timeout) -> None:
+        self._expiry = expiry
+        self._schedule(self.timeout)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        self._handle = loop.call_at(due, self._check, due)
+
+    def _check(self, due: float) -> None:
+        self._handle = None
+        late = asyncio.get_running_loop().time() - due
+        remaining = self._fed + self.timeout - self._clock()
+        if remaining > 0:
+            self._granted = 0.0
+            self._schedule(remaining)
+            return
+        if late > _LAG_GRACE and self._granted < self.timeout:
+            grace = min(max(late, _LAG_GRACE), self.timeout - self._granted)
+            self._granted += grace
+            self._schedule(grace)
+            return
+        if self._expiry is not None:
+            self._expiry.reschedule(asyncio.get_running_loop().time())
 
 
 class DeviceSupervisor:
@@ -153,30 +205,32 @@ class DeviceSupervisor:
     async def _read(self, session: DeviceSession) -> str:
         events = session.events()
         iterator: AsyncIterator[AcquisitionEvent] = aiter(events)
-        deadline = self._clock() + self.silence_timeout
+        # One watchdog per session, not a timer per event: a frame only stamps the
+        # clock, and the watchdog re-arms itself when it finds a newer frame.
+        watchdog = _SilenceWatchdog(self.silence_timeout, self._clock)
         first = True
         try:
-            while True:
-                remaining = deadline - self._clock()
+            async with asyncio.timeout(None) as expiry:
+                watchdog.arm(expiry)
                 try:
-                    if remaining <= 0:
-                        raise _Silence
-                    async with asyncio.timeout(remaining):
+                    while True:
                         event = await anext(iterator)
-                except (TimeoutError, _Silence):
-                    return f"no valid frame for {self.silence_timeout:g} s (silence_timeout)"
-                except StopAsyncIteration:
-                    return "end of stream (EOF)"
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    return _describe(exc)
-                if isinstance(event, Frame):
-                    deadline = self._clock() + self.silence_timeout
-                    self._on_frame(event, first)
-                    first = False
-                elif isinstance(event, Rejection):
-                    self._on_rejection(event)
+                        if isinstance(event, Frame):
+                            watchdog.fed()
+                            self._on_frame(event, first)
+                            first = False
+                        elif isinstance(event, Rejection):
+                            self._on_rejection(event)
+                finally:
+                    watchdog.disarm()
+        except TimeoutError:
+            return f"no valid frame for {self.silence_timeout:g} s (silence_timeout)"
+        except StopAsyncIteration:
+            return "end of stream (EOF)"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return _describe(exc)
         finally:
             closer = getattr(iterator, "aclose", None)
             if closer is not None:
