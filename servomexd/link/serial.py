@@ -16,9 +16,8 @@ serial lines shape this module:
   silence is normal (the analyser's frame period may be long) and it is the
   supervisor's job to decide when silence means the link is dead.
 * An unplugged USB adapter (or a pty whose master went away) makes the fd
-  readable with no data, or fails the read with EIO. pyserial turns both into a
-  ``SerialException`` and the transport reports ``connection_lost``; the next
-  ``read`` raises ``ServomexConnectionError`` at once, never a hang.
+  readable with no data, or fails the read with EIO. Both end the link (the fd is
+  released at once); the next ``read`` raises ``ServomexConnectionError``, never a hang.
 
 ``close()`` releases the file descriptor immediately, not in a background task: a
 descriptor still held when a USB adapter is replugged makes the kernel enumerate
@@ -126,12 +125,52 @@ class _FdReader:
         self.port = port
         self.fd: int = port.fd
         self.buffer = bytearray()
-        self.readable = asyncio.Event()
         self.lost = False
         self.error: BaseException | None = None
         self.paused = False
         self.watching = False
         self.high_water = high_water
+        # One lazily re-armed timer per port instead of one per read (issue 17): a read
+        # only moves the deadline; the timer, when it fires, re-arms at the newest one.
+        self._waiter: asyncio.Future[bool] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait for bytes, a loss or a close: True; False after ``timeout`` of silence."""
+        loop = self.loop
+        self._deadline = loop.time() + timeout
+        if self._timer is None or self._timer_at > self._deadline:
+            self._arm(self._deadline)
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms again
+        if self.loop.time() < self._deadline:
+            self._arm(self._deadline)
+        else:
+            waiter.set_result(False)
+
+    def wake(self) -> None:
+        """End a pending ``wait`` with True (bytes arrived, the link was lost or closed)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     def start(self) -> None:
         os.set_blocking(self.fd, False)
@@ -158,7 +197,7 @@ class _FdReader:
             self._lose(None)
             return
         self.buffer += data
-        self.readable.set()
+        self.wake()
         if len(self.buffer) >= self.high_water and not self.paused:
             self.paused = True
             self._unwatch()
@@ -172,12 +211,15 @@ class _FdReader:
         """The link is gone: stop watching and release the fd now (see the module doc)."""
         self.lost = True
         self.error = error
-        self.readable.set()
+        self.wake()
         self.release()
 
     def release(self) -> None:
         """Stop watching and close the port; idempotent."""
         self._unwatch()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.port.is_open:
             try:
                 self.port.close()
@@ -274,7 +316,7 @@ class SerialLink:
         self._closed_by_us = True
         reader.release()
         reader.buffer.clear()
-        reader.readable.set()  # a pending read wakes up and reports the close
+        reader.wake()  # a pending read wakes up and reports the close
 
     async def __aenter__(self) -> Self:
         if self._reader is None:
@@ -326,11 +368,7 @@ class SerialLink:
         if not reader.buffer:
             if reader.lost:
                 raise self._lost(reader)
-            reader.readable.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await reader.readable.wait()
-            except TimeoutError:
+            if not await reader.wait(timeout):
                 return b""
             if self._closed_by_us:
                 raise ServomexConnectionError(

@@ -118,6 +118,22 @@ async def test_read_times_out_with_empty_bytes(device: PtyDevice) -> None:
             await link.read(1.0, max_bytes=0)
 
 
+async def test_each_read_keeps_its_own_timeout(device: PtyDevice) -> None:
+    """The port's one timer is re-armed lazily: a short read after a long one still
+    returns after its own timeout, and a long one after short ones waits its full time."""
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        device.write(b"x")
+        assert await link.read(5.0) == b"x"  # arms the timer 5 s ahead
+        started = time.monotonic()
+        assert await link.read(0.2) == b""
+        assert 0.15 <= time.monotonic() - started < 1.0
+        for _ in range(3):
+            assert await link.read(0.05) == b""
+        started = time.monotonic()
+        assert await link.read(0.5) == b""
+        assert 0.45 <= time.monotonic() - started < 1.5
+
+
 async def test_bytes_arrive_and_max_bytes_is_honoured(device: PtyDevice) -> None:
     async with await SerialLink.open(SerialSettings(str(device.link))) as link:
         assert device.write(b"0123456789\n") == 11
