@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 POLL = 0.01
 DEVICES_PER_SIMULATOR = 64
+SCRAPE_EVERY = 10.0
 
 SIMULATORS = textwrap.dedent(
     """
@@ -105,7 +106,7 @@ class Result:
         return (
             f"{self.label:>8} N={self.devices:<4} cpu {self.cpu:5.1f} %  main "
             f"{self.main_us_per_frame:6.1f} us/frame  rss {self.rss_peak:5.1f} MB  "
-            f"reconnects {self.reconnects:4.0f}  lag max {self.lag_max * 1000:6.0f} ms  "
+            f"reconnects {self.reconnects:4.0f}  lag {self.lag_max * 1000:6.0f} ms  "
             f"lost {self.lost:5d}/{self.sent:<6d} dup {self.duplicates:3d}  "
             f"p50 {self.p50 * 1000:5.0f} ms  p99 {self.p99 * 1000:6.0f} ms  "
             f"[{'PASS' if not failed else 'FAIL: ' + ', '.join(failed)}]"
@@ -215,6 +216,7 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
             wall0 = time.monotonic()
             window_start = time.time()
             next_sample = 0.0
+            next_scrape = time.monotonic() + SCRAPE_EVERY
             while time.monotonic() - wall0 < args.duration:
                 now = time.time()
                 for rowid, device, value in conn.execute(
@@ -226,11 +228,17 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
                 if time.monotonic() >= next_sample:
                     rss.append(rss_mb(daemon.pid))
                     next_sample = time.monotonic() + 1.0
+                if time.monotonic() >= next_scrape:  # as often as a Prometheus would
+                    next_scrape = time.monotonic() + SCRAPE_EVERY
+                    lag = scrape(port).get("servomexd_event_loop_lag_seconds")
+                    if lag is not None:  # not exported before issue 17
+                        lags.append(lag)
                 time.sleep(POLL)
             cpu1, main1 = cpu_seconds(daemon.pid), cpu_seconds(daemon.pid, daemon.pid)
             wall1 = time.monotonic()
             after = scrape(port)
-            lags.append(after.get("servomexd_event_loop_lag_seconds", 0.0))
+            if "servomexd_event_loop_lag_seconds" in after:  # not exported before issue 17
+                lags.append(after["servomexd_event_loop_lag_seconds"])
             window_end = time.time()
             # let the tail of the window commit, then look for duplicates
             tail_end = time.monotonic() + args.flush_interval + 3.0
@@ -280,7 +288,7 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
             main_us_per_frame=1e6 * (main1 - main0) / frames if frames else float("inf"),
             rss_peak=max(rss) if rss else 0.0,
             reconnects=after.get("servomexd_reconnects_total", 0.0),
-            lag_max=max(lags) if lags else 0.0,
+            lag_max=max(lags) if lags else float("nan"),
             frames=frames,
             sent=sent,
             lost=lost,
