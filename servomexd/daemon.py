@@ -87,6 +87,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self._lag_task: asyncio.Task[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
         self._budget = StopBudget()
@@ -228,11 +229,10 @@ class Daemon:
             async with asyncio.timeout(_READY_SINK_WAIT):
                 await writer.first_sync.wait()
         self.loop_lag = LoopLagMonitor(self.metrics)
-        lag_task = tg.create_task(self.loop_lag.run(), name="loop-lag")
+        self._lag_task = tg.create_task(self.loop_lag.run(), name="loop-lag")
         notify_task = tg.create_task(
             self.notifier.run(self.status_line, self.alive), name="sd_notify"
         )
-        notify_task.add_done_callback(lambda _: lag_task.cancel())
         self.notifier.ready(self.status_line())
         self.ready.set()
         log.info(
@@ -277,6 +277,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.flusher.flush(), self._budget.remaining(1.0))
         notify_task.cancel()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
 
     def _log_summary(self) -> None:
         delivery = self._delivery()

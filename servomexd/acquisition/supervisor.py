@@ -3,7 +3,8 @@
 The loop (in the spirit of Home Assistant's dsmr reconnect loop and aiomqtt's client):
 
     open a session  --fails-->  link down, back off, retry (a missing port is not fatal)
-    read events, each wait bounded by what is left of ``silence_timeout``
+    read events; one watchdog per session ends it after ``silence_timeout`` without
+        a frame (not counting the daemon's own lag: ``_SilenceWatchdog``)
         frame     -> metrics + samples into the buffer; link up at the first one
         rejection -> counted by reason + an error row into the buffer
     EOF / transport error / OSError / silence  -> close the session AT ONCE, link down,
