@@ -73,6 +73,8 @@ class Result:
     devices: int
     cpu: float
     main_us_per_frame: float
+    main_system_share: float
+    """Of the main thread's CPU, the part spent in the kernel (system calls)."""
     rss_peak: float
     reconnects: float
     lag_max: float
@@ -105,7 +107,8 @@ class Result:
         failed = self.failures(flush_interval)
         return (
             f"{self.label:>8} N={self.devices:<4} cpu {self.cpu:5.1f} %  main "
-            f"{self.main_us_per_frame:6.1f} us/frame  rss {self.rss_peak:5.1f} MB  "
+            f"{self.main_us_per_frame:6.1f} us/frame ({self.main_system_share:4.0%} sys)  "
+            f"rss {self.rss_peak:5.1f} MB  "
             f"reconnects {self.reconnects:4.0f}  lag {self.lag_max * 1000:6.0f} ms  "
             f"lost {self.lost:5d}/{self.sent:<6d} dup {self.duplicates:3d}  "
             f"p50 {self.p50 * 1000:5.0f} ms  p99 {self.p99 * 1000:6.0f} ms  "
@@ -113,11 +116,11 @@ class Result:
         )
 
 
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
+def cpu_seconds(pid: int, tid: int | None = None, *, system_only: bool = False) -> float:
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     fields = Path(path).read_text().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    return (stime if system_only else utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -213,6 +216,7 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
             lags: list[float] = []
             before = scrape(port)
             cpu0, main0 = cpu_seconds(daemon.pid), cpu_seconds(daemon.pid, daemon.pid)
+            sys0 = cpu_seconds(daemon.pid, daemon.pid, system_only=True)
             wall0 = time.monotonic()
             window_start = time.time()
             next_sample = 0.0
@@ -235,6 +239,7 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
                         lags.append(lag)
                 time.sleep(POLL)
             cpu1, main1 = cpu_seconds(daemon.pid), cpu_seconds(daemon.pid, daemon.pid)
+            sys1 = cpu_seconds(daemon.pid, daemon.pid, system_only=True)
             wall1 = time.monotonic()
             after = scrape(port)
             if "servomexd_event_loop_lag_seconds" in after:  # not exported before issue 17
@@ -286,6 +291,7 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
             devices=devices,
             cpu=100 * (cpu1 - cpu0) / (wall1 - wall0),
             main_us_per_frame=1e6 * (main1 - main0) / frames if frames else float("inf"),
+            main_system_share=(sys1 - sys0) / (main1 - main0) if main1 > main0 else 0.0,
             rss_peak=max(rss) if rss else 0.0,
             reconnects=after.get("servomexd_reconnects_total", 0.0),
             lag_max=max(lags) if lags else float("nan"),
