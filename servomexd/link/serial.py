@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
@@ -55,6 +56,11 @@ _STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: ser
 _HIGH_WATER = 256 * 1024
 """Bytes buffered before the link stops reading the fd (the kernel then buffers, and
 eventually drops, like a real UART): memory stays bounded if nobody reads."""
+_WAKE_TICK = 0.05
+"""Readers that received bytes are woken together on a shared tick of this many seconds
+instead of one by one: with hundreds of analysers the loop then runs every reader in
+one pass with warm caches rather than one wake-up per frame (issue 17). Bytes are still
+taken from the kernel as they arrive; only handing them on waits, at most this long."""
 _READ_SIZE = 64 * 1024
 """Bytes taken per wake-up: everything the tty has (its buffer is 4 KiB) in one call."""
 
@@ -116,6 +122,40 @@ class SerialSettings:
         }
 
 
+class _TickWaker:
+    """Wakes every reader that got bytes since the last tick, on the next tick."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[_FdReader] = []
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, reader: _FdReader) -> None:
+        self.pending.append(reader)
+        if self.handle is None:
+            due = (self.loop.time() // _WAKE_TICK + 1) * _WAKE_TICK
+            self.handle = self.loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        pending, self.pending = self.pending, []
+        for reader in pending:
+            reader.queued = False
+            reader.wake()
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TickWaker] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _TickWaker:
+    waker = _wakers.get(loop)
+    if waker is None:
+        waker = _wakers[loop] = _TickWaker(loop)
+    return waker
+
+
 class _FdReader:
     """Reads one non-blocking fd when the loop says it is readable; remembers how the
     link ended. Pausing stops watching the fd (the kernel then buffers, like a UART)."""
@@ -130,6 +170,9 @@ class _FdReader:
         self.paused = False
         self.watching = False
         self.high_water = high_water
+        self.queued = False
+        """A wake-up is waiting for the next tick."""
+        self._tick = _waker(loop)
         # One lazily re-armed timer per port instead of one per read (issue 17): a read
         # only moves the deadline; the timer, when it fires, re-arms at the newest one.
         self._waiter: asyncio.Future[bool] | None = None
@@ -197,7 +240,9 @@ class _FdReader:
             self._lose(None)
             return
         self.buffer += data
-        self.wake()
+        if not self.queued and self._waiter is not None:
+            self.queued = True
+            self._tick.add(self)
         if len(self.buffer) >= self.high_water and not self.paused:
             self.paused = True
             self._unwatch()

@@ -134,6 +134,38 @@ async def test_each_read_keeps_its_own_timeout(device: PtyDevice) -> None:
         assert 0.45 <= time.monotonic() - started < 1.5
 
 
+async def test_readers_are_woken_together_on_the_shared_tick(tmp_path: Path) -> None:
+    """Bytes on several ports are handed on in one pass of the loop, on the tick, and
+    never later than one tick after they arrived."""
+    from servomexd.link import serial as serial_link
+
+    with PtyDevice(tmp_path / "a") as a, PtyDevice(tmp_path / "b") as b:
+        first = await SerialLink.open(SerialSettings(str(a.link)))
+        second = await SerialLink.open(SerialSettings(str(b.link)))
+        woken: list[tuple[bytes, float]] = []
+
+        async def reader(link: SerialLink) -> None:
+            data = await link.read(5.0)
+            woken.append((data, asyncio.get_running_loop().time()))
+
+        tasks = [asyncio.create_task(reader(first)), asyncio.create_task(reader(second))]
+        loop = asyncio.get_running_loop()
+        tick = serial_link._WAKE_TICK
+        # start just after a tick boundary, so both writes fall in the same tick
+        await asyncio.sleep((loop.time() // tick + 1) * tick + 0.005 - loop.time())
+        written = loop.time()
+        a.write(b"from a")
+        await asyncio.sleep(0.005)
+        b.write(b"from b")
+        await asyncio.gather(*tasks)
+        await first.close()
+        await second.close()
+    assert sorted(data for data, _ in woken) == [b"from a", b"from b"]
+    times = [at for _, at in woken]
+    assert max(times) - min(times) < 0.005  # the same tick
+    assert max(times) - written < serial_link._WAKE_TICK + 0.1
+
+
 async def test_bytes_arrive_and_max_bytes_is_honoured(device: PtyDevice) -> None:
     async with await SerialLink.open(SerialSettings(str(device.link))) as link:
         assert device.write(b"0123456789\n") == 11
