@@ -56,7 +56,7 @@ _STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: ser
 _HIGH_WATER = 256 * 1024
 """Bytes buffered before the link stops reading the fd (the kernel then buffers, and
 eventually drops, like a real UART): memory stays bounded if nobody reads."""
-_WAKE_TICK = 0.05
+_WAKE_TICK = 0.1
 """Readers that received bytes are woken together on a shared tick of this many seconds
 instead of one by one: with hundreds of analysers the loop then runs every reader in
 one pass with warm caches rather than one wake-up per frame (issue 17). Bytes are still
