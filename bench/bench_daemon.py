@@ -80,6 +80,9 @@ class Result:
     lag_max: float
     frames: float
     sent: int
+    dropped: int
+    """Frames the simulator could not write: the port's kernel buffer was full (the
+    daemon fell behind reading), as a real UART would overrun."""
     lost: int
     duplicates: int
     p50: float
@@ -93,7 +96,7 @@ class Result:
             failed.append("RSS >= 60 MB")
         if self.main_us_per_frame > 100:
             failed.append("main thread > 100 us/frame")
-        if self.lost:
+        if self.lost or self.dropped:
             failed.append("frames lost")
         if self.duplicates:
             failed.append("duplicates")
@@ -110,7 +113,8 @@ class Result:
             f"{self.main_us_per_frame:6.1f} us/frame ({self.main_system_share:4.0%} sys)  "
             f"rss {self.rss_peak:5.1f} MB  "
             f"reconnects {self.reconnects:4.0f}  lag {self.lag_max * 1000:6.0f} ms  "
-            f"lost {self.lost:5d}/{self.sent:<6d} dup {self.duplicates:3d}  "
+            f"lost {self.lost:5d}/{self.sent:<6d} overrun {self.dropped:5d} "
+            f"dup {self.duplicates:3d}  "
             f"p50 {self.p50 * 1000:5.0f} ms  p99 {self.p99 * 1000:6.0f} ms  "
             f"[{'PASS' if not failed else 'FAIL: ' + ', '.join(failed)}]"
         )
@@ -269,13 +273,16 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
             for sim in sims:
                 sim.wait(15)
         latencies: list[float] = []
-        sent = lost = 0
+        sent = lost = dropped = 0
         for i in range(devices):
             for line in (tmp / f"emit-{i}.jsonl").read_text().splitlines():
                 entry = json.loads(line)
                 if "index" not in entry:
                     continue
                 if not window_start <= entry["sent_at"] <= window_end:
+                    continue
+                if entry.get("dropped"):  # the pty buffer was full: never reached the port
+                    dropped += 1
                     continue
                 sent += 1
                 key = (f"an-{i:03d}", round(entry["values"]["E1"] * 1000))
@@ -297,6 +304,7 @@ def run_once(label: str, tree: Path, devices: int, args: argparse.Namespace) -> 
             lag_max=max(lags) if lags else float("nan"),
             frames=frames,
             sent=sent,
+            dropped=dropped,
             lost=lost,
             duplicates=int(duplicates),
             p50=percentile(latencies, 0.5),
