@@ -59,6 +59,9 @@ class LinkHealth(NamedTuple):
 
 _LAG_GRACE = 0.05
 """A watchdog check this late means the loop itself was busy: bytes may be waiting."""
+_MIN_GRACE = 0.25
+"""The least extra time a reader gets before silence is declared: more than two of the
+serial link's wake ticks (``servomexd.link.serial._WAKE_TICK``)."""
 
 
 class _SilenceWatchdog:
@@ -104,8 +107,11 @@ class _SilenceWatchdog:
             self._granted = 0.0
             self._schedule(remaining)
             return
-        if late > _LAG_GRACE and self._granted < self.timeout:
-            grace = min(max(late, _LAG_GRACE), self.timeout - self._granted)
+        if (late > _LAG_GRACE or not self._granted) and self._granted < self.timeout:
+            # Late: the loop was busy. Not late: the link may hold bytes not handed on
+            # yet (serial links wake their readers on a shared tick). Either way the
+            # reader gets a turn before the device is declared silent.
+            grace = min(max(late, _MIN_GRACE), self.timeout - self._granted)
             self._granted += grace
             self._schedule(grace)
             return

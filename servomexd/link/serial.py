@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 import weakref
 from dataclasses import dataclass
 from functools import partial
@@ -217,6 +218,16 @@ class _FdReader:
 
     def start(self) -> None:
         os.set_blocking(self.fd, False)
+        # pyserial leaves VMIN=0 (it times its reads with select), and then a read that
+        # finds no data returns 0 bytes instead of EAGAIN: indistinguishable from a
+        # hang-up. A pty can report readable before its data is there (the kernel moves
+        # it over asynchronously), so under load links were "lost" for nothing. With
+        # VMIN=1 an empty read means EAGAIN, and only a real hang-up reads as EOF.
+        with contextlib.suppress(termios.error):
+            attrs = termios.tcgetattr(self.fd)
+            attrs[6][termios.VMIN] = 1
+            attrs[6][termios.VTIME] = 0
+            termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
         self._watch()
 
     def _watch(self) -> None:

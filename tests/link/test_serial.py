@@ -166,6 +166,21 @@ async def test_readers_are_woken_together_on_the_shared_tick(tmp_path: Path) -> 
     assert max(times) - written < serial_link._WAKE_TICK + 0.1
 
 
+async def test_an_empty_read_means_no_data_not_a_hang_up(device: PtyDevice) -> None:
+    """VMIN=1 on the open port: a read that finds nothing raises EAGAIN instead of
+    returning 0 bytes, which the link would take for a hang-up (pyserial leaves 0)."""
+    import termios
+
+    slave = device.slave_name
+    assert slave is not None
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        fd = int(open_fds_to(slave)[0])
+        assert termios.tcgetattr(fd)[6][termios.VMIN] == 1
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 100)
+        assert link.is_open
+
+
 async def test_bytes_arrive_and_max_bytes_is_honoured(device: PtyDevice) -> None:
     async with await SerialLink.open(SerialSettings(str(device.link))) as link:
         assert device.write(b"0123456789\n") == 11
