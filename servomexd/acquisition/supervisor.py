@@ -69,9 +69,9 @@ class _SilenceWatchdog:
 
     It accounts for the daemon's own lag (issue 17): a check that runs late means the
     event loop was busy, and the frame that would have fed it may be waiting unread in
-    the kernel, so the check is retried once the loop had a turn to read it, for at most
-    another ``silence_timeout`` in total. A device is not declared silent for the
-    daemon's own delay.
+    the kernel, so the check is retried once the loop had a turn to read it, for as
+    long as the checks keep running late. A device is not declared silent for the
+    daemon's own delay; a dead one is declared once the loop keeps time again.
     """
 
     def __init__(self, timeout: float, clock: Callable[[], float]) -> None:
@@ -107,13 +107,16 @@ class _SilenceWatchdog:
             self._granted = 0.0
             self._schedule(remaining)
             return
-        if (late > _LAG_GRACE or not self._granted) and self._granted < self.timeout:
-            # Late: the loop was busy. Not late: the link may hold bytes not handed on
-            # yet (serial links wake their readers on a shared tick). Either way the
-            # reader gets a turn before the device is declared silent.
-            grace = min(max(late, _MIN_GRACE), self.timeout - self._granted)
-            self._granted += grace
-            self._schedule(grace)
+        if late > _LAG_GRACE:
+            # The loop was busy (for as long as it stays so): its bytes may be waiting
+            # unread; the reader gets a turn before anything is declared.
+            self._schedule(max(late, _MIN_GRACE))
+            return
+        if not self._granted:
+            # On time, but the link may hold bytes not handed on yet (serial links wake
+            # their readers on a shared tick): one short grace.
+            self._granted = _MIN_GRACE
+            self._schedule(_MIN_GRACE)
             return
         if self._expiry is not None:
             self._expiry.reschedule(asyncio.get_running_loop().time())
