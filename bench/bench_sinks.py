@@ -40,6 +40,7 @@ from sinkdata import steady_samples  # noqa: E402
 from servomexd.model import Sample  # noqa: E402
 from servomexd.rows import ROW_COLUMNS, Record, sample_to_record  # noqa: E402
 from servomexd.sinks import PostgresConfig, PostgresSink, SqliteSink, sample_to_row  # noqa: E402
+from servomexd.sinks.base import CHECKPOINT_TABLE  # noqa: E402
 
 BATCHES = (1000, 64)
 Run = Callable[[], Awaitable[float]]
@@ -68,10 +69,14 @@ def report(store: str, batch: int, rates: dict[str, float]) -> None:
 # --- SQLite ---------------------------------------------------------------------------
 
 
+_sqlite_files = count()
+"""One counter for every SQLite run of the process: each run writes a new file."""
+
+
 def sqlite_runs(
     tmp: Path, batch: int, samples: list[Sample], text_rows: list[Record], records: list[Record]
 ) -> dict[str, Run]:
-    numbers = count()
+    numbers = _sqlite_files
     names = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
     insert = f'INSERT INTO "samples" ({names}) VALUES ({", ".join("?" for _ in ROW_COLUMNS)})'
     row_batches = chunks(text_rows, batch)
@@ -105,10 +110,11 @@ def sqlite_runs(
             return time.perf_counter() - start
 
     async def sink_records() -> float:
-        async with SqliteSink(fresh()) as sink:
+        path = fresh()
+        async with SqliteSink(path) as sink:
             start = time.perf_counter()
             for seq, chunk in enumerate(record_batches, 1):
-                await sink.write_records(chunk, checkpoint=("bench", seq))
+                await sink.write_records(chunk, checkpoint=(path.stem, seq))
             return time.perf_counter() - start
 
     return {
@@ -135,9 +141,17 @@ def postgres_runs(
 ) -> dict[str, Run]:
     record_batches = chunks(records, batch)
     sample_batches = chunks(samples, batch)
+    streams = count()
+
+    async def fresh() -> str:
+        """An empty table and checkpoint table, and a stream never used before: every
+        run starts from a fresh store (a surviving checkpoint made a second run's first
+        write a checkpoint conflict)."""
+        await conn.execute(f"TRUNCATE samples, {CHECKPOINT_TABLE}")
+        return f"bench-{batch}-{next(streams)}"
 
     async def raw() -> float:
-        await conn.execute("TRUNCATE samples")
+        await fresh()
         start = time.perf_counter()
         for chunk in record_batches:
             await conn.copy_records_to_table(
@@ -146,7 +160,7 @@ def postgres_runs(
         return time.perf_counter() - start
 
     async def sink_samples() -> float:
-        await conn.execute("TRUNCATE samples")
+        await fresh()
         async with PostgresSink(config) as sink:
             start = time.perf_counter()
             for chunk in sample_batches:
@@ -154,7 +168,7 @@ def postgres_runs(
             return time.perf_counter() - start
 
     async def sink_records() -> float:
-        await conn.execute("TRUNCATE samples")
+        await fresh()
         async with PostgresSink(config) as sink:
             start = time.perf_counter()
             for chunk in record_batches:
@@ -162,11 +176,11 @@ def postgres_runs(
             return time.perf_counter() - start
 
     async def sink_records_checkpoint() -> float:
-        await conn.execute("TRUNCATE samples")
+        stream = await fresh()
         async with PostgresSink(config) as sink:
             start = time.perf_counter()
             for seq, chunk in enumerate(record_batches, 1):
-                await sink.write_records(chunk, checkpoint=("bench", seq))
+                await sink.write_records(chunk, checkpoint=(stream, seq))
             return time.perf_counter() - start
 
     return {
@@ -182,8 +196,8 @@ async def bench_postgres(samples: list[Sample], repeat: int, dsn: str) -> None:
 
     records = [sample_to_record(s) for s in samples]
     config = PostgresConfig(dsn=dsn, create_table=True)
-    async with PostgresSink(config):  # creates the table and index
-        pass
+    async with PostgresSink(config) as sink:  # creates the table, index, checkpoint table
+        await sink.write_records(records[:1], checkpoint=("bench-setup", 1))
     conn = await asyncpg.connect(dsn)
     try:
         for batch in BATCHES:

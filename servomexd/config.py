@@ -350,7 +350,7 @@ class SinkSettings(_Section):
     path: Path = Path("/var/lib/servomexd/samples.sqlite")
     table: SqlIdentifier = "samples"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 64
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5_000  # delivery.flusher
     flush_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
     max_write_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     write_timeout: Annotated[float, Field(gt=0)] = 60.0

@@ -53,6 +53,7 @@ from servomexd.delivery import DeliveryHealth, Writer
 from servomexd.destination import Destination
 from servomexd.errors import ServomexConfigError, ServomexError, ServomexSinkDependencyError
 from servomexd.logs import configure_logging, early_line
+from servomexd.looplag import LoopLagMonitor
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
 from servomexd.reload import ReloadPlan, plan_reload
@@ -106,6 +107,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self._lag_task: asyncio.Task[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
         self._budget = StopBudget()
@@ -391,6 +393,8 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_READY_SINK_WAIT):
                 await writer.first_sync.wait()
+        self.loop_lag = LoopLagMonitor(self.metrics)
+        self._lag_task = tg.create_task(self.loop_lag.run(), name="loop-lag")
         notify_task = tg.create_task(
             self.notifier.run(self.status_line, self.alive), name="sd_notify"
         )
@@ -440,6 +444,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.flusher.flush(), self._budget.remaining(1.0))
         notify_task.cancel()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
 
     def _log_summary(self) -> None:
         delivery = self._delivery()

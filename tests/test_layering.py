@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "sinks": 3,
     "spool": 3,
     "metrics": 3,
+    "looplag": 4,
     "decode": 3,
     "simulator": 3,
     "logs": 3,

@@ -3,19 +3,20 @@
 The loop (in the spirit of Home Assistant's dsmr reconnect loop and aiomqtt's client):
 
     open a session  --fails-->  link down, back off, retry (a missing port is not fatal)
-    read events, each wait bounded by what is left of ``silence_timeout``; when it runs
-        out, look once more (``silence_grace``) before calling the device silent
+    read events; one watchdog per session ends it after ``silence_timeout`` without
+        a frame (not counting the daemon's own lag: ``_SilenceWatchdog``)
         frame     -> metrics + samples into the buffer; link up at the first one
         rejection -> counted by reason + an error row into the buffer
     EOF / transport error / OSError / silence  -> close the session AT ONCE, link down,
         back off (jittered, reset after a healthy period), reopen
 
 A device is silent only if nothing arrived, not if the daemon did not look: after a
-stall longer than ``silence_timeout`` (SIGSTOP, a VM pause, heavy swapping) every
-deadline has passed when the process resumes, and the timer fires before the pending
-read has run. The read is therefore never cancelled by the deadline (it is a task kept
-across waits); on expiry the supervisor gives it ``silence_grace`` to deliver what the
-kernel and the transport hold, and only then closes the port, which would discard it.
+stall longer than ``silence_timeout`` (SIGSTOP, a VM pause, heavy swapping, a CPU-starved
+host) the deadline has passed when the process resumes, and closing the port would
+discard what the kernel holds. The watchdog's check then runs late, which proves the loop
+itself was stalled, so it gives the reader a turn (at least ``silence_grace``) for as
+long as its checks keep running late; even on time it grants one ``silence_grace``
+before closing the port.
 
 Closing at once matters: a descriptor held open on an unplugged USB adapter makes the
 kernel give the replugged adapter a new name (ttyUSB1), and the path we reopen would
@@ -44,8 +45,8 @@ log = structlog.get_logger("servomexd.supervisor")
 
 _CLOSE_TIMEOUT = 2.0
 _SILENCE_GRACE = 0.5
-"""Seconds the pending read gets, once the silence deadline has passed, to deliver what
-is already waiting (at most ``silence_timeout``)."""
+"""Seconds a reader gets, once the silence deadline has passed, to hand on what is already
+waiting (at most ``silence_timeout``; more while the loop itself runs late)."""
 _OPEN_WARN_AFTER = 10.0
 """An open() still pending after this is reported (an open normally takes milliseconds)."""
 
@@ -65,6 +66,69 @@ class LinkHealth(NamedTuple):
     frames: int
     rejections: int
     reconnects: int
+
+
+_LAG_GRACE = 0.05
+"""A watchdog check this late means the loop itself was busy: bytes may be waiting."""
+
+
+class _SilenceWatchdog:
+    """Expires the session's ``asyncio.timeout`` after ``silence_timeout`` without a frame.
+
+    It accounts for the daemon's own lag: a check that runs late means the
+    event loop was busy, and the frame that would have fed it may be waiting unread in
+    the kernel, so the check is retried once the loop had a turn to read it, for as
+    long as the checks keep running late. A device is not declared silent for the
+    daemon's own delay; a dead one is declared once the loop keeps time again.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float], grace: float) -> None:
+        self.timeout = timeout
+        self.grace = grace
+        self._clock = clock
+        self._fed = clock()
+        self._granted = 0.0
+        self._expiry: asyncio.Timeout | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def fed(self) -> None:
+        self._fed = self._clock()
+
+    def arm(self, expiry: asyncio.Timeout) -> None:
+        self._expiry = expiry
+        self._schedule(self.timeout)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        self._handle = loop.call_at(due, self._check, due)
+
+    def _check(self, due: float) -> None:
+        self._handle = None
+        late = asyncio.get_running_loop().time() - due
+        remaining = self._fed + self.timeout - self._clock()
+        if remaining > 0:
+            self._granted = 0.0
+            self._schedule(remaining)
+            return
+        if late > _LAG_GRACE:
+            # The loop was busy (for as long as it stays so): its bytes may be waiting
+            # unread; the reader gets a turn before anything is declared.
+            self._schedule(max(late, self.grace))
+            return
+        if not self._granted:
+            # On time, but the link may hold bytes not handed on yet (serial links wake
+            # their readers on a shared tick): one short grace.
+            self._granted = self.grace
+            self._schedule(self.grace)
+            return
+        if self._expiry is not None:
+            self._expiry.reschedule(asyncio.get_running_loop().time())
 
 
 class DeviceSupervisor:
@@ -162,49 +226,33 @@ class DeviceSupervisor:
     async def _read(self, session: DeviceSession) -> str:
         events = session.events()
         iterator: AsyncIterator[AcquisitionEvent] = aiter(events)
-        deadline = self._clock() + self.silence_timeout
+        # One watchdog per session, not a timer per event: a frame only stamps the
+        # clock, and the watchdog re-arms itself when it finds a newer frame.
+        watchdog = _SilenceWatchdog(self.silence_timeout, self._clock, self.silence_grace)
         first = True
-        grace_until: float | None = None
-        """Set when the deadline is found passed: until then, what is already waiting
-        is read (rejections consumed, a frame proves the device alive)."""
-        pending: asyncio.Future[AcquisitionEvent] | None = None
         try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(_next_event(iterator))
-                now = self._clock()
-                if now >= deadline and grace_until is None:
-                    grace_until = now + self.silence_grace
-                if not pending.done():
-                    limit = deadline if grace_until is None else grace_until
-                    if limit > now:
-                        await asyncio.wait({pending}, timeout=limit - now)
-                    if not pending.done():
-                        if grace_until is None:
-                            continue  # the deadline passed just now: the grace starts
-                        return f"no valid frame for {self.silence_timeout:g} s (silence_timeout)"
-                done, pending = pending, None
+            async with asyncio.timeout(None) as expiry:
+                watchdog.arm(expiry)
                 try:
-                    event = done.result()
-                except StopAsyncIteration:
-                    return "end of stream (EOF)"
-                except Exception as exc:
-                    return _describe(exc)
-                if isinstance(event, Frame):
-                    deadline = self._clock() + self.silence_timeout
-                    grace_until = None
-                    self._on_frame(event, first)
-                    first = False
-                elif isinstance(event, Rejection):
-                    self._on_rejection(event)
+                    while True:
+                        event = await anext(iterator)
+                        if isinstance(event, Frame):
+                            watchdog.fed()
+                            self._on_frame(event, first)
+                            first = False
+                        elif isinstance(event, Rejection):
+                            self._on_rejection(event)
+                finally:
+                    watchdog.disarm()
+        except TimeoutError:
+            return f"no valid frame for {self.silence_timeout:g} s (silence_timeout)"
+        except StopAsyncIteration:
+            return "end of stream (EOF)"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return _describe(exc)
         finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait({pending})
-                if not pending.cancelled():
-                    with contextlib.suppress(BaseException):
-                        pending.exception()
             closer = getattr(iterator, "aclose", None)
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -254,10 +302,6 @@ class DeviceSupervisor:
             retry_in_s=round(delay, 2),
             target=self.factory.description,
         )
-
-
-async def _next_event(iterator: AsyncIterator[AcquisitionEvent]) -> AcquisitionEvent:
-    return await anext(iterator)
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import asyncio
 
 from servomexd.backoff import Backoff
 from servomexd.delivery.deliverer import Deliverer
-from servomexd.delivery.flusher import Flusher
+from servomexd.delivery.flusher import DEFAULT_BATCH_SIZE, Flusher
 from servomexd.delivery.health import DeliveryHealth, SinkHealth
 from servomexd.destination import Destination
 from servomexd.metrics import Metrics
@@ -28,7 +28,7 @@ class Writer:
         destination: Destination,
         metrics: Metrics,
         *,
-        batch_size: int = 64,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval: float = 1.0,
         max_write_rows: int = 20_000,
         write_timeout: float = 60.0,

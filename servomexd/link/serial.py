@@ -3,17 +3,21 @@
 The link only reads: a continuous-mode analyser broadcasts, and Modbus polling goes
 through pymodbus's own serial client (``acquisition/modbus_bus.py``).
 
-Built on pyserial-asyncio-fast (the port is opened in an executor, the fd is then
-watched by the event loop). Two facts of serial lines shape this module:
+pyserial opens and configures the port (in an executor: an open can block on a
+wedged adapter); reading is ours: the fd is registered with the loop's ``add_reader``
+(epoll) and read with one ``os.read`` per wake-up. pyserial's own ``read`` polls with
+``select()``, which raises ``filedescriptor out of range in select()`` for any
+descriptor at or above 1024, and a daemon with ~200 ports (five descriptors each:
+the port and pyserial's abort pipes) crosses that line (issue 17). Two facts of
+serial lines shape this module:
 
 * A serial line has no EOF. A read on a silent port never returns by itself, so
   ``SerialLink.read`` always takes a timeout and returns ``b""`` when it expires:
   silence is normal (the analyser's frame period may be long) and it is the
   supervisor's job to decide when silence means the link is dead.
 * An unplugged USB adapter (or a pty whose master went away) makes the fd
-  readable with no data, or fails the read with EIO. pyserial turns both into a
-  ``SerialException`` and the transport reports ``connection_lost``; the next
-  ``read`` raises ``ServomexConnectionError`` at once, never a hang.
+  readable with no data, or fails the read with EIO. Both end the link (the fd is
+  released at once); the next ``read`` raises ``ServomexConnectionError``, never a hang.
 
 ``close()`` releases the file descriptor immediately, not in a background task: a
 descriptor still held when a USB adapter is replugged makes the kernel enumerate
@@ -26,13 +30,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
 import serial
-import serial_asyncio_fast
 
 from servomexd.errors import (
     ServomexConnectionError,
@@ -52,8 +57,13 @@ _STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: ser
 _HIGH_WATER = 256 * 1024
 """Bytes buffered before the link stops reading the fd (the kernel then buffers, and
 eventually drops, like a real UART): memory stays bounded if nobody reads."""
-_CLOSE_WAIT = 2.0
-"""How long ``close()`` waits for the transport's own cleanup to report back."""
+_WAKE_TICK = 0.1
+"""Readers that received bytes are woken together on a shared tick of this many seconds
+instead of one by one: with hundreds of analysers the loop then runs every reader in
+one pass with warm caches rather than one wake-up per frame (issue 17). Bytes are still
+taken from the kernel as they arrive; only handing them on waits, at most this long."""
+_READ_SIZE = 64 * 1024
+"""Bytes taken per wake-up: everything the tty has (its buffer is 4 KiB) in one call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,35 +123,164 @@ class SerialSettings:
         }
 
 
-class _LinkProtocol(asyncio.Protocol):
-    """Collects received bytes and wakes the reader; remembers how the link ended."""
+class _TickWaker:
+    """Wakes every reader that got bytes since the last tick, on the next tick."""
 
-    def __init__(self, high_water: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[_FdReader] = []
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, reader: _FdReader) -> None:
+        self.pending.append(reader)
+        if self.handle is None:
+            due = (self.loop.time() // _WAKE_TICK + 1) * _WAKE_TICK
+            self.handle = self.loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        pending, self.pending = self.pending, []
+        for reader in pending:
+            reader.queued = False
+            reader.wake()
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TickWaker] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _TickWaker:
+    waker = _wakers.get(loop)
+    if waker is None:
+        waker = _wakers[loop] = _TickWaker(loop)
+    return waker
+
+
+class _FdReader:
+    """Reads one non-blocking fd when the loop says it is readable; remembers how the
+    link ended. Pausing stops watching the fd (the kernel then buffers, like a UART)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: serial.Serial, high_water: int):
+        self.loop = loop
+        self.port = port
+        self.fd: int = port.fd
         self.buffer = bytearray()
-        self.readable = asyncio.Event()
-        self.closed = asyncio.Event()
         self.lost = False
         self.error: BaseException | None = None
         self.paused = False
+        self.watching = False
         self.high_water = high_water
-        self.transport: asyncio.Transport | None = None
+        self.queued = False
+        """A wake-up is waiting for the next tick."""
+        self._tick = _waker(loop)
+        # One lazily re-armed timer per port instead of one per read (issue 17): a read
+        # only moves the deadline; the timer, when it fires, re-arms at the newest one.
+        self._waiter: asyncio.Future[bool] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait for bytes, a loss or a close: True; False after ``timeout`` of silence."""
+        loop = self.loop
+        self._deadline = loop.time() + timeout
+        if self._timer is None or self._timer_at > self._deadline:
+            self._arm(self._deadline)
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
 
-    def data_received(self, data: bytes) -> None:
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms again
+        if self.loop.time() < self._deadline:
+            self._arm(self._deadline)
+        else:
+            waiter.set_result(False)
+
+    def wake(self) -> None:
+        """End a pending ``wait`` with True (bytes arrived, the link was lost or closed)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def start(self) -> None:
+        os.set_blocking(self.fd, False)
+        # pyserial leaves VMIN=0 (it times its reads with select), and then a read that
+        # finds no data returns 0 bytes instead of EAGAIN: indistinguishable from a
+        # hang-up. A pty can report readable before its data is there (the kernel moves
+        # it over asynchronously), so under load links were "lost" for nothing. With
+        # VMIN=1 an empty read means EAGAIN, and only a real hang-up reads as EOF.
+        with contextlib.suppress(termios.error):
+            attrs = termios.tcgetattr(self.fd)
+            attrs[6][termios.VMIN] = 1
+            attrs[6][termios.VTIME] = 0
+            termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        self._watch()
+
+    def _watch(self) -> None:
+        self.loop.add_reader(self.fd, self._on_readable)
+        self.watching = True
+
+    def _unwatch(self) -> None:
+        if self.watching:
+            self.watching = False
+            self.loop.remove_reader(self.fd)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:  # EIO: the adapter was unplugged, the pty master closed
+            self._lose(error)
+            return
+        if not data:  # readable with no data: a hang-up
+            self._lose(None)
+            return
         self.buffer += data
-        self.readable.set()
-        if len(self.buffer) >= self.high_water and not self.paused and self.transport:
+        if not self.queued and self._waiter is not None:
+            self.queued = True
+            self._tick.add(self)
+        if len(self.buffer) >= self.high_water and not self.paused:
             self.paused = True
-            self.transport.pause_reading()
+            self._unwatch()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def resume_if_drained(self) -> None:
+        if self.paused and len(self.buffer) < self.high_water // 2 and not self.lost:
+            self.paused = False
+            self._watch()
+
+    def _lose(self, error: BaseException | None) -> None:
+        """The link is gone: stop watching and release the fd now (see the module doc)."""
         self.lost = True
-        self.error = exc
-        self.readable.set()
-        self.closed.set()
+        self.error = error
+        self.wake()
+        self.release()
+
+    def release(self) -> None:
+        """Stop watching and close the port; idempotent."""
+        self._unwatch()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.port.is_open:
+            try:
+                self.port.close()
+            except (OSError, serial.SerialException) as error:
+                log.debug("closing %s: %s", self.port.port, error)
 
 
 class SerialLink:
@@ -160,8 +299,7 @@ class SerialLink:
     def __init__(self, settings: SerialSettings, *, high_water: int = _HIGH_WATER) -> None:
         self._settings = settings
         self._high_water = high_water
-        self._transport: serial_asyncio_fast.SerialTransport | None = None
-        self._protocol: _LinkProtocol | None = None
+        self._reader: _FdReader | None = None
         self._closed_by_us = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -179,7 +317,6 @@ class SerialLink:
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
-        protocol = _LinkProtocol(self._high_water)
         # Opening can block (a wedged USB device), so it runs in an executor. If we are
         # cancelled meanwhile, the port is closed as soon as the open finishes, so a
         # shutdown or a supervisor timeout never leaks the fd.
@@ -202,9 +339,13 @@ class SerialLink:
                 f"cannot open serial port: {diagnose(self._settings.port, error)}",
                 context={"port": self._settings.port},
             ) from error
-        transport, _ = await serial_asyncio_fast.connection_for_serial(loop, lambda: protocol, port)
-        self._transport = transport
-        self._protocol = protocol
+        reader = _FdReader(loop, port, self._high_water)
+        try:
+            reader.start()
+        except BaseException:
+            reader.release()
+            raise
+        self._reader = reader
         log.debug("serial port open: %s", self.describe())
 
     def describe(self) -> str:
@@ -220,34 +361,21 @@ class SerialLink:
     @property
     def is_open(self) -> bool:
         """True until the link is closed or lost."""
-        protocol = self._protocol
-        return protocol is not None and not protocol.lost and not self._closed_by_us
+        reader = self._reader
+        return reader is not None and not reader.lost and not self._closed_by_us
 
     async def close(self) -> None:
         """Close the port now; idempotent. The fd is released before this returns."""
-        transport, protocol = self._transport, self._protocol
-        if transport is None or protocol is None or self._closed_by_us:
+        reader = self._reader
+        if reader is None or self._closed_by_us:
             return
         self._closed_by_us = True
-        if not transport.is_closing():
-            port = transport.serial
-            # abort() stops watching the fd and schedules the transport's own cleanup
-            # (which would close the fd later, in an executor); close it here, now.
-            transport.abort()
-            if port is not None:
-                try:
-                    port.close()
-                except (OSError, serial.SerialException) as error:
-                    log.debug("closing %s: %s", self._settings.port, error)
-        # The transport was already closing (link lost) or is finishing up: wait for it,
-        # bounded, so that no fd or executor job outlives the link.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CLOSE_WAIT):
-                await protocol.closed.wait()
-        protocol.buffer.clear()
+        reader.release()
+        reader.buffer.clear()
+        reader.wake()  # a pending read wakes up and reports the close
 
     async def __aenter__(self) -> Self:
-        if self._transport is None:
+        if self._reader is None:
             await self._open()
         return self
 
@@ -261,8 +389,8 @@ class SerialLink:
 
     # --- I/O ---------------------------------------------------------------------------------
 
-    def _require(self) -> tuple[serial_asyncio_fast.SerialTransport, _LinkProtocol]:
-        if self._transport is None or self._protocol is None:
+    def _require(self) -> _FdReader:
+        if self._reader is None:
             raise ServomexConnectionError(
                 "serial link is not open", context={"port": self._settings.port}
             )
@@ -270,10 +398,10 @@ class SerialLink:
             raise ServomexConnectionError(
                 "serial link is closed", context={"port": self._settings.port}
             )
-        return self._transport, self._protocol
+        return self._reader
 
-    def _lost(self, protocol: _LinkProtocol) -> ServomexConnectionError:
-        cause = protocol.error
+    def _lost(self, reader: _FdReader) -> ServomexConnectionError:
+        cause = reader.error
         message = "serial link lost" if cause is None else f"serial link lost: {_cause(cause)}"
         error = ServomexConnectionError(message, context={"port": self._settings.port})
         error.__cause__ = cause
@@ -292,46 +420,35 @@ class SerialLink:
             raise ServomexValidationError(
                 "max_bytes must be >= 1", context={"max_bytes": max_bytes}
             )
-        transport, protocol = self._require()
-        if not protocol.buffer:
-            # is_closing(): the transport hit a read error and is still cleaning up (its
-            # flush and close run in an executor); the link is gone already.
-            if protocol.lost or transport.is_closing():
-                raise self._lost(protocol)
-            protocol.readable.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await protocol.readable.wait()
-            except TimeoutError:
-                if transport.is_closing():
-                    raise self._lost(protocol) from None
+        reader = self._require()
+        if not reader.buffer:
+            if reader.lost:
+                raise self._lost(reader)
+            if not await reader.wait(timeout):
                 return b""
             if self._closed_by_us:
                 raise ServomexConnectionError(
                     "serial link closed while reading", context={"port": self._settings.port}
                 )
-            if not protocol.buffer:
-                raise self._lost(protocol)
-        buffer = protocol.buffer
+            if not reader.buffer:
+                raise self._lost(reader)
+        buffer = reader.buffer
         if max_bytes is None or max_bytes >= len(buffer):
             data = bytes(buffer)
             buffer.clear()
         else:
             data = bytes(buffer[:max_bytes])
             del buffer[:max_bytes]
-        if protocol.paused and len(buffer) < protocol.high_water // 2 and not protocol.lost:
-            protocol.paused = False
-            transport.resume_reading()
+        reader.resume_if_drained()
         return data
 
     def reset_input(self) -> None:
         """Discard everything received and not yet read (ours and the kernel's)."""
-        transport, protocol = self._require()
-        protocol.buffer.clear()
-        port = transport.serial
-        if port is not None and not protocol.lost:
+        reader = self._require()
+        reader.buffer.clear()
+        if not reader.lost:
             with contextlib.suppress(OSError, serial.SerialException):
-                port.reset_input_buffer()
+                reader.port.reset_input_buffer()
 
 
 def _close_when_opened(opening: asyncio.Future[serial.Serial]) -> None:

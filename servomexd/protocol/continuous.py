@@ -24,6 +24,7 @@ but checksum-valid frames cannot grow memory.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, cast
@@ -280,7 +281,9 @@ _BLOCK = 33  # one channel block with its trailing ';' (docs/protocol.md#channel
 _BODY = 19  # where the body starts: after " DD-MM-YY;HH:MM:SS;"
 
 
-def _decode_block(fields: list[bytes], block_raw: bytes, frame: bytes, index: int) -> _Block:
+def _decode_block(
+    fields: list[bytes], block_raw: bytes, frame: bytes, index: int, *, share: bool = True
+) -> _Block:
     ident, name_f, value_f, unit_f, alarms_f, fm_f, cal_f, warm_f = fields
     channel = _CHANNELS.get(ident) or _CHANNELS.get(ident.strip(b" "))  # " I1" is I1
     if channel is None:
@@ -303,9 +306,18 @@ def _decode_block(fields: list[bytes], block_raw: bytes, frame: bytes, index: in
     return (
         (channel[0], channel[1], name, value, unit, status),
         (block_raw, unit_text),
-        sum(block_raw) + 0x3B,
+        _byte_sum(block_raw) + 0x3B if share else 0,
         channel[2],
     )
+
+
+def _byte_sum(data: bytes) -> int:
+    """``sum(data)`` in C: the low half of Adler-32 is 1 + the byte sum as long as that
+    stays below its modulus (65521), which 256 bytes always do. A Python ``sum`` over a
+    5-channel frame costs 2.6 us here, this 0.2 us: the all-new path sums every frame."""
+    if len(data) <= 256:
+        return (zlib.adler32(data) & 0xFFFF) - 1
+    return sum((zlib.adler32(data[i : i + 256]) & 0xFFFF) - 1 for i in range(0, len(data), 256))
 
 
 def _verify_checksum(raw: bytes, computed: int) -> None:
@@ -361,22 +373,32 @@ def parse_frame(
         monotonic_ns = time.monotonic_ns()
     if raw[9] != 0x3B or raw[18] != 0x3B or raw.count(b";", 1, _BODY) != 2:
         # Not the analyser's fixed-width clock: tokenise everything, cache nothing.
-        _verify_checksum(raw, sum(raw[1:-5]) & 0xFFFF)
+        _verify_checksum(raw, _byte_sum(raw[1:-5]) & 0xFFFF)
         tokens = raw[1:].split(b";")
         body = _decode_tokens(raw, tokens[2:], 0)
         return _assemble(raw, body, _clock(tokens[0], tokens[1]), received_at, monotonic_ns)
     key = raw[_BODY:-5]
     cached = _bodies.get(key)
     if cached is not None:
-        total = (sum(raw[1:_BODY]) + cached[4]) & 0xFFFF
+        total = (_byte_sum(raw[1:_BODY]) + cached[4]) & 0xFFFF
         if raw[-5:-1] != b"%04X" % total:
             _verify_checksum(raw, total)
         return _assemble(raw, cached, _clock_fixed(raw), received_at, monotonic_ns)
+    if 0 < _all_new_streak < _ADMIT_EVERY:
+        # Frames keep arriving with nothing cached: the lean path, no probing.
+        frame = _parse_lean(raw, received_at, monotonic_ns)
+        if frame is not None:
+            return frame
     decoded = _decode_fixed(raw)
+    if decoded is _ALL_NEW:
+        frame = _parse_lean(raw, received_at, monotonic_ns)
+        if frame is not None:
+            return frame
+        decoded = None
     if decoded is None:
-        total = sum(raw[1:-5]) & 0xFFFF
+        total = _byte_sum(raw[1:-5]) & 0xFFFF
         _verify_checksum(raw, total)
-        body = _decode_tokens(raw, raw[_BODY:].split(b";"), total - sum(raw[1:_BODY]))
+        body = _decode_tokens(raw, raw[_BODY:].split(b";"), total - _byte_sum(raw[1:_BODY]))
     else:
         body = decoded
     if len(_bodies) >= _BODY_CACHE_LIMIT:
@@ -385,11 +407,27 @@ def parse_frame(
     return _assemble(raw, body, _clock_fixed(raw), received_at, monotonic_ns)
 
 
+_ADMIT_EVERY = 64
+"""One all-new frame in this many fills the caches; the others take the lean path."""
+_all_new_streak = 0
+
+
+_ALL_NEW: _Body = ((), False, False, (), -1)
+"""``_decode_fixed``'s answer for a frame none of whose blocks is cached."""
+
+
 def _decode_fixed(raw: bytes) -> _Body | None:
     """Verify and decode a frame in the analyser's own fixed-width layout, block by
     block through the block cache (the checksum is summed from the cached blocks'
-    shares). None when the layout differs: the caller then tokenises."""
-    global _blocks, _blocks_old
+    shares). None when the layout differs: the caller then tokenises. ``_ALL_NEW``
+    when no block is cached: the caller takes the lean path (``_parse_lean``).
+
+    Filling the caches with values that never recur cost more than decoding (measured:
+    43 us per all-new frame with the caches, 31 us without them, on the bench machine;
+    the caches' memory is what gets slow), so an all-new frame is not cached, except
+    every ``_ADMIT_EVERY``-th one: a steady analyser's first frames still warm them.
+    """
+    global _blocks, _blocks_old, _all_new_streak
     size = len(raw)
     count = raw[31:33]
     if not (
@@ -401,15 +439,21 @@ def _decode_fixed(raw: bytes) -> _Body | None:
         return None
     chunks = [raw[p : p + _BLOCK] for p in range(_HEADER, size - 5, _BLOCK)]
     found = list(map(_blocks.get, chunks))
-    body_sum = sum(raw[_BODY:_HEADER])
+    body_sum = _byte_sum(raw[_BODY:_HEADER])
     if None not in found:
         blocks = cast(list[_Block], found)  # no None in it
         for block in blocks:
             body_sum += block[2]
-        _verify_checksum(raw, (sum(raw[1:_BODY]) + body_sum) & 0xFFFF)
+        _verify_checksum(raw, (_byte_sum(raw[1:_BODY]) + body_sum) & 0xFFFF)
         return _body(raw, blocks, raw[19:21], raw[22:30], body_sum)
-    body_sum = sum(raw[_BODY:-5])
-    _verify_checksum(raw, (sum(raw[1:_BODY]) + body_sum) & 0xFFFF)
+    body_sum = _byte_sum(raw[_BODY:-5])
+    _verify_checksum(raw, (_byte_sum(raw[1:_BODY]) + body_sum) & 0xFFFF)
+    if found.count(None) < len(found):
+        _all_new_streak = 0  # something recurs: the caches pay
+    elif _all_new_streak < _ADMIT_EVERY:
+        return _ALL_NEW
+    else:
+        _all_new_streak = 0  # admitted: this one fills the caches
     index = found.index(None)
     while True:
         chunk = chunks[index]
@@ -428,6 +472,86 @@ def _decode_fixed(raw: bytes) -> _Body | None:
         except ValueError:
             break
     return _body(raw, cast(list[_Block], found), raw[19:21], raw[22:30], body_sum)
+
+
+_Template = tuple[ChannelId, ChannelKind, "str | None", Unit, ChannelStatus, str, int]
+_templates: dict[bytes, _Template] = {}
+"""A block's decoded fields but its value, keyed by its bytes without the value
+(``block[:10] + block[16:]``): an analyser's blocks differ only in their values, so
+this holds one entry per channel and configuration, however new every value is."""
+_VALUE = slice(10, 16)  # the value field in a fixed-layout block: 2 + ; + 6 + ; + [6]
+
+
+def _parse_lean(raw: bytes, received_at: datetime, monotonic_ns: int) -> Frame | None:
+    """The uncached path for a fixed-layout frame whose values are all new: checksum
+    first, then per block one template lookup and one ``float``, the records built
+    directly; nothing cached. None when the frame is not in the fixed layout or is
+    invalid in a way the general path reports precisely (the caller falls back)."""
+    global _all_new_streak
+    size = len(raw)
+    count = raw[31:33]
+    if not (
+        count.isdigit()
+        and size == 39 + _BLOCK * int(count)
+        and raw[21] == raw[30] == raw[33] == 0x3B
+        and raw.count(b";", _BODY, _HEADER) == 3
+    ):
+        return None
+    _verify_checksum(raw, _byte_sum(raw[1:-5]) & 0xFFFF)
+    new = _new_tuple
+    templates = _templates
+    readings: list[Reading] = []
+    append = readings.append
+    mask = 0
+    for start in range(_HEADER, size - 5, _BLOCK):
+        chunk = raw[start : start + _BLOCK]
+        meta = templates.get(chunk[:10] + chunk[16:])
+        if meta is None:
+            meta = _template(chunk, raw, (start - _HEADER) // _BLOCK)
+            if meta is None:
+                return None
+        value_f = chunk[_VALUE]
+        value: float | None
+        try:
+            number = float(value_f)
+        except ValueError:
+            if 0x3B in value_f:  # not the fixed layout after all
+                return None
+            value = None  # blank, "++++++" or any other non-number
+        else:
+            value = number if number - number == 0.0 else None  # NaN, inf: no value
+        mask |= meta[6]
+        append(new(Reading, (
+            meta[0], meta[1], meta[2], value, meta[3], meta[4],
+            _CONTINUOUS, received_at, monotonic_ns, chunk[:-1], meta[5],
+        )))  # fmt: skip
+    if mask.bit_count() != len(readings):
+        return None  # a channel twice: the general path says so
+    fm_field, autocal_field = raw[19:21], raw[22:30]
+    fault, maintenance, cal_groups = _analysers.get((fm_field, autocal_field)) or _analyser(
+        fm_field, autocal_field
+    )
+    analyser = new(AnalyserStatus, (fault, maintenance, cal_groups, _clock_fixed(raw)))
+    _all_new_streak += 1
+    frame: Frame = new(
+        Frame, (tuple(readings), analyser, _CONTINUOUS, received_at, monotonic_ns, raw, None, None)
+    )
+    return frame
+
+
+def _template(chunk: bytes, raw: bytes, index: int) -> _Template | None:
+    """Decode and remember a block's fields but its value; None unless the value field
+    sits at ``_VALUE`` (the analyser's fixed widths)."""
+    fields = chunk[:-1].split(b";")
+    if len(fields) != 8 or chunk[-1] != 0x3B or chunk[9] != 0x3B or chunk[16] != 0x3B:
+        return None
+    decoded, (_, unit_text), _, bit = _decode_block(fields, chunk[:-1], raw, index, share=False)
+    channel, kind, name, _, unit, status = decoded
+    meta = (channel, kind, name, unit, status, unit_text, bit)
+    if len(_templates) >= _CACHE_LIMIT:
+        _templates.clear()
+    _templates[chunk[:10] + chunk[16:]] = meta
+    return meta
 
 
 def _decode_tokens(raw: bytes, tokens: list[bytes], body_sum: int) -> _Body:

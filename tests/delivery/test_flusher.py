@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from rig import Rig, rec, stored, until
+
+from servomexd.rows import Record
+from servomexd.spool import Spool
 
 
 async def test_steady_state_exactly_once_and_timer_flush(tmp_path: Path) -> None:
@@ -87,3 +92,45 @@ async def test_flush_cancelled_while_the_spool_is_busy_loses_nothing(tmp_path: P
         assert values == [float(i) for i in range(5)]
     finally:
         await rig.spool.close()
+
+
+class SlowSpool(Spool):
+    """A real spool whose commits take ``delay`` s on its thread (a slow disk), and which
+    notes when each batch became durable."""
+
+    def __init__(self, directory: Path, delay: float) -> None:
+        super().__init__(directory)
+        self.delay = delay
+        self.committed: list[tuple[float, list[float]]] = []
+
+    async def append(self, records: Sequence[Record]) -> int:
+        await self._call(time.sleep, self.delay)
+        seq = await super().append(records)
+        self.committed.append((time.monotonic(), [float(r[4]) for r in records]))
+        return seq
+
+
+async def test_group_commit_cadence_does_not_grow_with_commit_time(tmp_path: Path) -> None:
+    """Flushes are due flush_interval after the previous one BEGAN: a record waits at most
+    flush_interval plus one commit before it is durable, not plus two."""
+    interval, commit = 0.5, 0.4
+    spool = SlowSpool(tmp_path / "spool", commit)
+    added: dict[float, float] = {}
+    async with Rig(tmp_path, spool=spool, flush_interval=interval, batch_size=100_000) as rig:
+        for i in range(150):  # 3 s of a steady stream
+            rig.add([rec(i)])
+            added[float(i)] = time.monotonic()
+            await asyncio.sleep(0.02)
+        await until(lambda: sum(len(v) for _, v in spool.committed) == 150)
+    ages = [at - added[value] for at, values in spool.committed for value in values]
+    assert max(ages) < interval + commit + 0.2, max(ages)
+    assert len(spool.committed) <= 3 / interval + 2  # about one group commit per interval
+
+
+async def test_a_full_batch_is_committed_before_the_interval(tmp_path: Path) -> None:
+    async with Rig(tmp_path, flush_interval=30.0, batch_size=100) as rig:
+        rig.add([rec(i) for i in range(100)])
+        await until(lambda: len(stored(rig.db)) == 100, within=5)
+        rig.add([rec(i) for i in range(100, 150)])
+        await asyncio.sleep(0.3)
+        assert len(stored(rig.db)) == 100  # the rest waits for the interval or the stop

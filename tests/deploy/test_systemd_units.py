@@ -168,3 +168,9 @@ def test_template_matches_the_main_unit() -> None:
     assert main == template
     assert "%i" in _one("servomexd@.service", "Description", "Unit")
     assert "servomexd/%i" in _one("servomexd@.service", "StateDirectory").split()
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_descriptor_limit_fits_256_analysers(unit: str) -> None:
+    # ~5 descriptors per serial port (port + pyserial's abort pipes) x 256, plus sockets.
+    assert int(_one(unit, "LimitNOFILE")) >= 4096

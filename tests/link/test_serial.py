@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,69 @@ async def test_read_times_out_with_empty_bytes(device: PtyDevice) -> None:
             await link.read(0)
         with pytest.raises(ServomexValidationError):
             await link.read(1.0, max_bytes=0)
+
+
+async def test_each_read_keeps_its_own_timeout(device: PtyDevice) -> None:
+    """The port's one timer is re-armed lazily: a short read after a long one still
+    returns after its own timeout, and a long one after short ones waits its full time."""
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        device.write(b"x")
+        assert await link.read(5.0) == b"x"  # arms the timer 5 s ahead
+        started = time.monotonic()
+        assert await link.read(0.2) == b""
+        assert 0.15 <= time.monotonic() - started < 1.0
+        for _ in range(3):
+            assert await link.read(0.05) == b""
+        started = time.monotonic()
+        assert await link.read(0.5) == b""
+        assert 0.45 <= time.monotonic() - started < 1.5
+
+
+async def test_readers_are_woken_together_on_the_shared_tick(tmp_path: Path) -> None:
+    """Bytes on several ports are handed on in one pass of the loop, on the tick, and
+    never later than one tick after they arrived."""
+    from servomexd.link import serial as serial_link
+
+    with PtyDevice(tmp_path / "a") as a, PtyDevice(tmp_path / "b") as b:
+        first = await SerialLink.open(SerialSettings(str(a.link)))
+        second = await SerialLink.open(SerialSettings(str(b.link)))
+        woken: list[tuple[bytes, float]] = []
+
+        async def reader(link: SerialLink) -> None:
+            data = await link.read(5.0)
+            woken.append((data, asyncio.get_running_loop().time()))
+
+        tasks = [asyncio.create_task(reader(first)), asyncio.create_task(reader(second))]
+        loop = asyncio.get_running_loop()
+        tick = serial_link._WAKE_TICK
+        # start just after a tick boundary, so both writes fall in the same tick
+        await asyncio.sleep((loop.time() // tick + 1) * tick + 0.005 - loop.time())
+        written = loop.time()
+        a.write(b"from a")
+        await asyncio.sleep(0.005)
+        b.write(b"from b")
+        await asyncio.gather(*tasks)
+        await first.close()
+        await second.close()
+    assert sorted(data for data, _ in woken) == [b"from a", b"from b"]
+    times = [at for _, at in woken]
+    assert max(times) - min(times) < 0.005  # the same tick
+    assert max(times) - written < serial_link._WAKE_TICK + 0.1
+
+
+async def test_an_empty_read_means_no_data_not_a_hang_up(device: PtyDevice) -> None:
+    """VMIN=1 on the open port: a read that finds nothing raises EAGAIN instead of
+    returning 0 bytes, which the link would take for a hang-up (pyserial leaves 0)."""
+    import termios
+
+    slave = device.slave_name
+    assert slave is not None
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        fd = int(open_fds_to(slave)[0])
+        assert termios.tcgetattr(fd)[6][termios.VMIN] == 1
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 100)
+        assert link.is_open
 
 
 async def test_bytes_arrive_and_max_bytes_is_honoured(device: PtyDevice) -> None:
@@ -249,3 +313,42 @@ async def test_cancelled_open_never_leaks_the_fd(device: PtyDevice) -> None:
     assert len(open_fds_to(slave)) == 1  # ours only: no cancelled open left one behind
     await link.close()
     assert open_fds_to(slave) == []
+
+
+# --- descriptors above 1024 ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def low_fds_taken() -> Iterator[None]:
+    """Fill descriptors 0..1100 so that the next port opens above 1024, where select() fails."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    dummies: list[int] = []
+    try:
+        while not dummies or dummies[-1] < 1100:
+            dummies.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in dummies:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_reads_work_on_descriptors_above_1024(low_fds_taken: None, tmp_path: Path) -> None:
+    with PtyDevice(tmp_path / "adapter-1025") as device:
+        slave = device.slave_name
+        assert slave is not None
+        link = await SerialLink.open(SerialSettings(str(device.link)))
+        assert min(int(fd) for fd in open_fds_to(slave)) > 1024
+        for line in (b"first frame\n", b"second frame\n"):
+            device.write(line)
+            assert await read_until(link, len(line)) == line
+        device.unplug()
+        with pytest.raises(ServomexConnectionError, match="lost"):
+            await link.read(5.0)
+        await link.close()
+        assert open_fds_to(slave) == []

@@ -598,3 +598,64 @@ def test_framer_recovers_every_good_frame_whatever_the_chunking(
         position += size
         index += 1
     assert [f.raw for f in frames_of(events)] == wanted
+
+
+# --- the lean path for all-new frames ------------------------------------------------------------
+
+
+def _all_new_frames(count: int, seed: int) -> list[bytes]:
+    start = datetime(2026, 2, 1)
+    frames = []
+    for i in range(count):
+        status = ChannelStatus(fault=i % 3 == 0, alarms=(i % 2 == 0, False, i % 5 == 0, False))
+        blocks = [
+            BlockSpec(ChannelId.I1, "Oxygen", round(seed + 10 + i / 1000, 3), Unit.PERCENT, status),
+            BlockSpec(ChannelId.I2, "CO", round(seed + i / 1000, 3), Unit.VPM),
+            BlockSpec(ChannelId.E1, None, None if i == 5 else round(4 + i / 997, 3), Unit.MA),
+            BlockSpec(ChannelId.E2, "Flow", round(seed + i / 100, 2), "l/m", decimals=2),
+        ]
+        frames.append(build_frame(blocks, clock=start + timedelta(seconds=i)))
+    return frames
+
+
+def test_all_new_frames_take_the_lean_path_and_decode_exactly() -> None:
+    from servomexd.protocol import continuous
+
+    frames = _all_new_frames(300, seed=7)
+    bodies_before = len(continuous._bodies)
+    for raw in frames:
+        frame = parse_frame(raw, received_at=NOW, monotonic_ns=5)
+        odd = with_checksum(raw[1:-5].replace(b";", b" ;", 1))  # the general path
+        general = parse_frame(odd, received_at=NOW, monotonic_ns=5)
+        assert frame.readings == general.readings
+        assert frame.analyser._replace(clock=None) == general.analyser._replace(clock=None)
+        assert frame.raw == raw
+    # nothing recurs, so at most one frame in _ADMIT_EVERY reached the caches
+    admitted = len(continuous._bodies) - bodies_before
+    assert admitted <= len(frames) // continuous._ADMIT_EVERY + 1
+
+
+def test_lean_path_verifies_the_checksum_and_falls_back_on_odd_blocks() -> None:
+    frames = _all_new_frames(10, seed=3)
+    for raw in frames[:5]:
+        parse_frame(raw)  # a streak of all-new frames: the next ones go lean
+    bad = frames[5][:-5] + b"0000;"
+    with pytest.raises(ServomexChecksumError):
+        parse_frame(bad)
+    # a value field holding a ';' is no fixed layout: the general path reports it
+    block = frames[6][34:67]
+    broken = frames[6][:1] + frames[6][1:44] + b";" + frames[6][45:-5]
+    assert block[10:16] != broken[44:50]
+    with pytest.raises(ServomexProtocolError):
+        parse_frame(with_checksum(broken[1:]))
+
+
+def test_a_steady_analyser_is_cached_even_after_a_streak_of_all_new_frames() -> None:
+    from servomexd.protocol import continuous
+
+    for raw in _all_new_frames(20, seed=11):
+        parse_frame(raw)
+    steady = _all_new_frames(1, seed=99)[0]
+    for _ in range(continuous._ADMIT_EVERY + 1):
+        parse_frame(steady)
+    assert steady[19:-5] in continuous._bodies

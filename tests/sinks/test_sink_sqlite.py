@@ -283,3 +283,54 @@ async def test_writes_do_not_block_the_event_loop(tmp_path: Path) -> None:
             blocker.execute("ROLLBACK")
             blocker.close()
         assert ticks >= 10
+
+
+def _indexes(path: Path) -> dict[str, list[str]]:
+    conn = sqlite3.connect(path)
+    try:
+        names = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' "
+            "AND sql IS NOT NULL"
+        )]
+        return {n: [r[2] for r in conn.execute(f'PRAGMA index_info("{n}")')] for n in names}
+    finally:
+        conn.close()
+
+
+def _plan(path: Path, query: str) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+    finally:
+        conn.close()
+
+
+async def test_time_first_index_serves_the_documented_queries(tmp_path: Path) -> None:
+    path = tmp_path / "samples.sqlite"
+    async with SqliteSink(path) as sink:
+        await sink.write_many(steady_samples(50))
+    assert _indexes(path) == {"samples_time_idx": ["received_at", "device", "channel"]}
+    # README and docs/operations.md: the latest rows, no full scan and no sort
+    for query in (
+        "SELECT received_at, device, value FROM samples WHERE channel = 'I1' "
+        "ORDER BY received_at DESC LIMIT 10",
+        "SELECT * FROM samples WHERE error IS NULL ORDER BY received_at DESC LIMIT 10",
+        "SELECT device, count(*) FROM samples WHERE error IS NOT NULL "
+        "AND received_at > '2026-01-01' GROUP BY device",
+    ):
+        plan = _plan(path, query)
+        assert "USING INDEX samples_time_idx" in plan, plan
+        assert "TEMP B-TREE FOR ORDER BY" not in plan, plan
+
+
+async def test_a_table_with_the_former_index_gets_no_second_one(tmp_path: Path) -> None:
+    path = tmp_path / "samples.sqlite"
+    async with SqliteSink(path) as sink:
+        await sink.write_many(steady_samples(5))
+    conn = sqlite3.connect(path)
+    conn.execute('DROP INDEX "samples_time_idx"')
+    conn.execute('CREATE INDEX "samples_device_time_idx" ON samples (device, channel, received_at)')
+    conn.close()
+    async with SqliteSink(path) as sink:
+        await sink.write_many(steady_samples(5))
+    assert list(_indexes(path)) == ["samples_device_time_idx"]
