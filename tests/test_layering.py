@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     # 5: the wiring
     "daemon": 5,
     "reload": 5,
+    "reloader": 5,  # applies a reload plan to the running daemon (daemon.py passes itself)
     "demo": 6,
     "cli": 7,
     "__main__": 8,
