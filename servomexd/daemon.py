@@ -15,11 +15,11 @@ shutdown  SIGTERM/SIGINT only set an event; then: stop acquisition (ports closed
 SIGHUP (``systemctl reload``) reopens the sink's output file (CSV starts a new
 timestamped file, JSONL reopens its path after logrotate, Parquet closes the current
 file and starts the next) and reloads the configuration (``reload.py`` says what
-changed, ``reloader.py`` applies it; ``acquisition/devices.py`` runs the devices): devices added, removed or changed start, stop or restart alone; a changed sink
-is swapped between two writes (the spool keeps everything in between); logging and the
-metrics listener change in place. An invalid new configuration is logged with every bad
-field and the running one stays (``/readyz`` says the last reload failed). ``[spool]``
-changes need a restart.
+changed, ``reloader.py`` applies it): devices added, removed or changed start, stop or
+restart alone (``acquisition/devices.py``); a changed sink is swapped between two
+writes (the spool keeps everything in between); logging and the metrics listener change
+in place. An invalid new configuration is logged with every bad field and the running
+one stays (``/readyz`` says the last reload failed). ``[spool]`` changes need a restart.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ LAYERS: dict[str, int] = {
     "acquisition": 3,
     "sinks": 3,
     "spool": 3,
+    "spool_codec": 3,  # the batch payload format (spool.py and its quarantine use it)
+    "spool_quarantine": 3,  # the quarantine table inside the spool file
     "metrics": 3,
     "decode": 3,
     "simulator": 3,
