@@ -15,11 +15,11 @@ shutdown  SIGTERM/SIGINT only set an event; then: stop acquisition (ports closed
 SIGHUP (``systemctl reload``) reopens the sink's output file (CSV starts a new
 timestamped file, JSONL reopens its path after logrotate, Parquet closes the current
 file and starts the next) and reloads the configuration (``reload.py`` says what
-changed): devices added, removed or changed start, stop or restart alone; a changed sink
-is swapped between two writes (the spool keeps everything in between); logging and the
-metrics listener change in place. An invalid new configuration is logged with every bad
-field and the running one stays (``/readyz`` says the last reload failed). ``[spool]``
-changes need a restart.
+changed, ``reloader.py`` applies it): devices added, removed or changed start, stop or
+restart alone (``acquisition/devices.py``); a changed sink is swapped between two
+writes (the spool keeps everything in between); logging and the metrics listener change
+in place. An invalid new configuration is logged with every bad field and the running
+one stays (``/readyz`` says the last reload failed). ``[spool]`` changes need a restart.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from servomexd import __version__, status
-from servomexd.acquisition.factory import build_session_factory
+from servomexd.acquisition.devices import Devices
 from servomexd.acquisition.supervisor import DeviceSupervisor, LinkHealth
-from servomexd.backoff import Backoff
 from servomexd.config import (
     EX_CONFIG,
     ConfigInvalid,
@@ -56,7 +55,7 @@ from servomexd.logs import configure_logging, early_line
 from servomexd.looplag import LoopLagMonitor
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
-from servomexd.reload import ReloadPlan, plan_reload
+from servomexd.reloader import Reloader
 from servomexd.signals import capture_signals
 from servomexd.sinks.registry import resolve_credentials, sink_type
 from servomexd.spool import Spool
@@ -65,12 +64,10 @@ from servomexd.startup_checks import metrics_listen_error, spool_open_error
 log = structlog.get_logger("servomexd.daemon")
 
 EX_SOFTWARE = 70
-_SUPERVISOR_STOP_TIMEOUT = 2.0
 _STOP_BUDGET = 9.0
 """Seconds from the stop signal to exit, all steps included: systemd's TimeoutStopSec
 is 30 s, the promise to operators is "well within 10 s"."""
 _READY_SINK_WAIT = 5.0
-_CLOSE_GRACE = 10.0
 _THREAD_EXIT_GRACE = 0.5
 
 
@@ -87,26 +84,22 @@ class Daemon:
         reloadable: bool = False,
     ) -> None:
         self.settings = settings
-        self._config = config
         self._reloadable = reloadable
         """SIGHUP re-reads ``config`` (``servomexd run``); embedders keep their settings."""
         self.reload_error: str | None = None
         """Why the last reload was refused (None: it worked, or none happened)."""
-        self._reload_lock = asyncio.Lock()
-        self._reloads: list[asyncio.Task[None]] = []
+        self._reloader = Reloader(self, config)
         self._tg: asyncio.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._http: Any = None
-        self._buses: Any = None
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.notifier = notifier if notifier is not None else Notifier()
-        self.supervisors: list[DeviceSupervisor] = []
+        self.devices = Devices(self.metrics)
         self.writer: Writer | None = None
         """Set once the delivery side is built; None while starting."""
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._stop_reason = ""
-        self._tasks: list[asyncio.Task[None]] = []
         self._lag_task: asyncio.Task[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
@@ -135,122 +128,14 @@ class Daemon:
         if self.writer is not None:
             self.writer.request_reopen()
         if self._reloadable and self._tg is not None and not self._stop.is_set():
-            self._reloads.append(self._tg.create_task(self.reload(), name="reload"))
-            self._reloads = [task for task in self._reloads if not task.done()]
+            self._reloader.schedule(self._tg)
 
     async def reload(self) -> None:
-        """Re-read the configuration and apply what changed (one reload at a time)."""
-        async with self._reload_lock:
-            self.notifier.reloading("reloading the configuration")
-            try:
-                summary = await self._reload()
-            except Exception as exc:  # a bug or an unexpected failure: keep running
-                summary = f"reload failed: {type(exc).__name__}: {exc}"
-                self.reload_error = summary
-                log.error("daemon.reload_failed", error=summary, exc_info=True)
-            self.notifier.ready(f"{summary}; {self.status_line()}")
+        """Re-read the configuration and apply what changed (``reloader.py``)."""
+        await self._reloader.reload()
 
-    async def _reload(self) -> str:
-        try:
-            new = load_settings(self._config)
-            password = resolve_credentials(new.sink)
-        except ConfigInvalid as exc:
-            return self._reload_refused(exc.lines())
-        except ServomexConfigError as exc:
-            return self._reload_refused([exc.message])
-        plan = plan_reload(self.settings, new)
-        try:
-            # Built before anything changes: a device the new file describes badly (a
-            # Modbus line conflict) refuses the whole reload, not half of it.
-            starting = self._new_supervisors(plan, new)
-        except ServomexConfigError as exc:
-            return self._reload_refused([str(exc)])
-        self.settings = new
-        if plan.log:
-            configure_logging(new.log.level, new.log.format)
-        if plan.metrics:
-            await self._restart_http()
-        writer = self.writer
-        if writer is not None:
-            _tune_writer(writer, new)
-        if plan.sink and writer is not None:
-            destination = Destination(new.sink, password=password)
-            try:
-                async with asyncio.timeout(new.sink.write_timeout + _CLOSE_GRACE):
-                    await writer.replace_destination(destination)
-            except TimeoutError:
-                log.warning("daemon.sink_switch_pending",
-                            hint="the switch happens after the write in progress")  # fmt: skip
-        await self._restart_devices(plan, starting)
-        self.reload_error = None
-        summary = f"reloaded: {plan.describe()}"
-        log.info("daemon.reloaded", changes=plan.describe())
-        if plan.spool:
-            log.warning("daemon.reload_spool_unchanged",
-                        hint="[spool] changes take effect at the next restart")  # fmt: skip
-        return summary
-
-    def _reload_refused(self, problems: list[str]) -> str:
-        self.reload_error = "; ".join(problems)
-        log.error(
-            "daemon.reload_failed",
-            problems=problems,
-            config=str(config_path(self._config)),
-            hint="the previous configuration keeps running; fix the file and reload again",
-        )
-        return f"reload failed ({len(problems)} invalid setting(s)), previous configuration kept"
-
-    def _new_supervisors(self, plan: ReloadPlan, new: Settings) -> list[DeviceSupervisor]:
-        """Supervisors for the added and changed devices of ``new`` (not started)."""
-        starting = set(plan.added) | set(plan.changed)
-        devices = [device for device in new.devices if device.name in starting]
-        if not devices:
-            return []
-        writer = self.writer
-        assert writer is not None
-        if any(d.is_modbus for d in devices) and self._buses is None:
-            from servomexd.acquisition.modbus import ModbusBusRegistry
-
-            self._buses = ModbusBusRegistry(self.metrics)
-            if self._stack is not None:
-                self._budget.closes(self._stack, self._buses.aclose, 0.5)
-        if self._buses is not None:
-            # Ports only left or changed devices used may take new line settings.
-            going = set(plan.removed) | set(plan.changed)
-            kept = {os.path.normpath(str(d.port)) for d in self.settings.devices
-                    if d.is_modbus and d.name not in going}  # fmt: skip
-            for device in self.settings.devices:
-                port = os.path.normpath(str(device.port))
-                if device.is_modbus and device.name in going and port not in kept:
-                    self._buses._declared.pop(port, None)
-        return [_supervisor(device, writer, self.metrics, self._buses) for device in devices]
-
-    async def _restart_devices(
-        self, plan: ReloadPlan, starting: list[DeviceSupervisor]
-    ) -> None:
-        """Stop removed and changed devices (their ports close), start the new
-        supervisors; the others keep running untouched."""
-        going = set(plan.removed) | set(plan.changed)
-        pairs = list(zip(self.supervisors, self._tasks, strict=True))
-        stopping = [(sup, task) for sup, task in pairs if sup.name in going]
-        for _, task in stopping:
-            task.cancel()
-        if stopping:
-            await asyncio.wait([task for _, task in stopping], timeout=_SUPERVISOR_STOP_TIMEOUT)
-        for sup, _ in stopping:
-            if sup.name in plan.removed:
-                self.metrics.unregister_device(sup.name)
-        tg = self._tg
-        assert tg is not None
-        kept = [(sup, task) for sup, task in pairs if sup.name not in going]
-        for sup in starting:
-            kept.append((sup, tg.create_task(sup.run(), name=f"device:{sup.name}")))
-        order = {device.name: i for i, device in enumerate(self.settings.devices)}
-        kept.sort(key=lambda pair: order[pair[0].name])
-        self.supervisors = [sup for sup, _ in kept]
-        self._tasks = [task for _, task in kept]
-
-    async def _restart_http(self) -> None:
+    async def restart_http(self) -> None:
+        """The metrics listener moved (a reload): stop it, start it on the new address."""
         if self._http is not None:
             await self._http.stop()
             self._http = None
@@ -264,8 +149,12 @@ class Daemon:
 
     # --- health, status, liveness ----------------------------------------------------------
 
+    @property
+    def supervisors(self) -> list[DeviceSupervisor]:
+        return self.devices.supervisors
+
     def _links(self) -> list[LinkHealth]:
-        return [sup.health() for sup in self.supervisors]
+        return self.devices.health()
 
     def _delivery(self) -> DeliveryHealth | None:
         return None if self.writer is None else self.writer.snapshot()
@@ -289,7 +178,7 @@ class Daemon:
         """Watchdog: the loop runs this, and every supervisor and the writer still run."""
         if self._writer_task is None or self._writer_task.done():
             return False
-        return all(not task.done() for task in self._tasks)
+        return self.devices.alive()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -315,7 +204,12 @@ class Daemon:
                 return 1
             async with asyncio.TaskGroup() as tg:
                 await self._main(tg, writer)
-        self._log_summary()
+        log.info(
+            "daemon.stopped",
+            reason=self._stop_reason,
+            uptime_s=round(time.monotonic() - self._started, 1),
+            **status.stop_summary(self._links(), self._delivery()),
+        )
         return 0
 
     async def _startup(self, stack: contextlib.AsyncExitStack) -> Writer:
@@ -334,32 +228,12 @@ class Daemon:
             raise ServomexConfigError(f"[sink] type = {s.sink.type!r}: {exc.message}") from exc
         if s.metrics.enabled:
             await self._start_http(stack)
-        spool = Spool(
-            s.spool.path,
-            max_bytes=s.spool.max_bytes,
-            synchronous=s.spool.synchronous,
-            quarantine_max_bytes=s.spool.quarantine_max_bytes,
-            on_drop=lambda _batches, samples: self.metrics.spool_dropped_samples.inc(samples),
-        )
-        try:
-            await spool.open()
-        except ServomexError as exc:
-            raise spool_open_error(s.spool.path, exc) from exc
+        spool = await _open_spool(s, self.metrics)
         self._budget.closes(stack, spool.close, 1.0)
-        writer = Writer(
-            spool,
-            Destination(s.sink, password=resolve_credentials(s.sink)),
-            self.metrics,
-            batch_size=s.sink.batch_size,
-            flush_interval=s.sink.flush_interval,
-            max_write_rows=s.sink.max_write_rows,
-            write_timeout=s.sink.write_timeout,
-            retry_max_delay=s.sink.retry_max_delay,
-            spool_limit=s.spool.max_bytes,
-        )
+        writer = _writer(s, spool, self.metrics)
         self._budget.closes(stack, writer.aclose, 1.0)
-        self.supervisors, self._buses = _supervisors(
-            self.settings, writer, self.metrics, stack, self._budget
+        self.devices.build_all(
+            s.devices, writer.flusher, lambda close: self._budget.closes(stack, close, 0.5)
         )
         self.writer = writer
         return writer
@@ -386,9 +260,7 @@ class Daemon:
     async def _main(self, tg: asyncio.TaskGroup, writer: Writer) -> None:
         self._tg = tg
         self._writer_task = tg.create_task(writer.run(), name="writer")
-        self._tasks = [
-            tg.create_task(sup.run(), name=f"device:{sup.name}") for sup in self.supervisors
-        ]
+        self.devices.start(tg)
         # READY once the sink has been tried (open + checkpoint), up or not.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_READY_SINK_WAIT):
@@ -416,13 +288,9 @@ class Daemon:
         self._budget.start(_STOP_BUDGET)
         log.info("daemon.stopping", reason=self._stop_reason)
         self.notifier.stopping("stopping: flushing samples")
-        for reload in self._reloads:  # a reload must not outlive the parts it changes
-            reload.cancel()
+        self._reloader.cancel()
         # 1. stop acquisition: supervisors close their ports
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=_SUPERVISOR_STOP_TIMEOUT)
+        await self.devices.stop()
         # 2. flush the buffer to the spool and deliver within the deadline
         writer.request_stop()
         # the closing steps after this one need about 2 s of the budget
@@ -446,21 +314,6 @@ class Daemon:
         notify_task.cancel()
         if self._lag_task is not None:
             self._lag_task.cancel()
-
-    def _log_summary(self) -> None:
-        delivery = self._delivery()
-        links = self._links()
-        log.info(
-            "daemon.stopped",
-            reason=self._stop_reason,
-            uptime_s=round(time.monotonic() - self._started, 1),
-            samples_accepted=delivery.samples_accepted if delivery else 0,
-            samples_written=delivery.samples_written if delivery else 0,
-            left_in_spool=delivery.spool.samples if delivery else 0,
-            frames=sum(link.frames for link in links),
-            rejected=sum(link.rejections for link in links),
-            reconnects=sum(link.reconnects for link in links),
-        )
 
 
 class StopBudget:
@@ -491,51 +344,35 @@ class StopBudget:
         stack.push_async_callback(bounded)
 
 
-def _supervisors(
-    settings: Settings,
-    writer: Writer,
-    metrics: Metrics,
-    stack: contextlib.AsyncExitStack,
-    budget: StopBudget,
-) -> tuple[list[DeviceSupervisor], Any]:
-    """One supervisor per device, each feeding the writer's flusher; and the Modbus bus
-    registry they share (None without Modbus devices)."""
-    buses = None
-    if any(d.is_modbus for d in settings.devices):
-        from servomexd.acquisition.modbus import ModbusBusRegistry
-
-        buses = ModbusBusRegistry(metrics)
-        budget.closes(stack, buses.aclose, 0.5)
-    return [_supervisor(device, writer, metrics, buses) for device in settings.devices], buses
-
-
-def _supervisor(device: Any, writer: Writer, metrics: Metrics, buses: Any) -> DeviceSupervisor:
-    try:
-        factory = build_session_factory(device, buses)
-    except ValueError as exc:  # ServomexValidationError is a ValueError
-        raise ServomexConfigError(f"device {device.name}: {exc}") from exc
-    return DeviceSupervisor(
-        device.name,
-        factory,
-        writer.flusher,
-        metrics,
-        silence_timeout=device.silence_timeout,
-        # After valid frames, retry within 1 s for 30 s (a replug, a resumed
-        # process), then back off as usual.
-        backoff=Backoff(
-            initial=0.5, cap=30.0, healthy_after=30.0, quick_for=30.0, quick_cap=1.0
-        ),
+async def _open_spool(s: Settings, metrics: Metrics) -> Spool:
+    """The configured spool, open (its losses counted in ``metrics``)."""
+    spool = Spool(
+        s.spool.path,
+        max_bytes=s.spool.max_bytes,
+        synchronous=s.spool.synchronous,
+        quarantine_max_bytes=s.spool.quarantine_max_bytes,
+        on_drop=lambda _batches, samples: metrics.spool_dropped_samples.inc(samples),
     )
+    try:
+        await spool.open()
+    except ServomexError as exc:
+        raise spool_open_error(s.spool.path, exc) from exc
+    return spool
 
 
-def _tune_writer(writer: Writer, settings: Settings) -> None:
-    """The delivery knobs a reload changes in place (the sink itself is swapped apart)."""
-    sink = settings.sink
-    writer.flusher.batch_size = sink.batch_size
-    writer.flusher.flush_interval = sink.flush_interval
-    writer.deliverer.max_write_rows = sink.max_write_rows
-    writer.deliverer.write_timeout = sink.write_timeout
-    writer.deliverer.backoff.cap = max(sink.retry_max_delay, writer.deliverer.backoff.initial)
+def _writer(s: Settings, spool: Spool, metrics: Metrics) -> Writer:
+    """The delivery side for the configured sink (not started; its sink opens there)."""
+    return Writer(
+        spool,
+        Destination(s.sink, password=resolve_credentials(s.sink)),
+        metrics,
+        batch_size=s.sink.batch_size,
+        flush_interval=s.sink.flush_interval,
+        max_write_rows=s.sink.max_write_rows,
+        write_timeout=s.sink.write_timeout,
+        retry_max_delay=s.sink.retry_max_delay,
+        spool_limit=s.spool.max_bytes,
+    )
 
 
 def run_daemon(config: str | None) -> int:

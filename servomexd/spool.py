@@ -10,10 +10,9 @@ in the same transaction, which makes a retry after an ambiguous failure idempote
 ``seq`` comes from ``INTEGER PRIMARY KEY AUTOINCREMENT``: SQLite never reuses a value,
 even after the rows are deleted, so a checkpoint can never point at a newer batch.
 
-The payload is the batch as column lists (timestamps as epoch microseconds, decoded
-back to tz-aware UTC) in marshal format, zlib-compressed. Never pickle: loading the
-file must not be able to run code, and marshal only builds plain values. Older
-payloads in columnar JSON stay readable.
+A batch is stored as one payload (``spool_codec.py``: column lists, marshal, zlib;
+never pickle). Rows the sink refuses alone wait in the quarantine table
+(``spool_quarantine.py``) for an operator's decision.
 
 All sqlite3 calls run on one dedicated thread that owns the connection and the
 in-memory index of pending batches; the event loop only awaits results.
@@ -23,46 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import marshal
 import sqlite3
 import time
 import uuid
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
 from servomexd.errors import ServomexError
-from servomexd.rows import ROW_COLUMNS, Record
+from servomexd.rows import Record
+from servomexd.spool_codec import decode_records as decode_records
+from servomexd.spool_codec import encode_records as encode_records
+from servomexd.spool_quarantine import QuarantineResult as QuarantineResult
+from servomexd.spool_quarantine import QuarantineTable
 
 T = TypeVar("T")
 
 SPOOL_FILENAME = "spool.sqlite"
-_FORMAT_JSON = b"\x01"
-_FORMAT_JSON_ZLIB = b"\x02"
-_FORMAT = b"\x03"
-"""Payload format byte: 0x01 = columnar JSON (timestamps as epoch microseconds);
-0x02 = the same, zlib-compressed (level 1); 0x03 (written now) = the same columns in
-marshal format, zlib-compressed. Compression costs about 1 us per row and shrinks a
-batch several times: more backlog fits in ``max_bytes``, and a batch fits in one SQLite
-page (no overflow chains to read and free when it is acked). marshal decodes about 2.5
-times faster than JSON (0.7 against 1.8 us per row with zlib), which is what lets a
-backlog drain into PostgreSQL at 100k rows/s; zlib's Adler-32 check rejects a damaged
-payload before marshal sees it, and the decoded shape is checked before use."""
-_MARSHAL_VERSION = 4
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
-_TIMESTAMP_INDEXES = tuple(
-    i for i, c in enumerate(ROW_COLUMNS) if c in ("received_at", "requested_at")
-)
-_NCOLS = len(ROW_COLUMNS)
 _DECODE_SLICE_S = 0.005
 """Longest stretch of payload decoding before yielding to the event loop."""
 
@@ -73,66 +54,6 @@ class ServomexSpoolError(ServomexError):
     """The spool file cannot be opened or written."""
 
     reason = "spool"
-
-
-# --- codec -------------------------------------------------------------------------------
-
-
-def _to_us(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # records are UTC; a naive one is taken as UTC, not local
-        value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _US
-
-
-def encode_records(records: Sequence[Record]) -> bytes:
-    """Format 0x03: one list per column (timestamps as epoch microseconds), marshal then
-    zlib. An empty batch is written as the JSON ``[]`` (format 0x01)."""
-    if not records:
-        return _FORMAT_JSON + b"[]"
-    columns: list[list[Any]] = [list(column) for column in zip(*records, strict=True)]
-    if len(columns) != _NCOLS:
-        raise ValueError(f"a record has {len(columns)} fields, expected {_NCOLS}")
-    for index in _TIMESTAMP_INDEXES:
-        columns[index] = [_to_us(v) for v in columns[index]]
-    return _FORMAT + zlib.compress(marshal.dumps(columns, _MARSHAL_VERSION), 1)
-
-
-def decode_records(payload: bytes) -> list[Record]:
-    kind = payload[:1]
-    if kind not in (_FORMAT, _FORMAT_JSON_ZLIB, _FORMAT_JSON):
-        raise ValueError(f"unknown spool payload format {kind!r}")
-    body = payload[1:]
-    if kind != _FORMAT_JSON:
-        try:
-            body = zlib.decompress(body)
-        except zlib.error as exc:
-            raise ValueError(f"corrupt spool payload: {exc}") from None
-    try:
-        # The spool is the daemon's own private file; marshal builds plain values, never code
-        # that runs, and the shape is checked below.
-        columns = marshal.loads(body) if kind == _FORMAT else json.loads(body)  # noqa: S302
-    except (EOFError, ValueError, TypeError) as exc:
-        raise ValueError(f"corrupt spool payload: {exc}") from None
-    if type(columns) is not list:
-        raise ValueError("corrupt spool payload: not a list of columns")
-    if not columns:
-        return []
-    if len(columns) != _NCOLS:
-        raise ValueError(f"payload has {len(columns)} columns, expected {_NCOLS}")
-    if any(type(column) is not list or len(column) != len(columns[0]) for column in columns):
-        raise ValueError("corrupt spool payload: columns are not lists of one length")
-    # The readings of one frame share their timestamps: build each datetime once, and
-    # map the column through a dict (a comprehension, no per-row Python branching).
-    for index in _TIMESTAMP_INDEXES:
-        column = columns[index]
-        stamps: dict[int | None, datetime | None] = {
-            us: None if us is None else _EPOCH + timedelta(microseconds=us)
-            for us in set(column)
-        }
-        columns[index] = [stamps[us] for us in column]
-    return list(zip(*columns, strict=True))
 
 
 # --- the spool ---------------------------------------------------------------------------
@@ -175,15 +96,6 @@ class AppendResult(NamedTuple):
     """(seq, samples) of each batch dropped to make room."""
 
 
-class QuarantineResult(NamedTuple):
-    quarantined: int
-    """Rows moved into the quarantine table."""
-    overflowed: int
-    """Rows refused by the sink but lost: the quarantine was at ``quarantine_max_bytes``."""
-    remaining: int
-    """Rows left in the batch for delivery."""
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
@@ -201,11 +113,38 @@ CREATE TABLE IF NOT EXISTS quarantine (
     retry INTEGER NOT NULL DEFAULT 0
 );
 """
-QUARANTINE_DOC = """The quarantine table holds one row per refused record: the batch ``seq`` it came
-from, when (epoch seconds), the sink's error text, the record (the batch payload format,
-one record) and ``retry`` (set by ``servomexd spool retry-quarantine``: the daemon moves
-such rows back into a new batch for delivery). Nothing deletes a quarantined row except
-``servomexd spool drop-quarantine --yes``."""
+class _RecentBatches:
+    """Just-appended batches kept in memory, so a healthy sink never re-reads them from
+    the file; past ``max_rows`` records the oldest batches leave first."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self._batches: OrderedDict[int, list[Record]] = OrderedDict()
+        self._rows = 0
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._batches
+
+    def get(self, seq: int) -> list[Record] | None:
+        return self._batches.get(seq)
+
+    def add(self, seq: int, records: list[Record]) -> None:
+        self._batches[seq] = records
+        self._rows += len(records)
+        while self._rows > self.max_rows and self._batches:
+            _, evicted = self._batches.popitem(last=False)
+            self._rows -= len(evicted)
+
+    def forget(self, seq: int) -> None:
+        cached = self._batches.pop(seq, None)
+        if cached is not None:
+            self._rows -= len(cached)
+
+    def replace(self, seq: int, records: list[Record]) -> None:
+        """Batch ``seq`` was rewritten (rows quarantined): keep its new records, if held."""
+        if seq in self._batches:
+            self._rows += len(records) - len(self._batches[seq])
+            self._batches[seq] = records
 
 
 class _SpoolStore:
@@ -222,20 +161,15 @@ class _SpoolStore:
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self.quarantine_max_bytes = quarantine_max_bytes
-        self.q_samples = 0
-        self.q_bytes = 0
+        self.quarantined = QuarantineTable(quarantine_max_bytes)
         self.synchronous = synchronous
-        self.cache_rows = cache_rows
         self.conn: sqlite3.Connection | None = None
         self.stream_id = ""
         self.index: OrderedDict[int, _Entry] = OrderedDict()
         self.samples = 0
         self.bytes = 0
         self.last_seq = 0
-        # Just-appended batches kept in memory so a healthy sink never re-reads them.
-        self.cache: OrderedDict[int, list[Record]] = OrderedDict()
-        self.cache_count = 0
+        self.cache = _RecentBatches(cache_rows)
 
     # -- lifecycle --
 
@@ -250,37 +184,14 @@ class _SpoolStore:
                 raise
             # Keep the evidence, start a new spool: refusing to start would stop recording.
             self._close_db()
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-            self.path.rename(target)
-            for suffix in ("-wal", "-shm"):
-                side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
-                    side.rename(target.with_name(target.name + suffix))
-            moved = str(target)
+            moved = _set_aside(self.path)
             self._open_db()
         return moved
 
     def _open_db(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         self.conn = conn
-        conn.execute("PRAGMA busy_timeout = 5000")
-        # auto_vacuum only takes effect before the first table exists.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise sqlite3.OperationalError(f"cannot switch the spool to WAL (got {mode})")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute("PRAGMA journal_size_limit = 67108864")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'stream_id'").fetchone()
-        if row is None:
-            self.stream_id = str(uuid.uuid4())
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('stream_id', ?)", (self.stream_id,)
-            )
-        else:
-            self.stream_id = str(row[0])
+        self.stream_id = _prepare(conn, self.synchronous)
         self.index.clear()
         self.samples = self.bytes = 0
         for seq, created_at, samples, nbytes in conn.execute(
@@ -291,13 +202,7 @@ class _SpoolStore:
             self.bytes += nbytes
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
         self.last_seq = int(row[0]) if row else 0
-        self._count_quarantine()
-
-    def _count_quarantine(self) -> None:
-        count, nbytes = self._db().execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM quarantine"
-        ).fetchone()
-        self.q_samples, self.q_bytes = int(count), int(nbytes)
+        self.quarantined.count(conn)
 
     def _close_db(self) -> None:
         if self.conn is not None:
@@ -321,24 +226,14 @@ class _SpoolStore:
     def append(self, records: Sequence[Record]) -> AppendResult:
         payload = encode_records(records)
         conn = self._db()
-        dropped: list[int] = []
-        sizes: list[int] = []
-        dropped_samples = 0
-        total = self.bytes
         # Make room by dropping the OLDEST batches: the newest data is the most useful
         # once the sink returns, and the operator is told loudly what was lost.
-        for seq, entry in self.index.items():
-            if total + len(payload) <= self.max_bytes:
-                break
-            dropped.append(seq)
-            dropped_samples += entry.samples
-            sizes.append(entry.samples)
-            total -= entry.nbytes
+        dropped = _oldest_to_drop(self.index, self.bytes + len(payload) - self.max_bytes)
         created_at = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             if dropped:
-                conn.execute("DELETE FROM batches WHERE seq <= ?", (dropped[-1],))
+                conn.execute("DELETE FROM batches WHERE seq <= ?", (dropped[-1][0],))
             cursor = conn.execute(
                 "INSERT INTO batches (created_at, samples, payload) VALUES (?, ?, ?)",
                 (created_at, len(records), payload),
@@ -351,22 +246,15 @@ class _SpoolStore:
         if cursor.lastrowid is None:
             raise ServomexSpoolError("INSERT returned no rowid", context={"path": str(self.path)})
         seq = int(cursor.lastrowid)
-        for old in dropped:
+        for old, _ in dropped:
             self._forget(old)
         self.index[seq] = _Entry(created_at, len(records), len(payload))
         self.samples += len(records)
         self.bytes += len(payload)
         self.last_seq = seq
-        self.cache[seq] = list(records)
-        self.cache_count += len(records)
-        while self.cache_count > self.cache_rows and self.cache:
-            _, evicted = self.cache.popitem(last=False)
-            self.cache_count -= len(evicted)
+        self.cache.add(seq, list(records))
         return AppendResult(
-            seq,
-            len(dropped),
-            dropped_samples,
-            tuple(zip(dropped, sizes, strict=True)),
+            seq, len(dropped), sum(samples for _, samples in dropped), tuple(dropped)
         )
 
     def _forget(self, seq: int) -> None:
@@ -374,9 +262,7 @@ class _SpoolStore:
         if entry is not None:
             self.samples -= entry.samples
             self.bytes -= entry.nbytes
-        cached = self.cache.pop(seq, None)
-        if cached is not None:
-            self.cache_count -= len(cached)
+        self.cache.forget(seq)
 
     def ack(self, upto_seq: int) -> int:
         """Forget every batch with seq <= upto_seq; returns how many were pending."""
@@ -451,43 +337,10 @@ class _SpoolStore:
         return decode_records(row[0])
 
     def quarantine(self, seq: int, bad: Sequence[int], error: str) -> QuarantineResult:
-        """Move the records at indexes ``bad`` of batch ``seq`` to the quarantine table,
-        in one transaction with the rewrite of the batch (the rest keeps its seq and its
-        place in the order; an emptied batch is deleted)."""
-        records = self.records_of(seq)
-        doomed = set(bad)
-        kept = [r for i, r in enumerate(records) if i not in doomed]
-        refused = [r for i, r in enumerate(records) if i in doomed]
-        now = time.time()
-        rows: list[tuple[int, float, str, bytes]] = []
-        room = self.quarantine_max_bytes - self.q_bytes
-        overflowed = 0
-        for record in refused:
-            payload = encode_records([record])
-            if len(payload) > room:
-                overflowed += 1
-                continue
-            room -= len(payload)
-            rows.append((seq, now, error, payload))
+        """Move the records at indexes ``bad`` of batch ``seq`` to the quarantine table;
+        the rest keeps its seq and its place in the order."""
         conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(
-                "INSERT INTO quarantine (seq, quarantined_at, error, payload) VALUES (?, ?, ?, ?)",
-                rows,
-            )
-            if kept:
-                conn.execute(
-                    "UPDATE batches SET samples = ?, payload = ? WHERE seq = ?",
-                    (len(kept), encode_records(kept), seq),
-                )
-            else:
-                conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+        kept, result = self.quarantined.move(conn, seq, self.records_of(seq), bad, error)
         entry = self.index.get(seq)
         if kept and entry is not None:
             nbytes = conn.execute(
@@ -496,47 +349,23 @@ class _SpoolStore:
             self.samples += len(kept) - entry.samples
             self.bytes += nbytes - entry.nbytes
             self.index[seq] = _Entry(entry.created_at, len(kept), nbytes)
-            if seq in self.cache:
-                self.cache_count += len(kept) - len(self.cache[seq])
-                self.cache[seq] = kept
+            self.cache.replace(seq, kept)
         else:
             self._forget(seq)
-        self._count_quarantine()
-        return QuarantineResult(len(rows), overflowed, len(kept))
+        return result
 
     def requeue_quarantine(self) -> int:
-        """Move quarantined rows marked for retry into a new batch at the end (one
-        transaction); returns the samples moved. Run by the daemon periodically, so a
-        ``servomexd spool retry-quarantine`` takes effect while it runs."""
-        conn = self._db()
-        marked = conn.execute(
-            "SELECT id, payload FROM quarantine WHERE retry = 1 ORDER BY id"
-        ).fetchall()
-        if not marked:
-            self._count_quarantine()  # drop-quarantine may have emptied it
+        """Move quarantined rows marked for retry into a new batch at the end; returns
+        the samples moved. Run by the daemon periodically, so a ``servomexd spool
+        retry-quarantine`` takes effect while it runs."""
+        batch = self.quarantined.requeue(self._db())
+        if batch is None:
             return 0
-        records = [record for _, payload in marked for record in decode_records(payload)]
-        payload = encode_records(records)
-        created_at = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("DELETE FROM quarantine WHERE retry = 1 AND id <= ?", (marked[-1][0],))
-            cursor = conn.execute(
-                "INSERT INTO batches (created_at, samples, payload) VALUES (?, ?, ?)",
-                (created_at, len(records), payload),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        seq = int(cursor.lastrowid or 0)
-        self.index[seq] = _Entry(created_at, len(records), len(payload))
-        self.samples += len(records)
-        self.bytes += len(payload)
-        self.last_seq = seq
-        self._count_quarantine()
-        return len(records)
+        self.index[batch.seq] = _Entry(batch.created_at, batch.samples, batch.nbytes)
+        self.samples += batch.samples
+        self.bytes += batch.nbytes
+        self.last_seq = batch.seq
+        return batch.samples
 
     def drop(self, seqs: Sequence[int]) -> int:
         """Delete batches that cannot be decoded; returns the samples they held."""
@@ -556,9 +385,53 @@ class _SpoolStore:
             self.bytes,
             oldest,
             self.last_seq,
-            self.q_samples,
-            self.q_bytes,
+            self.quarantined.samples,
+            self.quarantined.bytes,
         )
+
+
+def _oldest_to_drop(index: OrderedDict[int, _Entry], excess: int) -> list[tuple[int, int]]:
+    """(seq, samples) of the oldest batches whose bytes add up to ``excess`` or more
+    (none when ``excess <= 0``)."""
+    dropped: list[tuple[int, int]] = []
+    for seq, entry in index.items():
+        if excess <= 0:
+            break
+        dropped.append((seq, entry.samples))
+        excess -= entry.nbytes
+    return dropped
+
+
+def _prepare(conn: sqlite3.Connection, synchronous: str) -> str:
+    """WAL, the durability level, the schema; returns the spool's ``stream_id`` (made
+    and stored on first use)."""
+    conn.execute("PRAGMA busy_timeout = 5000")
+    # auto_vacuum only takes effect before the first table exists.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise sqlite3.OperationalError(f"cannot switch the spool to WAL (got {mode})")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.executescript(_SCHEMA)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'stream_id'").fetchone()
+    if row is not None:
+        return str(row[0])
+    stream_id = str(uuid.uuid4())
+    conn.execute("INSERT INTO meta (key, value) VALUES ('stream_id', ?)", (stream_id,))
+    return stream_id
+
+
+def _set_aside(path: Path) -> str:
+    """Rename a corrupt spool file (and its WAL and shm) out of the way; its new name."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    path.rename(target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(target.with_name(target.name + suffix))
+    return str(target)
 
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
@@ -760,7 +633,7 @@ class Spool:
         return await self._call(self._store.records_of, seq)
 
     async def quarantine(self, seq: int, bad: Sequence[int], error: str) -> QuarantineResult:
-        """Move rows of batch ``seq`` to the quarantine table (see ``QUARANTINE_DOC``).
+        """Move rows of batch ``seq`` to the quarantine table (``spool_quarantine.py``).
         Rows that do not fit under ``quarantine_max_bytes`` are lost: counted as dropped
         and logged at error."""
         try:
@@ -775,7 +648,7 @@ class Spool:
                 seq=seq,
                 dropped_samples=result.overflowed,
                 quarantine_bytes=self._stats.quarantine_bytes,
-                quarantine_max_bytes=self._store.quarantine_max_bytes,
+                quarantine_max_bytes=self._store.quarantined.max_bytes,
                 hint="export and drop the quarantine (servomexd spool export --quarantine; "
                 "servomexd spool drop-quarantine --yes) or raise [spool] quarantine_max_bytes",
             )

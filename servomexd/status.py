@@ -71,3 +71,15 @@ def status_line(links: Sequence[LinkHealth], delivery: DeliveryHealth | None) ->
         f"devices up {up}/{len(links)}, samples written {delivery.samples_written}, "
         f"backlog {delivery.backlog}, sink {sink}"
     )
+
+
+def stop_summary(links: Sequence[LinkHealth], delivery: DeliveryHealth | None) -> dict[str, int]:
+    """The counts the ``daemon.stopped`` line reports: what came in, what was stored."""
+    return {
+        "samples_accepted": delivery.samples_accepted if delivery else 0,
+        "samples_written": delivery.samples_written if delivery else 0,
+        "left_in_spool": delivery.spool.samples if delivery else 0,
+        "frames": sum(link.frames for link in links),
+        "rejected": sum(link.rejections for link in links),
+        "reconnects": sum(link.reconnects for link in links),
+    }

@@ -31,6 +31,8 @@ LAYERS: dict[str, int] = {
     "acquisition": 3,
     "sinks": 3,
     "spool": 3,
+    "spool_codec": 3,  # the batch payload format (spool.py and its quarantine use it)
+    "spool_quarantine": 3,  # the quarantine table inside the spool file
     "metrics": 3,
     "looplag": 4,
     "decode": 3,
@@ -53,6 +55,7 @@ LAYERS: dict[str, int] = {
     # 5: the wiring
     "daemon": 5,
     "reload": 5,
+    "reloader": 5,  # applies a reload plan to the running daemon (daemon.py passes itself)
     "demo": 6,
     "cli": 7,
     "__main__": 8,

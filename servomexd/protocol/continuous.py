@@ -353,20 +353,7 @@ def parse_frame(
     id, bad N). A value that does not parse as a number becomes ``None`` without failing
     the frame; an unset or invalid analyser clock becomes ``None``.
     """
-    if type(raw) is not bytes:
-        raw = bytes(raw)
-    if raw and raw[-1] in _TERMINATOR_BYTES:
-        # One line terminator (CR, LF or CR LF) is accepted and stripped, once.
-        raw = raw[:-2] if raw[-2:] == b"\r\n" else raw[:-1]
-    size = len(raw)
-    if not size or raw[0] != START:
-        raise ServomexFrameError("frame does not start with the 0x20 start character", raw=raw)
-    if size < 12 or raw[-1] != 0x3B or raw[-6] != 0x3B:  # ...;CKSM;
-        raise ServomexFrameError(
-            "frame is truncated: no ';XXXX;' checksum field at its end",
-            raw=raw,
-            context={"length": size},
-        )
+    raw = _framed(raw)
     if received_at is None:
         received_at = datetime.now(UTC)
     if monotonic_ns is None:
@@ -405,6 +392,26 @@ def parse_frame(
         _bodies.clear()
     _bodies[key] = body
     return _assemble(raw, body, _clock_fixed(raw), received_at, monotonic_ns)
+
+
+def _framed(raw: bytes) -> bytes:
+    """``raw`` as bytes without its one line terminator, checked for the frame's two
+    fixed landmarks (the start space, the ``;XXXX;`` checksum field at the end)."""
+    if type(raw) is not bytes:
+        raw = bytes(raw)
+    if raw and raw[-1] in _TERMINATOR_BYTES:
+        # One line terminator (CR, LF or CR LF) is accepted and stripped, once.
+        raw = raw[:-2] if raw[-2:] == b"\r\n" else raw[:-1]
+    size = len(raw)
+    if not size or raw[0] != START:
+        raise ServomexFrameError("frame does not start with the 0x20 start character", raw=raw)
+    if size < 12 or raw[-1] != 0x3B or raw[-6] != 0x3B:  # ...;CKSM;
+        raise ServomexFrameError(
+            "frame is truncated: no ';XXXX;' checksum field at its end",
+            raw=raw,
+            context={"length": size},
+        )
+    return raw
 
 
 _ADMIT_EVERY = 64
