@@ -767,14 +767,50 @@ class ContinuousFramer:
         events: list[AcquisitionEvent] = []
         if not data:
             return events
-        # First cut the chunk into lines (flagged True: an overlong line's preview), then
-        # stamp and decode them in one tight loop.
+        # First cut the chunk into lines, then stamp and decode them in one tight loop.
+        lines = self._cut(data)
+        if not lines:
+            return events
+
+        if received_at is None:
+            received_at = datetime.now(UTC)
+        if monotonic_ns is None:
+            monotonic_ns = time.monotonic_ns()
+        last = self._last
+        if last is not None:
+            if received_at <= last[0]:
+                received_at = last[0] + _TICK
+            if monotonic_ns <= last[1]:
+                monotonic_ns = last[1] + 1000
+        append = events.append
+        for line, overlong in lines:
+            if overlong:
+                append(self._overlong(line, received_at, monotonic_ns))
+            elif line[0] != START:
+                append(_noise(line, received_at, monotonic_ns))
+            else:
+                try:
+                    append(parse_frame(line, received_at=received_at, monotonic_ns=monotonic_ns))
+                except ServomexError as error:
+                    append(Rejection(error, _CONTINUOUS, received_at, monotonic_ns, line))
+                except Exception as error:  # defensive: the framer never raises on input
+                    parse_error = ServomexParseError(f"undecodable frame: {error!r}", raw=line)
+                    append(Rejection(parse_error, _CONTINUOUS, received_at, monotonic_ns, line))
+            received_at += _TICK
+            monotonic_ns += 1000
+        self._last = (received_at - _TICK, monotonic_ns - 1000)
+        return events
+
+    def _cut(self, data: bytes) -> list[tuple[bytes, bool]]:
+        """The complete lines of ``data`` (after the buffered start), each flagged True
+        when it is an overlong line's preview; the incomplete rest stays buffered, and
+        an overlong rest starts discarding up to the next newline. Once per chunk."""
         lines: list[tuple[bytes, bool]] = []
         start = 0
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
-                return events
+                return lines
             self._discarding = False
             start = newline + 1
         max_line = self._max_line
@@ -810,37 +846,7 @@ class ContinuousFramer:
                 self._discarding = True
             else:
                 buffer += data[start:]
-        if not lines:
-            return events
-
-        if received_at is None:
-            received_at = datetime.now(UTC)
-        if monotonic_ns is None:
-            monotonic_ns = time.monotonic_ns()
-        last = self._last
-        if last is not None:
-            if received_at <= last[0]:
-                received_at = last[0] + _TICK
-            if monotonic_ns <= last[1]:
-                monotonic_ns = last[1] + 1000
-        append = events.append
-        for line, overlong in lines:
-            if overlong:
-                append(self._overlong(line, received_at, monotonic_ns))
-            elif line[0] != START:
-                append(_noise(line, received_at, monotonic_ns))
-            else:
-                try:
-                    append(parse_frame(line, received_at=received_at, monotonic_ns=monotonic_ns))
-                except ServomexError as error:
-                    append(Rejection(error, _CONTINUOUS, received_at, monotonic_ns, line))
-                except Exception as error:  # defensive: the framer never raises on input
-                    parse_error = ServomexParseError(f"undecodable frame: {error!r}", raw=line)
-                    append(Rejection(parse_error, _CONTINUOUS, received_at, monotonic_ns, line))
-            received_at += _TICK
-            monotonic_ns += 1000
-        self._last = (received_at - _TICK, monotonic_ns - 1000)
-        return events
+        return lines
 
     def _overlong(self, preview: bytes, received_at: datetime, monotonic_ns: int) -> Rejection:
         return Rejection(
