@@ -157,13 +157,8 @@ class PostgresSink(BaseSink):
         await self._write(records, checkpoint)
 
     async def _write(self, records: Sequence[Record], checkpoint: Checkpoint | None) -> None:
-        columns = self._writer.columns
-        assert columns is not None
         source = records if isinstance(records, list) else list(records)
-        rows = columns.plan.apply(source)
-        if columns.site:
-            site = columns.site
-            rows = [row + site for row in rows]
+        rows = self._table_rows(source)
         link = self._link
         async with self._lock:
             try:
@@ -211,13 +206,21 @@ class PostgresSink(BaseSink):
                     link.fail("maintenance", exc)
                 raise
 
+    def _table_rows(self, records: list[Record]) -> list[Record]:
+        """Records as the table's columns want them, the site appended where it has one."""
+        columns = self._writer.columns
+        assert columns is not None
+        rows = columns.plan.apply(records)
+        if columns.site:
+            site = columns.site
+            rows = [row + site for row in rows]
+        return rows
+
     async def probe_records(self, records: Sequence[Record]) -> None:
         """Insert ``records`` in a transaction that is always rolled back (isolating
         the rows the table refuses; nothing is ever committed here)."""
         self._require_open()
-        columns = self._writer.columns
-        assert columns is not None
-        rows = columns.plan.apply(records if isinstance(records, list) else list(records))
+        rows = self._table_rows(records if isinstance(records, list) else list(records))
         link = self._link
         async with self._lock:
             try:

@@ -272,3 +272,15 @@ async def test_rollup_retention_drops_old_rollup_partitions_only(
     assert await conn.fetchval("SELECT count(*) FROM rr_1h") > 0
     # the raw rows have no retention here: all kept
     assert await conn.fetchval("SELECT count(*) FROM rr") == 2 * len(records_at(old, 3))
+
+
+async def test_probe_of_a_table_with_a_site_column_rolls_back(
+    pg_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Poison isolation probes a fleet table as it writes it: with the site appended."""
+    now = datetime.now(UTC)
+    async with PostgresSink(config(pg_dsn, "probed", partition="day", site="plant-b")) as sink:
+        await sink.probe_records(records_at(now - timedelta(minutes=1), 3))
+        assert await conn.fetchval("SELECT count(*) FROM probed") == 0
+        await sink.write_records(records_at(now - timedelta(minutes=1), 2), checkpoint=("s", 1))
+    assert await conn.fetchval("SELECT count(*) FROM probed WHERE site = 'plant-b'") > 0
