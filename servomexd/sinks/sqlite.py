@@ -122,7 +122,7 @@ class SqliteSink(BaseSink):
             await self._worker.run(self._store.connect)
         except (sqlite3.Error, OSError) as exc:
             self._worker.stop()
-            raise self._store.error("open", exc) from exc
+            raise self._store.failure("open", exc) from exc
         except BaseException:
             self._worker.stop()
             raise
@@ -154,7 +154,7 @@ class SqliteSink(BaseSink):
         try:
             return await self._worker.run(self._store.read_checkpoint, stream)
         except (sqlite3.Error, OSError) as exc:
-            raise self._store.error("checkpoint read", exc) from exc
+            raise self._store.failure("checkpoint read", exc) from exc
 
     async def close(self) -> None:
         if not self._is_open:

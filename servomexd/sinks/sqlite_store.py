@@ -133,7 +133,7 @@ class SqliteStore:
     def _context(self) -> dict[str, str]:
         return {"path": self._database, "table": self._table}
 
-    def error(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
+    def failure(self, action: str, exc: BaseException) -> ServomexSinkWriteError:
         """The typed error for a failed sqlite call (see ``classify_sqlite``)."""
         failure, fault, fix = classify_sqlite(exc, self._database, self._table)
         cls = {
@@ -246,13 +246,13 @@ class SqliteStore:
         except ServomexSinkWriteError:
             raise
         except (sqlite3.Error, OSError) as exc:
-            raise self.error("reopen", exc) from exc
+            raise self.failure("reopen", exc) from exc
         plan = self.plan
         assert plan is not None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise self.error("write", exc) from exc
+            raise self.failure("write", exc) from exc
         try:
             if checkpoint is not None:
                 # First, under the write lock: refuse a write the sink already holds.
@@ -277,7 +277,7 @@ class SqliteStore:
                 # The connection is unusable; start afresh on the next write.
                 self.close()
             if isinstance(exc, (sqlite3.Error, OSError)):
-                raise self.error("write", exc) from exc
+                raise self.failure("write", exc) from exc
             raise
 
     def probe(self, rows: list[Record]) -> None:
@@ -293,7 +293,7 @@ class SqliteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
         except (sqlite3.Error, OSError) as exc:
-            raise self.error("probe", exc) from exc
+            raise self.failure("probe", exc) from exc
 
     def _conflict(
         self, conn: sqlite3.Connection, checkpoint: Checkpoint
