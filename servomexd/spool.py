@@ -40,6 +40,7 @@ from servomexd.spool_codec import decode_records as decode_records
 from servomexd.spool_codec import encode_records as encode_records
 from servomexd.spool_quarantine import QuarantineResult as QuarantineResult
 from servomexd.spool_quarantine import QuarantineTable
+from servomexd.spool_sql import immediate, insert_batch
 
 T = TypeVar("T")
 
@@ -230,22 +231,13 @@ class _SpoolStore:
         # once the sink returns, and the operator is told loudly what was lost.
         dropped = _oldest_to_drop(self.index, self.bytes + len(payload) - self.max_bytes)
         created_at = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             if dropped:
                 conn.execute("DELETE FROM batches WHERE seq <= ?", (dropped[-1][0],))
-            cursor = conn.execute(
-                "INSERT INTO batches (created_at, samples, payload) VALUES (?, ?, ?)",
-                (created_at, len(records), payload),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        if cursor.lastrowid is None:
+            rowid = insert_batch(conn, created_at, len(records), payload)
+        if rowid is None:
             raise ServomexSpoolError("INSERT returned no rowid", context={"path": str(self.path)})
-        seq = int(cursor.lastrowid)
+        seq = rowid
         for old, _ in dropped:
             self._forget(old)
         self.index[seq] = _Entry(created_at, len(records), len(payload))

@@ -13,7 +13,6 @@ on its connection.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import NamedTuple
 
 from servomexd.rows import Record
 from servomexd.spool_codec import decode_records, encode_records
+from servomexd.spool_sql import immediate, insert_batch
 
 QUARANTINE_DOC = """The quarantine table holds one row per refused record: the batch ``seq`` it came
 from, when (epoch seconds), the sink's error text, the record (the batch payload format,
@@ -86,8 +86,7 @@ class QuarantineTable:
                 continue
             room -= len(payload)
             rows.append((seq, now, error, payload))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             conn.executemany(
                 "INSERT INTO quarantine (seq, quarantined_at, error, payload) VALUES (?, ?, ?, ?)",
                 rows,
@@ -99,11 +98,6 @@ class QuarantineTable:
                 )
             else:
                 conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
         self.count(conn)
         return kept, QuarantineResult(len(rows), overflowed, len(kept))
 
@@ -119,17 +113,8 @@ class QuarantineTable:
         records = [record for _, payload in marked for record in decode_records(payload)]
         payload = encode_records(records)
         created_at = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             conn.execute("DELETE FROM quarantine WHERE retry = 1 AND id <= ?", (marked[-1][0],))
-            cursor = conn.execute(
-                "INSERT INTO batches (created_at, samples, payload) VALUES (?, ?, ?)",
-                (created_at, len(records), payload),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+            rowid = insert_batch(conn, created_at, len(records), payload)
         self.count(conn)
-        return Requeued(int(cursor.lastrowid or 0), created_at, len(records), len(payload))
+        return Requeued(rowid or 0, created_at, len(records), len(payload))

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "sinks": 3,
     "spool": 3,
     "spool_codec": 3,  # the batch payload format (spool.py and its quarantine use it)
+    "spool_sql": 3,  # the write transaction and batch insert both spool writers share
     "spool_quarantine": 3,  # the quarantine table inside the spool file
     "metrics": 3,
     "looplag": 4,
