@@ -436,13 +436,7 @@ def _decode_fixed(raw: bytes) -> _Body | None:
     """
     global _blocks, _blocks_old, _all_new_streak
     size = len(raw)
-    count = raw[31:33]
-    if not (
-        count.isdigit()
-        and size == 39 + _BLOCK * int(count)
-        and raw[21] == raw[30] == raw[33] == 0x3B
-        and raw.count(b";", _BODY, _HEADER) == 3
-    ):
+    if not _fixed_layout(raw, size):
         return None
     chunks = [raw[p : p + _BLOCK] for p in range(_HEADER, size - 5, _BLOCK)]
     found = list(map(_blocks.get, chunks))
@@ -489,6 +483,18 @@ this holds one entry per channel and configuration, however new every value is."
 _VALUE = slice(10, 16)  # the value field in a fixed-layout block: 2 + ; + 6 + ; + [6]
 
 
+def _fixed_layout(raw: bytes, size: int) -> bool:
+    """The analyser's fixed-width layout: N blocks of ``_BLOCK`` bytes after the header,
+    its separators where they belong. Anything else takes the general, tokenising path."""
+    count = raw[31:33]
+    return (
+        count.isdigit()
+        and size == 39 + _BLOCK * int(count)
+        and raw[21] == raw[30] == raw[33] == 0x3B
+        and raw.count(b";", _BODY, _HEADER) == 3
+    )
+
+
 def _parse_lean(raw: bytes, received_at: datetime, monotonic_ns: int) -> Frame | None:
     """The uncached path for a fixed-layout frame whose values are all new: checksum
     first, then per block one template lookup and one ``float``, the records built
@@ -496,13 +502,7 @@ def _parse_lean(raw: bytes, received_at: datetime, monotonic_ns: int) -> Frame |
     invalid in a way the general path reports precisely (the caller falls back)."""
     global _all_new_streak
     size = len(raw)
-    count = raw[31:33]
-    if not (
-        count.isdigit()
-        and size == 39 + _BLOCK * int(count)
-        and raw[21] == raw[30] == raw[33] == 0x3B
-        and raw.count(b";", _BODY, _HEADER) == 3
-    ):
+    if not _fixed_layout(raw, size):
         return None
     _verify_checksum(raw, _byte_sum(raw[1:-5]) & 0xFFFF)
     new = _new_tuple
