@@ -6,13 +6,13 @@ line simply produces no events (the supervisor's ``silence_timeout`` decides whe
 silence means a dead link). A lost link (EOF, I/O error, adapter unplugged) ends
 ``events()`` with ``ServomexConnectionError``.
 
-Frames are stamped when the chunk holding their terminator was read: wall clock
-(UTC) for storage, monotonic for ordering and latency.
+Frames are stamped with the moment the link received the chunk holding their
+terminator (``ByteLink.arrival``), not when the loop handed it on: wall clock (UTC)
+for storage, monotonic for ordering and latency.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
@@ -67,8 +67,8 @@ class ContinuousSession:
             data = await link.read(timeout)
             if not data:
                 continue
-            received_at = datetime.now(UTC)
-            monotonic_ns = time.monotonic_ns()
+            wall_ns, monotonic_ns = link.arrival
+            received_at = datetime.fromtimestamp(wall_ns / 1e9, UTC)
             for event in framer.feed(data, received_at=received_at, monotonic_ns=monotonic_ns):
                 yield event
 

@@ -45,6 +45,7 @@ from servomexd.errors import (
 )
 from servomexd.link.diagnose import diagnose
 from servomexd.link.line import BAUDRATES
+from servomexd.link.stream import Arrival, now_arrival
 
 __all__ = ["BAUDRATES", "SerialLink", "SerialSettings"]
 
@@ -166,6 +167,8 @@ class _FdReader:
         self.port = port
         self.fd: int = port.fd
         self.buffer = bytearray()
+        self.arrival: Arrival = (0, 0)
+        """When the newest buffered byte was read from the kernel (before any tick)."""
         self.lost = False
         self.error: BaseException | None = None
         self.paused = False
@@ -251,6 +254,7 @@ class _FdReader:
             self._lose(None)
             return
         self.buffer += data
+        self.arrival = now_arrival()
         if not self.queued and self._waiter is not None:
             self.queued = True
             self._tick.add(self)
@@ -301,6 +305,7 @@ class SerialLink:
         self._high_water = high_water
         self._reader: _FdReader | None = None
         self._closed_by_us = False
+        self._arrival: Arrival = (0, 0)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -357,6 +362,10 @@ class SerialLink:
     @property
     def settings(self) -> SerialSettings:
         return self._settings
+
+    @property
+    def arrival(self) -> Arrival:
+        return self._arrival
 
     @property
     def is_open(self) -> bool:
@@ -433,6 +442,7 @@ class SerialLink:
             if not reader.buffer:
                 raise self._lost(reader)
         buffer = reader.buffer
+        self._arrival = reader.arrival
         if max_bytes is None or max_bytes >= len(buffer):
             data = bytes(buffer)
             buffer.clear()

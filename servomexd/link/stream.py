@@ -15,6 +15,7 @@ so an endless stream nobody consumes cannot grow the process.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Protocol, Self
 
@@ -23,16 +24,38 @@ from servomexd.errors import (
     ServomexValidationError,
 )
 
-__all__ = ["HIGH_WATER", "BufferedLink", "ByteLink", "Receiver", "describe_cause"]
+__all__ = [
+    "HIGH_WATER",
+    "Arrival",
+    "BufferedLink",
+    "ByteLink",
+    "Receiver",
+    "describe_cause",
+    "now_arrival",
+]
 
 HIGH_WATER = 256 * 1024
 """Bytes buffered before a link stops reading (as ``servomexd.link.serial``)."""
+
+
+Arrival = tuple[int, int]
+"""When bytes came off the wire: (``time.time_ns()``, ``time.monotonic_ns()``)."""
+
+
+def now_arrival() -> Arrival:
+    return time.time_ns(), time.monotonic_ns()
 
 
 class ByteLink(Protocol):
     """Bytes in and out of one analyser's line, every wait bounded by the caller."""
 
     def describe(self) -> str: ...
+
+    @property
+    def arrival(self) -> Arrival:
+        """When the newest byte the last ``read`` returned was received: frames are
+        stamped with it, not with the moment the loop got round to handing them on."""
+        ...
 
     @property
     def is_open(self) -> bool: ...
@@ -58,6 +81,8 @@ class Receiver:
         resume: Callable[[], None] | None = None,
     ) -> None:
         self.buffer = bytearray()
+        self.arrival: Arrival = (0, 0)
+        """When the newest buffered byte was received."""
         self.readable = asyncio.Event()
         self.closed = asyncio.Event()
         self.lost = False
@@ -69,6 +94,7 @@ class Receiver:
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self.arrival = now_arrival()
         self.readable.set()
         if len(self.buffer) >= self.high_water and not self.paused:
             self.paused = True  # a reader thread without a pause hook polls this flag
@@ -103,9 +129,14 @@ class BufferedLink:
         self._target = target
         self._receiver: Receiver | None = None
         self._closed_by_us = False
+        self._arrival: Arrival = (0, 0)
 
     def describe(self) -> str:
         return self._target
+
+    @property
+    def arrival(self) -> Arrival:
+        return self._arrival
 
     @property
     def is_open(self) -> bool:
@@ -152,6 +183,7 @@ class BufferedLink:
                 )
             if not receiver.buffer:
                 raise self._lost(receiver)
+        self._arrival = receiver.arrival
         return receiver.take(max_bytes)
 
     def reset_input(self) -> None:

@@ -16,6 +16,9 @@ from servomexd.errors import ServomexConnectionError
 from servomexd.link.serial import SerialSettings
 from servomexd.model import Frame, ProtocolKind, Rejection
 from servomexd.simulator.continuous import ContinuousSimulator
+from servomexd.simulator.pty import PtyDevice
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def emitted(log: io.StringIO) -> list[dict[str, object]]:
@@ -75,6 +78,30 @@ async def test_frames_arrive_exactly_as_sent(tmp_path: Path) -> None:
         assert 0 <= frame.received_at.timestamp() - sent_at < 1.0
     stamps = [f.monotonic_ns for f in frames]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+
+
+async def test_frames_are_stamped_when_they_arrived_not_when_they_were_read(
+    tmp_path: Path,
+) -> None:
+    """A frame that waited 0.3 s before the session read it (a busy loop) still carries
+    the time its bytes came in, on both clocks."""
+    lines = (FIXTURES / "continuous_4100_idle_5ch.bin").read_bytes().splitlines(keepends=True)
+    with PtyDevice(tmp_path / "analyser") as device:
+        session = await ContinuousSessionFactory(SerialSettings(str(device.link))).open()
+        try:
+            device.write(b"\n")  # the first line after opening counts as a partial one
+            written_wall, written = time.time(), time.monotonic_ns()
+            device.write(lines[0] + lines[1])
+            await asyncio.sleep(0.3)
+            read_at = time.monotonic_ns()
+            events = await collect(session, 2)
+        finally:
+            await session.aclose()
+    frames = [e for e in events if isinstance(e, Frame)]
+    assert len(frames) == 2
+    for frame in frames:
+        assert written <= frame.monotonic_ns < read_at - 100_000_000
+        assert abs(frame.received_at.timestamp() - written_wall) < 0.1
 
 
 async def test_corrupt_frames_and_noise_become_rejections(tmp_path: Path) -> None:

@@ -166,6 +166,22 @@ async def test_readers_are_woken_together_on_the_shared_tick(tmp_path: Path) -> 
     assert max(times) - written < serial_link._WAKE_TICK + 0.1
 
 
+async def test_arrival_is_when_the_bytes_came_in_not_when_they_were_read(
+    device: PtyDevice,
+) -> None:
+    """Frames are stamped with ``arrival``: bytes read 0.3 s after they came in (a busy
+    loop, the shared tick) still carry the time they arrived."""
+    async with await SerialLink.open(SerialSettings(str(device.link))) as link:
+        written_wall, written = time.time_ns(), time.monotonic_ns()
+        device.write(b"early")
+        await asyncio.sleep(0.3)
+        read_at = time.monotonic_ns()
+        assert await link.read(1.0) == b"early"
+        wall_ns, monotonic_ns = link.arrival
+    assert written <= monotonic_ns < read_at - 100_000_000
+    assert abs((wall_ns - written_wall) - (monotonic_ns - written)) < 50_000_000
+
+
 async def test_an_empty_read_means_no_data_not_a_hang_up(device: PtyDevice) -> None:
     """VMIN=1 on the open port: a read that finds nothing raises EAGAIN instead of
     returning 0 bytes, which the link would take for a hang-up (pyserial leaves 0)."""
