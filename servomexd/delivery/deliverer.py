@@ -11,7 +11,9 @@ Why no sample is lost and none is stored twice (each step names the code that do
    ``>= first``: it already holds those batches.
 3. Only after that write returned does ``_write`` ack the spool up to ``last``; the
    spool forgets acked batches only. A crash between commit and ack leaves batches in
-   the spool that the sink already holds; step 4 resolves them.
+   the spool that the sink already holds; step 4 resolves them. The ack runs on the
+   spool's thread while the next write goes to the sink (``acks.py``): that write
+   reads only batches after ``last``, and acks run in seq order, one at a time.
 4. Before the first write, and after every failure (``_synced`` is cleared),
    ``_sync_checkpoint`` reads the sink's checkpoint ``c``, acks the spool up to ``c``
    and restarts reading from the oldest batch left (``_delivered = 0``). So the next
@@ -56,6 +58,7 @@ from collections.abc import Callable
 import structlog
 
 from servomexd.backoff import Backoff
+from servomexd.delivery.acks import SpoolAcks
 from servomexd.delivery.current_sink import CurrentSink
 from servomexd.delivery.flusher import Flusher
 from servomexd.delivery.health import SinkHealth, update_spool_gauges
@@ -104,6 +107,7 @@ class Deliverer:
         self._delivered = 0
         """Seq of the last batch written since the last sync (0: read from the oldest)."""
         self._ahead = ReadAhead(spool, feed)
+        self._acks = SpoolAcks(spool, self._after_ack)
         self._isolation = PoisonIsolation(self, feed.spooled)
         self.first_sync = asyncio.Event()
         """Set once the sink has been tried at start (opened or failed)."""
@@ -143,6 +147,7 @@ class Deliverer:
                 pass
         finally:
             await self._ahead.drop()
+            await self._acks.settled()
 
     async def _round(self) -> bool:
         """One step: reopen if asked, sync if needed, deliver one chunk. False: done."""
@@ -166,6 +171,7 @@ class Deliverer:
             log.error("spool.read_failed", error=str(exc))
             return await self._pause(_READ_RETRY)
         if not batches:
+            await self._acks.settled()
             # Only a read that began after the final flush proves nothing is left.
             if self._stop.is_set() and flusher_was_done:
                 return False
@@ -208,6 +214,7 @@ class Deliverer:
 
     async def _sync_checkpoint(self) -> bool:
         """(Re)open the sink and ack what it already committed (step 4)."""
+        await self._acks.settled()
         # Whatever was read before is forgotten: overflow losses among it count now.
         self.spool.release()
         try:
@@ -272,7 +279,7 @@ class Deliverer:
             await self.sink.failed(exc, "write", rows=len(records))
             return False
         self.written(last, len(records), time.perf_counter() - started)
-        await self.acked()
+        self._acks.behind(last)
         return True
 
     def written(self, seq: int, rows: int, seconds: float) -> None:
@@ -288,12 +295,10 @@ class Deliverer:
         self._delivered = seq
 
     async def acked(self) -> None:
-        """Ack the spool up to the last batch written (step 3)."""
-        try:
-            await self.spool.ack(self._delivered)
-        except Exception as exc:
-            # Harmless for exactly-once sinks (the checkpoint re-acks it after a restart).
-            log.error("spool.ack_failed", seq=self._delivered, error=str(exc))
+        """Ack the spool up to the last batch written (step 3), now."""
+        await self._acks.now(self._delivered)
+
+    def _after_ack(self) -> None:
         update_spool_gauges(self.spool, self.metrics)
         if self.spool.stats.batches == 0:
             self.health.spool_emptied()
