@@ -82,7 +82,9 @@ async def drain_once(template: Path, work: Path, dsn: str, args: argparse.Namesp
     await spool.open()
     settings = SinkSettings(
         type="postgres", max_write_rows=args.chunk,
-        postgres=PostgresSettings(dsn=dsn, create_table=True),
+        # "none": the raw side's LIKE ... INCLUDING ALL copies a plain table (the default
+        # month partitions would send these 2025 rows to DEFAULT: not like for like)
+        postgres=PostgresSettings(dsn=dsn, create_table=True, partition="none"),
     )
     writer = Writer(spool, Destination(settings), Metrics(CollectorRegistry()),
                     max_write_rows=args.chunk)

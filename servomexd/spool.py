@@ -45,7 +45,7 @@ from servomexd.spool_sql import immediate, insert_batch
 T = TypeVar("T")
 
 SPOOL_FILENAME = "spool.sqlite"
-_DECODE_SLICE_S = 0.005
+_DECODE_SLICE_S = 0.0005
 """Longest stretch of payload decoding before yielding to the event loop."""
 
 log = structlog.get_logger("servomexd.spool")

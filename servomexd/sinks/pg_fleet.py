@@ -39,6 +39,55 @@ _RECEIVED = ROW_COLUMNS.index("received_at")
 _devices_of = itemgetter(ROW_COLUMNS.index("device"))
 
 
+_DEFAULT_REPORT_EVERY_S = 60.0
+"""At most one ``sink.rows_to_default_partition`` warning per table this often."""
+
+
+class _DefaultRowsReport:
+    """Rows sent to the DEFAULT partition, warned about at most once a minute per table:
+    a backlog from months ago drains in hundreds of writes, and one warning each would
+    bury the journal. The first is reported at once; the rest are summed into the next
+    report (on a later write, or at the next maintenance run at the latest)."""
+
+    def __init__(self, table: str, clock: Any) -> None:
+        self.table = table
+        self._clock = clock
+        self._due = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows = 0
+        self.writes = 0
+        self.oldest: datetime | None = None
+        self.newest: datetime | None = None
+
+    def add(self, moments: list[datetime]) -> None:
+        self.rows += len(moments)
+        self.writes += 1
+        low, high = min(moments), max(moments)
+        self.oldest = low if self.oldest is None else min(self.oldest, low)
+        self.newest = high if self.newest is None else max(self.newest, high)
+        if self._clock() >= self._due:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        log.warning(
+            "sink.rows_to_default_partition",
+            table=self.table,
+            rows=self.rows,
+            writes=self.writes,
+            oldest=self.oldest.isoformat() if self.oldest else None,
+            newest=self.newest.isoformat() if self.newest else None,
+            note="no partition covers these rows (late batch, dropped by retention, or a "
+            "clock jump): they are kept in the DEFAULT partition; reported at most every "
+            f"{_DEFAULT_REPORT_EVERY_S:g} s",
+        )
+        self._reset()
+        self._due = self._clock() + _DEFAULT_REPORT_EVERY_S
+
+
 class FleetLayout:
     """Layout and maintenance of one raw table and its rollup tables."""
 
@@ -65,6 +114,7 @@ class FleetLayout:
         self._covered: tuple[datetime, datetime] | None = None
         self._next_maintenance = 0.0
         self._writers = writers.WriterHeartbeat(config.schema, self.site, clock=clock)
+        self._to_default = _DefaultRowsReport(f"{config.schema}.{config.table}", clock)
 
     @property
     def has_rollups(self) -> bool:
@@ -155,15 +205,7 @@ class FleetLayout:
             return
         if outside:
             self.stats.rows_to_default += len(outside)
-            log.warning(
-                "sink.rows_to_default_partition",
-                table=f"{self.config.schema}.{self.config.table}",
-                rows=len(outside),
-                oldest=min(outside).isoformat(),
-                newest=max(outside).isoformat(),
-                note="no partition covers these rows (late batch, dropped by retention, or a "
-                "clock jump): they are kept in the DEFAULT partition",
-            )
+            self._to_default.add(outside)
 
     def due(self) -> bool:
         now = self._clock()
@@ -181,6 +223,7 @@ class FleetLayout:
     async def maintain(self, conn: Any, *, raise_errors: bool = True) -> None:
         """Keep partitions ahead, drop expired ones, count DEFAULT rows."""
         self._next_maintenance = self._clock() + self.config.maintenance_interval_s
+        self._to_default.flush()
         try:
             await self._maintain(conn)
         except Exception as exc:
