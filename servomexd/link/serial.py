@@ -45,7 +45,7 @@ from servomexd.errors import (
 )
 from servomexd.link.diagnose import diagnose
 from servomexd.link.line import BAUDRATES
-from servomexd.link.stream import Arrival, now_arrival
+from servomexd.link.stream import Arrival, check_read, now_arrival, take_from
 
 __all__ = ["BAUDRATES", "SerialLink", "SerialSettings"]
 
@@ -423,12 +423,7 @@ class SerialLink:
         Raises ``ServomexConnectionError`` once the link is lost (EOF, I/O error, adapter
         unplugged), after any bytes received before the loss have been returned.
         """
-        if timeout <= 0:
-            raise ServomexValidationError("read timeout must be > 0", context={"timeout": timeout})
-        if max_bytes is not None and max_bytes < 1:
-            raise ServomexValidationError(
-                "max_bytes must be >= 1", context={"max_bytes": max_bytes}
-            )
+        check_read(timeout, max_bytes)
         reader = self._require()
         if not reader.buffer:
             if reader.lost:
@@ -441,14 +436,8 @@ class SerialLink:
                 )
             if not reader.buffer:
                 raise self._lost(reader)
-        buffer = reader.buffer
         self._arrival = reader.arrival
-        if max_bytes is None or max_bytes >= len(buffer):
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(buffer[:max_bytes])
-            del buffer[:max_bytes]
+        data = take_from(reader.buffer, max_bytes)
         reader.resume_if_drained()
         return data
 

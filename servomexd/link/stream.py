@@ -30,8 +30,10 @@ __all__ = [
     "BufferedLink",
     "ByteLink",
     "Receiver",
+    "check_read",
     "describe_cause",
     "now_arrival",
+    "take_from",
 ]
 
 HIGH_WATER = 256 * 1024
@@ -108,14 +110,8 @@ class Receiver:
         self.closed.set()
 
     def take(self, max_bytes: int | None) -> bytes:
-        buffer = self.buffer
-        if max_bytes is None or max_bytes >= len(buffer):
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(buffer[:max_bytes])
-            del buffer[:max_bytes]
-        if self.paused and len(buffer) < self.high_water // 2 and not self.lost:
+        data = take_from(self.buffer, max_bytes)
+        if self.paused and len(self.buffer) < self.high_water // 2 and not self.lost:
             self.paused = False
             if self.resume is not None:
                 self.resume()
@@ -161,12 +157,7 @@ class BufferedLink:
         """The bytes received so far, waiting up to ``timeout`` s for the first one;
         ``b""`` after ``timeout`` of silence; ``ServomexConnectionError`` once the link
         is lost (after the bytes received before the loss have been returned)."""
-        if timeout <= 0:
-            raise ServomexValidationError("read timeout must be > 0", context={"timeout": timeout})
-        if max_bytes is not None and max_bytes < 1:
-            raise ServomexValidationError(
-                "max_bytes must be >= 1", context={"max_bytes": max_bytes}
-            )
+        check_read(timeout, max_bytes)
         receiver = self._require()
         if not receiver.buffer:
             if receiver.lost:
@@ -198,6 +189,25 @@ class BufferedLink:
 
     async def close(self) -> None:
         raise NotImplementedError
+
+
+def check_read(timeout: float, max_bytes: int | None) -> None:
+    """The arguments of every ``ByteLink.read``, checked the same way for all links."""
+    if timeout <= 0:
+        raise ServomexValidationError("read timeout must be > 0", context={"timeout": timeout})
+    if max_bytes is not None and max_bytes < 1:
+        raise ServomexValidationError("max_bytes must be >= 1", context={"max_bytes": max_bytes})
+
+
+def take_from(buffer: bytearray, max_bytes: int | None) -> bytes:
+    """Up to ``max_bytes`` from the front of ``buffer`` (all of it with None)."""
+    if max_bytes is None or max_bytes >= len(buffer):
+        data = bytes(buffer)
+        buffer.clear()
+    else:
+        data = bytes(buffer[:max_bytes])
+        del buffer[:max_bytes]
+    return data
 
 
 def describe_cause(error: BaseException) -> str:
