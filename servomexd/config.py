@@ -351,7 +351,7 @@ class SinkSettings(_Section):
     table: SqlIdentifier = "samples"
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5_000  # delivery.flusher
-    flush_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    flush_interval: Annotated[float, Field(gt=0, le=3600)] = 0.25  # delivery.flusher
     max_write_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     write_timeout: Annotated[float, Field(gt=0)] = 60.0
     retry_max_delay: Annotated[float, Field(gt=0)] = 30.0

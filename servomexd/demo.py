@@ -69,7 +69,6 @@ def write_config(
             "[sink]",
             'type = "sqlite"',
             f"path = {json.dumps(str(directory / 'samples.sqlite'))}",
-            "flush_interval = 1.0",
             "",
             "[spool]",
             f"path = {json.dumps(str(directory / 'spool'))}",

@@ -39,6 +39,10 @@ log = structlog.get_logger("servomexd.writer")
 
 DEFAULT_BATCH_SIZE = 5_000
 """Records per group commit at most (``[sink] batch_size``)."""
+DEFAULT_FLUSH_INTERVAL = 0.25
+"""Seconds between group commits (``[sink] flush_interval``): the crash-loss bound and
+most of the frame-to-row latency. At 32 analysers 0.25 s costs 2.4 % of a core against
+2.1 % for 1 s, for a p99 latency of 0.35 s instead of 1 s (docs/performance.md)."""
 _MIN_BUFFER_CAP = 100_000
 """Samples kept in memory at most while the spool itself cannot be written (disk full)."""
 
@@ -52,7 +56,7 @@ class Flusher:
         metrics: Metrics,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        flush_interval: float = 1.0,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     ) -> None:
         self.spool = spool
         self.metrics = metrics

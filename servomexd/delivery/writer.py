@@ -12,7 +12,7 @@ import asyncio
 
 from servomexd.backoff import Backoff
 from servomexd.delivery.deliverer import Deliverer
-from servomexd.delivery.flusher import DEFAULT_BATCH_SIZE, Flusher
+from servomexd.delivery.flusher import DEFAULT_BATCH_SIZE, DEFAULT_FLUSH_INTERVAL, Flusher
 from servomexd.delivery.health import DeliveryHealth, SinkHealth
 from servomexd.destination import Destination
 from servomexd.metrics import Metrics
@@ -29,7 +29,7 @@ class Writer:
         metrics: Metrics,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        flush_interval: float = 1.0,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_write_rows: int = 20_000,
         write_timeout: float = 60.0,
         retry_max_delay: float = 30.0,
