@@ -207,6 +207,10 @@ class FleetLayout:
             self.stats.rows_to_default += len(outside)
             self._to_default.add(outside)
 
+    def report_pending(self) -> None:
+        """Log the rows sent to DEFAULT that no report has mentioned yet (at close)."""
+        self._to_default.flush()
+
     def due(self) -> bool:
         now = self._clock()
         return now >= self._next_maintenance or self._writers.due(now)

@@ -135,6 +135,7 @@ class PostgresSink(BaseSink):
         if not self._is_open:
             return
         self._is_open = False
+        self._fleet.report_pending()
         async with self._lock:
             await self._link.drop()
         await self._link.close()

@@ -39,3 +39,19 @@ def test_rows_sent_to_default_are_reported_once_a_minute_not_per_write() -> None
     ]
     assert reports[1]["oldest"] == min(r[13] for r in batches[0]).isoformat()
     assert stats.rows_to_default - before == sum(sizes) + sizes[0]
+
+
+def test_rows_not_yet_reported_are_reported_when_the_sink_closes() -> None:
+    now = [0.0]
+    config = PostgresConfig(dsn="postgresql://x@127.0.0.1/db", table="closing", partition="day")
+    layout = FleetLayout(config, clock=lambda: now[0])
+    today = datetime.now(UTC)
+    layout._covered = (today - timedelta(days=1), today + timedelta(days=2))
+    old = records_at(today - timedelta(days=30), 2)
+    with capture_logs() as logs:
+        layout.note_write(old, "stream")  # reported at once
+        layout.note_write(old, "stream")  # within the minute: held
+        layout.report_pending()
+        layout.report_pending()  # nothing left: no second line
+    reports = [e for e in logs if e["event"] == "sink.rows_to_default_partition"]
+    assert [e["rows"] for e in reports] == [len(old), len(old)]
