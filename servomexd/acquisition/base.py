@@ -8,11 +8,25 @@ the same events, so supervision, metrics and storage never look at the protocol.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from servomexd.errors import ServomexTransportError
 from servomexd.model import AcquisitionEvent, ProtocolKind
+
+
+def raise_if_stop_requested() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop and the request got lost.
+
+    On Python 3.11 ``asyncio.wait_for`` (pymodbus waits for every reply with it) returns
+    the reply and drops a cancellation that lands as the reply arrives; the request
+    stays visible in ``Task.cancelling()``. Without this check a daemon told to stop
+    went on polling, then reconnecting, until it was killed.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class DeviceSession(Protocol):

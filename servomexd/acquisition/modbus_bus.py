@@ -37,6 +37,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from servomexd.acquisition.base import raise_if_stop_requested
 from servomexd.errors import (
     ServomexConfigError,
     ServomexConnectionError,
@@ -342,6 +343,7 @@ class ModbusBus:
             try:
                 async with asyncio.timeout(request_timeout):
                     response = await _send(client, address, request)
+                raise_if_stop_requested()  # pymodbus's wait_for may drop our cancel
             except TimeoutError:
                 self._suspect.add(address)
                 return None

@@ -34,7 +34,7 @@ from typing import NamedTuple, Protocol
 
 import structlog
 
-from servomexd.acquisition.base import DeviceSession, SessionFactory
+from servomexd.acquisition.base import DeviceSession, SessionFactory, raise_if_stop_requested
 from servomexd.acquisition.rejections import RejectionLog
 from servomexd.backoff import Backoff
 from servomexd.errors import ServomexError
@@ -181,6 +181,9 @@ class DeviceSupervisor:
         try:
             while True:
                 reason = await self._one_session()
+                # A driver that turned our cancellation into a link error must not
+                # make us reconnect: the request to stop still stands.
+                raise_if_stop_requested()
                 delay = self.backoff.next_delay()
                 self._link_down(reason, delay)
                 await asyncio.sleep(delay)

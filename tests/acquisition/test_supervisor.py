@@ -268,3 +268,40 @@ async def test_an_open_that_hangs_is_reported_not_silent(metrics: Metrics) -> No
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1)
+
+
+class SwallowingSession(FakeSession):
+    """A driver that turns a cancellation into its own error (some do)."""
+
+    async def events(self) -> AsyncIterator[AcquisitionEvent]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ServomexConnectionError("port or connection lost") from None
+        yield frame(0.0)  # pragma: no cover - never reached
+
+
+async def test_a_cancellation_a_driver_swallowed_still_stops_the_supervisor(
+    metrics: Metrics,
+) -> None:
+    """Stopping must stop the device even when the session's driver converts the
+    CancelledError into a link error: no reconnect after the request to stop."""
+    supervisor, factory, _ = make(metrics)
+
+    async def open_swallowing() -> FakeSession:
+        factory.open_calls += 1
+        if factory.open_calls > 1:  # reconnecting: hold here, where a cancel works
+            await asyncio.sleep(3600)
+        return SwallowingSession(asyncio.Queue())
+
+    factory.open = open_swallowing  # type: ignore[method-assign]
+    task = asyncio.create_task(supervisor.run())
+    await until(lambda: factory.open_calls == 1)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2.0)
+    if not done:
+        task.cancel()
+        await asyncio.wait([task], timeout=2.0)
+    assert factory.open_calls == 1, "reconnected after being asked to stop"
+    assert task.cancelled()
