@@ -56,7 +56,7 @@ from servomexd.looplag import LoopLagMonitor
 from servomexd.metrics import Metrics
 from servomexd.notify import Notifier
 from servomexd.reloader import Reloader
-from servomexd.signals import capture_signals
+from servomexd.signals import StopDeadline, capture_signals
 from servomexd.sinks.registry import resolve_credentials, sink_type
 from servomexd.spool import Spool
 from servomexd.startup_checks import metrics_listen_error, spool_open_error
@@ -67,6 +67,8 @@ EX_SOFTWARE = 70
 _STOP_BUDGET = 9.0
 """Seconds from the stop signal to exit, all steps included: systemd's TimeoutStopSec
 is 30 s, the promise to operators is "well within 10 s"."""
+_OVERRUN_GRACE = 3.0
+"""Past the budget, how long ``servomexd run`` still waits before it exits regardless."""
 _READY_SINK_WAIT = 5.0
 _THREAD_EXIT_GRACE = 0.5
 
@@ -82,8 +84,12 @@ class Daemon:
         notifier: Notifier | None = None,
         config: str | None = None,
         reloadable: bool = False,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """``on_stop``: called once, at the first stop request (``servomexd run`` starts
+        its stop deadline there)."""
         self.settings = settings
+        self._on_stop = on_stop
         self._reloadable = reloadable
         """SIGHUP re-reads ``config`` (``servomexd run``); embedders keep their settings."""
         self.reload_error: str | None = None
@@ -117,6 +123,8 @@ class Daemon:
             return
         self._stop_reason = reason
         self._stop.set()
+        if self._on_stop is not None:
+            self._on_stop()
 
     def reopen_outputs(self) -> None:
         """SIGHUP: reopen sink files (logrotate), then reload the configuration."""
@@ -393,15 +401,35 @@ def run_daemon(config: str | None) -> int:
     for device in settings.devices:  # accepted settings that cannot apply (check-config too)
         for warning in device.warnings():
             log.warning("config.setting_ignored", device=device.name, warning=warning)
+    deadline = StopDeadline(_STOP_BUDGET + _OVERRUN_GRACE, _exit_after_overrun)
     try:
-        code = _run(Daemon(settings, config=config, reloadable=True).serve())
+        daemon = Daemon(settings, config=config, reloadable=True, on_stop=deadline.start)
+        code = _run(daemon.serve())
     except KeyboardInterrupt:  # a signal before the handlers were installed
         code = 130
     except Exception:
         log.critical("daemon.crashed", exc_info=True)
         code = EX_SOFTWARE
+    finally:
+        deadline.cancel()
     _exit_past_stuck_threads(code)
     return code
+
+
+def _exit_after_overrun() -> None:
+    """The stop deadline passed (``StopDeadline``): say so and leave. What was spooled
+    stays for the next start; systemd would otherwise wait out ``TimeoutStopSec`` (30 s)
+    and SIGKILL the unit."""
+    log.critical(
+        "daemon.stop_overrun",
+        seconds=_STOP_BUDGET + _OVERRUN_GRACE,
+        hint="a task did not finish after the stop request (a driver that lost the "
+        "cancellation); exiting without waiting for it",
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EX_SOFTWARE)
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
+import time
 from types import FrameType
 
-from servomexd.signals import capture_signals
+from servomexd.signals import StopDeadline, capture_signals
 
 
 async def test_signals_reach_the_handler_and_previous_handlers_come_back() -> None:
@@ -67,3 +69,24 @@ def test_outside_the_main_thread_the_block_still_runs() -> None:
     thread.start()
     thread.join(10)
     assert ran == [True]
+
+
+def test_stop_deadline_runs_its_action_once_the_time_is_up() -> None:
+    fired = threading.Event()
+    deadline = StopDeadline(0.2, fired.set)
+    began = time.monotonic()
+    deadline.start()
+    deadline.start()  # a second stop request: still one timer
+    assert fired.wait(2.0)
+    assert time.monotonic() - began >= 0.19
+
+
+def test_a_cancelled_stop_deadline_never_runs_its_action() -> None:
+    fired = threading.Event()
+    deadline = StopDeadline(0.1, fired.set)
+    deadline.start()
+    deadline.cancel()
+    assert not fired.wait(0.4)
+    never_started = StopDeadline(0.1, fired.set)
+    never_started.cancel()  # the process exited without a stop request
+    assert not fired.wait(0.2)
