@@ -10,13 +10,24 @@ tests back to AnyIO's plugin, so both plugins coexist. Unmarked async tests
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
+import asyncpg
 import pytest
 from pytest_asyncio import is_async_test
 
 BACKENDS = ("asyncio", "trio")
+
+
+@pytest.fixture
+async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test database, for looking at what a sink wrote."""
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -13,15 +12,6 @@ from pg_rollup_check import rollup_mismatches
 from servomexd.errors import ServomexSinkCheckpointConflict, ServomexSinkSchemaError
 from servomexd.sinks import PostgresConfig, PostgresSink
 from servomexd.sinks import pg_rollups as rollups
-
-
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(pg_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 def test_parse_rollup_accepts_intervals_that_divide_a_day() -> None:

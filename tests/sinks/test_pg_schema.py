@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -15,15 +14,6 @@ from servomexd.sinks.pg_fleet import FleetLayout
 from servomexd.sinks.pg_schema import _converter, read_columns
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(pg_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 def test_converter_coerces_to_the_column_type() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import pytest
 from sinkdata import steady_samples
@@ -16,15 +14,6 @@ from servomexd.sinks.pg_schema import read_columns
 from servomexd.sinks.pg_write import PgWriter
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(pg_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def _writer(conn: asyncpg.Connection, config: PostgresConfig) -> PgWriter:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import decimal
-from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
 
@@ -25,15 +24,6 @@ from servomexd.rows import ROW_COLUMNS, sample_to_record, sample_to_row
 from servomexd.sinks import PostgresConfig, PostgresSink
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def conn(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(pg_dsn)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def fetch(conn: asyncpg.Connection, table: str, columns: str = "*") -> list[tuple[Any, ...]]:
