@@ -67,8 +67,8 @@ EX_SOFTWARE = 70
 _STOP_BUDGET = 9.0
 """Seconds from the stop signal to exit, all steps included: systemd's TimeoutStopSec
 is 30 s, the promise to operators is "well within 10 s"."""
-_OVERRUN_GRACE = 3.0
-"""Past the budget, how long ``servomexd run`` still waits before it exits regardless."""
+_STOP_DEADLINE = _STOP_BUDGET + 3.0
+"""Seconds from the stop request after which ``servomexd run`` exits regardless."""
 _READY_SINK_WAIT = 5.0
 _THREAD_EXIT_GRACE = 0.5
 
@@ -401,7 +401,7 @@ def run_daemon(config: str | None) -> int:
     for device in settings.devices:  # accepted settings that cannot apply (check-config too)
         for warning in device.warnings():
             log.warning("config.setting_ignored", device=device.name, warning=warning)
-    deadline = StopDeadline(_STOP_BUDGET + _OVERRUN_GRACE, _exit_after_overrun)
+    deadline = StopDeadline(_STOP_DEADLINE, _exit_after_overrun)
     try:
         daemon = Daemon(settings, config=config, reloadable=True, on_stop=deadline.start)
         code = _run(daemon.serve())
@@ -422,7 +422,7 @@ def _exit_after_overrun() -> None:
     and SIGKILL the unit."""
     log.critical(
         "daemon.stop_overrun",
-        seconds=_STOP_BUDGET + _OVERRUN_GRACE,
+        seconds=_STOP_DEADLINE,
         hint="a task did not finish after the stop request (a driver that lost the "
         "cancellation); exiting without waiting for it",
     )

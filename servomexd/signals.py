@@ -49,7 +49,6 @@ class StopDeadline:
     """
 
     def __init__(self, seconds: float, on_overrun: Callable[[], None]) -> None:
-        self.seconds = seconds
         self._timer = threading.Timer(seconds, on_overrun)
         self._timer.daemon = True
         self._timer.name = "servomexd-stop-deadline"
