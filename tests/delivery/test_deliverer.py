@@ -241,4 +241,3 @@ async def test_overflow_of_a_batch_whose_write_fails_is_counted(tmp_path: Path) 
         await until(lambda: spool.dropped_samples == 10)
         await until(lambda: rig.idle and spool.stats.batches == 0)
     assert stored(rig.db) == [float(10 + j) for j in range(10)]
-

@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 from fleetdata import records_at
 from structlog.testing import capture_logs
 
+from servomexd.rows import ROW_COLUMNS
 from servomexd.sinks import PostgresConfig
 from servomexd.sinks.pg_fleet import FleetLayout
 from servomexd.sinks.pg_stats import table_stats
+
+RECEIVED = ROW_COLUMNS.index("received_at")
 
 
 def test_rows_sent_to_default_are_reported_once_a_minute_not_per_write() -> None:
@@ -37,7 +40,7 @@ def test_rows_sent_to_default_are_reported_once_a_minute_not_per_write() -> None
         (sizes[0], 1),
         (sum(sizes[1:]) + sizes[0], 5),
     ]
-    assert reports[1]["oldest"] == min(r[13] for r in batches[0]).isoformat()
+    assert reports[1]["oldest"] == min(r[RECEIVED] for r in batches[0]).isoformat()
     assert stats.rows_to_default - before == sum(sizes) + sizes[0]
 
 
