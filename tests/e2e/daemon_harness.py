@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from collections import Counter
@@ -296,3 +297,25 @@ def missing_between(
         f["index"] for f in frames
         if lo <= f["index"] <= hi and not f.get("corrupt") and f["index"] not in stored
     ]
+
+
+STUBBORN_RUN = textwrap.dedent(
+    """
+    import asyncio, sys
+    from servomexd.acquisition import supervisor
+
+    async def stubborn(self):
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # what a driver that loses the cancellation amounts to
+
+    supervisor.DeviceSupervisor.run = stubborn
+    from servomexd.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+"""``python -c`` this instead of ``-m servomexd``: the real daemon, except that its device
+supervisors ignore cancellation (a driver that loses the race cannot be made to on
+demand). Used to show the stop deadline."""

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from daemon_harness import PYTHON, ROOT, DaemonProc, Simulator, wait_for, write_config
+from daemon_harness import (
+    PYTHON,
+    ROOT,
+    STUBBORN_RUN,
+    DaemonProc,
+    Simulator,
+    wait_for,
+    write_config,
+)
 
 DOCS = ROOT / "docs" / "operations.md"
 KEEPS_RUNNING = "keeps running"
@@ -344,6 +352,18 @@ def _(tmp: Path) -> Outcome:
 @scenario("frames-checksum")
 def _(tmp: Path) -> Outcome:
     return _rejecting(tmp, "frames-checksum", "--corrupt-every")
+
+
+@scenario("stop-overrun")
+def _(tmp: Path) -> Outcome:
+    config = write_config(tmp, [{"name": "stuck", "port": str(tmp / "tty-none")}])
+    daemon = DaemonProc(config, launcher=[PYTHON, "-c", STUBBORN_RUN])
+    try:
+        daemon.wait_ready(30)
+        code, _ = daemon.terminate(30)
+        return Outcome(str(code), daemon.text())
+    finally:
+        daemon.cleanup()
 
 
 # --- the test -----------------------------------------------------------------------------

@@ -9,28 +9,9 @@ cancellation. Everything else is the real ``servomexd run``.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
-from daemon_harness import PYTHON, DaemonProc, write_config
-
-STUBBORN_RUN = textwrap.dedent(
-    """
-    import asyncio, sys
-    from servomexd.acquisition import supervisor
-
-    async def stubborn(self):
-        while True:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass  # what a driver that loses the cancellation amounts to
-
-    supervisor.DeviceSupervisor.run = stubborn
-    from servomexd.cli import main
-    sys.exit(main(sys.argv[1:]))
-    """
-)
+from daemon_harness import PYTHON, STUBBORN_RUN, DaemonProc, write_config
 
 
 def test_a_task_that_ignores_the_stop_cannot_hold_the_daemon(tmp_path: Path) -> None:
