@@ -27,6 +27,11 @@ def e1_values_csv(paths: list[Path]) -> list[float]:
     return out
 
 
+def _newest(base: Path) -> Path:
+    """The newest of the sink's timestamped files (the names sort by time)."""
+    return max(base.parent.glob(f"{base.stem}-*{base.suffix}"))
+
+
 def test_csv_new_file_per_start_and_sighup(tmp_path: Path) -> None:
     sim = Simulator(tmp_path, period=0.05)
     base = tmp_path / "out" / "samples.csv"
@@ -41,11 +46,15 @@ def test_csv_new_file_per_start_and_sighup(tmp_path: Path) -> None:
         first.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: len(list(base.parent.glob("samples-*.csv"))) == 2, 10, "CSV after HUP")
         wait_for(lambda: bool(first.events("sink.reopened")), 5, "reopen logged")
+        # rows in the new file before stopping: frames read in the last instant may still
+        # wait for the shared wake-up tick when the stop comes, and are not accepted then
+        wait_for(lambda: _newest(base).stat().st_size > 0, 10, "rows in the new CSV")
         assert first.terminate()[0] == 0
         second = DaemonProc(config)
         second.wait_ready()
         wait_for(lambda: len(list(base.parent.glob("samples-*.csv"))) == 3, 10, "CSV per start")
         time.sleep(0.8)
+        wait_for(lambda: _newest(base).stat().st_size > 0, 10, "rows in the third CSV")
         assert second.terminate()[0] == 0
     finally:
         sim.stop()
